@@ -1,0 +1,237 @@
+//! Append requests and their outcome.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::{Error, EventId, ExpectedVersion, GlobalPosition, NewEvent, StreamId, StreamVersion};
+
+/// Default limit on one event's serialized data plus metadata, in bytes.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Most events one append may carry (the PostgreSQL store numbers events
+/// within a transaction in 20 bits).
+pub const MAX_EVENTS_PER_APPEND: usize = 100_000;
+
+/// One stream's part of an append: its expectation and its new events
+/// (none for a stream that was only read and must merely be unchanged).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream_id: StreamId,
+    /// What the stream's version must be for the append to proceed.
+    pub expected: ExpectedVersion,
+    /// Events to add, in order. Empty for a check-only stream.
+    pub events: Vec<NewEvent>,
+}
+
+/// An atomic append to any number of streams: every expectation is checked
+/// and every event written in one transaction, or nothing is.
+///
+/// ```
+/// use eventcore::{AppendRequest, ExpectedVersion, NewEvent, StreamId};
+///
+/// let from = StreamId::new("account-1")?;
+/// let to = StreamId::new("account-2")?;
+/// let limits = StreamId::new("limits")?;
+/// let request = AppendRequest::new()
+///     .append(from, ExpectedVersion::Any, vec![NewEvent::raw("Debited", serde_json::json!({"amount": 5}))])
+///     .append(to, ExpectedVersion::Any, vec![NewEvent::raw("Credited", serde_json::json!({"amount": 5}))])
+///     // read but not written: the append fails if it moved meanwhile
+///     .check(limits, ExpectedVersion::NoStream);
+/// assert_eq!(request.event_count(), 2);
+/// # Ok::<(), eventcore::InvalidStreamId>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppendRequest {
+    streams: Vec<StreamAppend>,
+}
+
+impl AppendRequest {
+    /// An empty request.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds events for `stream_id`, expected at `expected`.
+    pub fn append(
+        mut self,
+        stream_id: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        self.streams.push(StreamAppend {
+            stream_id,
+            expected,
+            events,
+        });
+        self
+    }
+
+    /// Adds a stream that is only checked against `expected`, not written.
+    pub fn check(self, stream_id: StreamId, expected: ExpectedVersion) -> Self {
+        self.append(stream_id, expected, Vec::new())
+    }
+
+    /// The streams of the request, in the order they were added.
+    pub fn streams(&self) -> &[StreamAppend] {
+        &self.streams
+    }
+
+    /// Consumes the request, returning its streams.
+    pub fn into_streams(self) -> Vec<StreamAppend> {
+        self.streams
+    }
+
+    /// Total number of events.
+    pub fn event_count(&self) -> usize {
+        self.streams.iter().map(|s| s.events.len()).sum()
+    }
+
+    /// Every event id, in request order.
+    pub fn event_ids(&self) -> impl Iterator<Item = EventId> + '_ {
+        self.streams
+            .iter()
+            .flat_map(|s| s.events.iter().map(|e| e.event_id))
+    }
+
+    /// Checks what can be checked without a store: no stream twice, no event
+    /// id twice, at most [`MAX_EVENTS_PER_APPEND`] events, and no event whose
+    /// serialized data plus metadata exceeds `max_event_bytes`.
+    ///
+    /// Every store calls this before touching storage, so bad input fails the
+    /// same way everywhere.
+    pub fn validate(&self, max_event_bytes: usize) -> Result<(), Error> {
+        let mut streams = HashSet::with_capacity(self.streams.len());
+        for s in &self.streams {
+            if !streams.insert(&s.stream_id) {
+                return Err(Error::InvalidAppend {
+                    reason: format!("stream '{}' appears more than once", s.stream_id),
+                });
+            }
+        }
+        let count = self.event_count();
+        if count > MAX_EVENTS_PER_APPEND {
+            return Err(Error::InvalidAppend {
+                reason: format!(
+                    "{count} events in one append; the limit is {MAX_EVENTS_PER_APPEND}"
+                ),
+            });
+        }
+        let mut ids = HashSet::with_capacity(count);
+        for s in &self.streams {
+            for e in &s.events {
+                if !ids.insert(e.event_id) {
+                    return Err(Error::InvalidAppend {
+                        reason: format!("event id {} appears more than once", e.event_id),
+                    });
+                }
+                if e.event_type.is_empty() {
+                    return Err(Error::InvalidAppend {
+                        reason: format!("event {} has an empty type name", e.event_id),
+                    });
+                }
+                let size = encoded_size(e);
+                if size > max_event_bytes {
+                    return Err(Error::PayloadTooLarge {
+                        stream_id: s.stream_id.clone(),
+                        event_id: e.event_id,
+                        size,
+                        limit: max_event_bytes,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serialized size of an event's data plus metadata, as a store would hold it.
+pub fn encoded_size(event: &NewEvent) -> usize {
+    // Serializing to a sink that only counts avoids allocating the text.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing JSON values into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, &event.data);
+    let _ = serde_json::to_writer(&mut counter, &event.metadata);
+    counter.0
+}
+
+/// The result of a successful append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The new version of every stream that received events.
+    pub stream_versions: BTreeMap<StreamId, StreamVersion>,
+    /// Global position of the first and last written event, if any.
+    pub positions: Option<(GlobalPosition, GlobalPosition)>,
+    /// True when the events were already stored by an earlier send of the
+    /// same append; this outcome then describes that earlier write.
+    pub replayed: bool,
+}
+
+impl AppendOutcome {
+    /// The new version of `stream`, if the append wrote to it.
+    pub fn version_of(&self, stream: &StreamId) -> Option<StreamVersion> {
+        self.stream_versions.get(stream).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sid(s: &str) -> StreamId {
+        StreamId::new(s).unwrap()
+    }
+
+    #[test]
+    fn rejects_duplicate_streams_and_ids() {
+        let e = NewEvent::raw("T", json!({}));
+        let dup_stream = AppendRequest::new()
+            .append(
+                sid("a"),
+                ExpectedVersion::Any,
+                vec![NewEvent::raw("T", json!({}))],
+            )
+            .check(sid("a"), ExpectedVersion::Any);
+        assert!(matches!(
+            dup_stream.validate(DEFAULT_MAX_EVENT_BYTES),
+            Err(Error::InvalidAppend { .. })
+        ));
+        let dup_id = AppendRequest::new()
+            .append(sid("a"), ExpectedVersion::Any, vec![e.clone()])
+            .append(sid("b"), ExpectedVersion::Any, vec![e]);
+        assert!(matches!(
+            dup_id.validate(DEFAULT_MAX_EVENT_BYTES),
+            Err(Error::InvalidAppend { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_oversized_payload() {
+        let big = NewEvent::raw("T", json!({ "blob": "x".repeat(2000) }));
+        let id = big.event_id;
+        let req = AppendRequest::new().append(sid("a"), ExpectedVersion::Any, vec![big]);
+        match req.validate(1000) {
+            Err(Error::PayloadTooLarge {
+                event_id,
+                size,
+                limit,
+                ..
+            }) => {
+                assert_eq!(event_id, id);
+                assert!(size > 2000);
+                assert_eq!(limit, 1000);
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+    }
+}

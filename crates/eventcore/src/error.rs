@@ -1,0 +1,243 @@
+//! The one error type of the core crate.
+
+use crate::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
+
+/// Why a string is not a valid [`StreamId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidStreamId {
+    /// The id was the empty string.
+    #[error("stream id is empty")]
+    Empty,
+    /// The id is longer than [`StreamId::MAX_LEN`] bytes.
+    #[error("stream id is {len} bytes long; the limit is {max}")]
+    TooLong {
+        /// Length of the rejected id in bytes.
+        len: usize,
+        /// The limit, [`StreamId::MAX_LEN`].
+        max: usize,
+    },
+    /// The id contains a control character (newline, NUL, ...).
+    #[error("stream id contains control character {ch:?} at byte {index}")]
+    ControlCharacter {
+        /// The offending character.
+        ch: char,
+        /// Its byte offset.
+        index: usize,
+    },
+}
+
+/// An optimistic-concurrency conflict: a stream was not at the version a
+/// command read (or said it expected).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version conflict on stream '{stream_id}': expected {expected}, actual {actual}")]
+pub struct VersionConflict {
+    /// The stream whose expectation failed.
+    pub stream_id: StreamId,
+    /// What the append expected.
+    pub expected: ExpectedVersion,
+    /// The stream's version when the append was checked (`0` when the stream
+    /// does not exist).
+    pub actual: StreamVersion,
+}
+
+/// Errors from event stores, the executor and event decoding.
+///
+/// Store implementations map their native failures onto these variants, so
+/// callers can react the same way whatever the backend:
+/// [`Error::is_transient`] says what is worth retrying.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A stream id failed validation.
+    #[error("invalid stream id: {0}")]
+    InvalidStreamId(#[from] InvalidStreamId),
+
+    /// An event id was not a UUID version 7.
+    #[error("invalid event id {uuid}: event ids must be UUID version 7, got version {version}")]
+    InvalidEventId {
+        /// The rejected UUID.
+        uuid: uuid::Uuid,
+        /// Its version number.
+        version: usize,
+    },
+
+    /// An append request was malformed (duplicate stream or event id inside
+    /// one request, too many events, ...). Nothing was written.
+    #[error("invalid append: {reason}")]
+    InvalidAppend {
+        /// What is wrong with the request.
+        reason: String,
+    },
+
+    /// An event's serialized payload (data plus metadata) exceeds the store's limit.
+    /// Nothing was written.
+    #[error("event {event_id} on stream '{stream_id}' is {size} bytes; the limit is {limit}")]
+    PayloadTooLarge {
+        /// The stream the event was meant for.
+        stream_id: StreamId,
+        /// The oversized event.
+        event_id: EventId,
+        /// Its serialized size in bytes.
+        size: usize,
+        /// The store's limit in bytes.
+        limit: usize,
+    },
+
+    /// An expectation failed. Nothing was written.
+    #[error(transparent)]
+    Conflict(#[from] VersionConflict),
+
+    /// Some, but not all, event ids of an append are already stored, or they
+    /// are stored on other streams: the request is not a re-send of an
+    /// earlier append. Nothing was written.
+    #[error(
+        "event {event_id} is already stored, but the append is not a re-send of the one that stored it"
+    )]
+    DuplicateEventId {
+        /// One of the clashing ids.
+        event_id: EventId,
+    },
+
+    /// A command tried to append to a stream it did not declare.
+    #[error("command appended to stream '{stream_id}', which it did not declare")]
+    UndeclaredStream {
+        /// The undeclared stream.
+        stream_id: StreamId,
+    },
+
+    /// A stored event could not be turned into the requested type.
+    #[error(
+        "cannot decode event at position {position} (stream '{stream_id}' version {stream_version}, type '{event_type}' schema {schema_version}): {source}"
+    )]
+    Decode {
+        /// Stream of the undecodable event.
+        stream_id: StreamId,
+        /// Its version within the stream.
+        stream_version: StreamVersion,
+        /// Its global position.
+        position: GlobalPosition,
+        /// The recorded type name.
+        event_type: String,
+        /// The recorded schema version.
+        schema_version: u32,
+        /// Why decoding failed.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A user event could not be serialized.
+    #[error("cannot serialize event of type '{event_type}': {source}")]
+    Encode {
+        /// The type name of the event.
+        event_type: String,
+        /// Why serialization failed.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A stored row is malformed (for example metadata that is not an object).
+    #[error("corrupt stored row for {what}: {reason}")]
+    CorruptRow {
+        /// Which row (stream and position, as known).
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The backend could not be reached or dropped the connection, or its pool
+    /// had no free connection in time. Transient.
+    #[error("store unavailable during {operation}: {source}")]
+    Unavailable {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The backend aborted the transaction to break a deadlock or a
+    /// serialization conflict. Transient: retrying usually succeeds.
+    #[error("transaction aborted by the backend during {operation} (retry): {source}")]
+    Aborted {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// An operation ran past its time limit.
+    #[error("{operation} timed out after {elapsed:?}")]
+    Timeout {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The configured limit.
+        elapsed: std::time::Duration,
+    },
+
+    /// Any other backend failure: a bug, a misconfiguration or a schema problem.
+    #[error("store error during {operation}: {source}")]
+    Backend {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed without any change:
+    /// lost connections, pool exhaustion, deadlocks and serialization aborts.
+    ///
+    /// Conflicts are *not* transient: the command must re-read and decide again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable { .. } | Error::Aborted { .. } | Error::Timeout { .. }
+        )
+    }
+
+    /// The conflict, if this is an optimistic-concurrency failure.
+    pub fn as_conflict(&self) -> Option<&VersionConflict> {
+        match self {
+            Error::Conflict(conflict) => Some(conflict),
+            _ => None,
+        }
+    }
+}
+
+/// Errors from [`CommandExecutor::execute`](crate::CommandExecutor::execute).
+///
+/// The command's own business error comes back untouched in
+/// [`CommandError::Rejected`]; everything else is an [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E> {
+    /// The command's decision refused the request (a business rule).
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// Still conflicting after the retry policy's last attempt.
+    #[error("gave up after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// How many times the command ran.
+        attempts: u32,
+        /// The error of the last attempt.
+        #[source]
+        last: Error,
+    },
+    /// A non-retryable store or usage error.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl<E> CommandError<E> {
+    /// The business error, if the command rejected the request.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            CommandError::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+}

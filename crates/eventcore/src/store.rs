@@ -1,0 +1,110 @@
+//! The storage contract every backend implements.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{
+    AppendOutcome, AppendRequest, Error, GlobalPosition, StoredEvent, StreamId, StreamVersion,
+};
+
+/// Page size used by the provided whole-stream read.
+pub const DEFAULT_READ_PAGE: usize = 1000;
+
+/// An event store: atomic multi-stream appends with optimistic concurrency,
+/// per-stream reads and a global, skip-free order.
+///
+/// Every implementation must pass [`crate::testing::contract`], which pins
+/// these semantics down:
+///
+/// * [`append`](EventStore::append) checks every stream's expectation
+///   (including check-only streams) and writes every event, atomically; a
+///   failed expectation is [`Error::Conflict`] and writes nothing. Two appends
+///   whose expectations overlap can never both succeed on stale state.
+/// * Appends are idempotent by event id: re-sending an append whose events
+///   are all stored returns the original outcome with `replayed = true`.
+/// * [`read_all`](EventStore::read_all) returns events in global order, and
+///   a reader that has seen position `P` never later finds an event below `P`.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Atomically checks expectations and appends events to several streams.
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error>;
+
+    /// Reads up to `limit` events of `stream` with version `>= from`, in
+    /// version order. An empty page means the end of the stream.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error>;
+
+    /// Reads up to `limit` events with position `> after`, in global order.
+    /// Only events that can no longer be preceded by a later commit are
+    /// returned, so paging with the last position seen never skips an event.
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error>;
+
+    /// The current version of `stream` (0 if it has no events).
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error>;
+
+    /// Reads every event of `stream` from version `from` on, page by page.
+    async fn read_stream_to_end(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let mut events = Vec::new();
+        let mut next = from;
+        loop {
+            let page = self.read_stream(stream, next, DEFAULT_READ_PAGE).await?;
+            let full = page.len() == DEFAULT_READ_PAGE;
+            if let Some(last) = page.last() {
+                next = last.stream_version.next();
+            }
+            events.extend(page);
+            if !full {
+                return Ok(events);
+            }
+        }
+    }
+}
+
+/// Forwards every method to the pointee, so `&S`, `Arc<S>` and `Box<S>` are
+/// stores too (an executor can borrow a store or share one).
+macro_rules! forward_store {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<S: EventStore + ?Sized> EventStore for $ptr {
+            async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
+                (**self).append(request).await
+            }
+
+            async fn read_stream(
+                &self,
+                stream: &StreamId,
+                from: StreamVersion,
+                limit: usize,
+            ) -> Result<Vec<StoredEvent>, Error> {
+                (**self).read_stream(stream, from, limit).await
+            }
+
+            async fn read_all(
+                &self,
+                after: GlobalPosition,
+                limit: usize,
+            ) -> Result<Vec<StoredEvent>, Error> {
+                (**self).read_all(after, limit).await
+            }
+
+            async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
+                (**self).stream_version(stream).await
+            }
+        }
+    )*};
+}
+
+forward_store!(&S, Arc<S>, Box<S>);

@@ -1,0 +1,805 @@
+//! The contract every [`EventStore`] must meet, one public async function
+//! per guarantee.
+//!
+//! Run them all against a store with one macro call in a test file; the
+//! argument is an expression returning a future of a fresh, empty store:
+//!
+//! ```ignore
+//! eventcore::event_store_contract_tests!(|| async { eventcore::InMemoryEventStore::new() });
+//! ```
+//!
+//! Each case panics with a message saying which guarantee broke.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rand::Rng;
+use serde_json::json;
+
+use super::bank::{AccountEvent, JointWithdraw, Transfer};
+use super::seed;
+use crate::{
+    AppendRequest, Command, CommandError, CommandExecutor, Decision, Error, EventId, EventMetadata,
+    EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent, RetryPolicy, StoredEvent,
+    StreamId, StreamVersion,
+};
+
+/// Generates one `#[tokio::test]` per contract case. The calling crate needs
+/// `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
+#[macro_export]
+macro_rules! event_store_contract_tests {
+    ($factory:expr) => {
+        $crate::event_store_contract_tests!(@cases $factory;
+            append_and_read_back,
+            read_stream_pages_without_cap,
+            expectations_are_enforced,
+            multi_stream_append_is_atomic,
+            check_only_streams_are_checked,
+            appends_are_idempotent,
+            read_all_is_ordered_and_pages,
+            undecodable_event_is_an_error,
+            bad_input_is_refused_and_writes_nothing,
+            concurrent_appends_lose_nothing,
+            concurrent_transfers_conserve_money,
+            no_write_skew,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let store = ($factory)().await;
+                $crate::testing::contract::$case(&store).await;
+            }
+        )*
+    };
+}
+
+fn unique(prefix: &str) -> StreamId {
+    StreamId::new(format!("{prefix}-{}", EventId::new())).expect("valid id")
+}
+
+fn raw(kind: &str, n: u64) -> NewEvent {
+    NewEvent::raw(kind, json!({ "n": n, "note": "contract" }))
+}
+
+async fn read_everything<S: EventStore + ?Sized>(store: &S) -> Vec<StoredEvent> {
+    let mut all = Vec::new();
+    let mut after = GlobalPosition::START;
+    loop {
+        let page = store.read_all(after, 500).await.expect("read_all");
+        match page.last() {
+            Some(last) => after = last.position,
+            None => return all,
+        }
+        all.extend(page);
+    }
+}
+
+fn expect_conflict<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    actual: u64,
+) {
+    match result {
+        Err(Error::Conflict(c)) => {
+            assert_eq!(&c.stream_id, stream, "conflict names the wrong stream");
+            assert_eq!(
+                c.expected, expected,
+                "conflict reports the wrong expectation"
+            );
+            assert_eq!(
+                c.actual,
+                StreamVersion::new(actual),
+                "conflict reports the wrong actual version"
+            );
+        }
+        other => panic!("expected a conflict on {stream}, got {other:?}"),
+    }
+}
+
+/// Typed events round-trip with ids, versions, metadata and type names.
+pub async fn append_and_read_back<S: EventStore + ?Sized>(store: &S) {
+    let stream = unique("account");
+    let meta = EventMetadata::new()
+        .with_causation_id(uuid::Uuid::now_v7())
+        .with_custom("user", "alice");
+    let first = NewEvent::new(&AccountEvent::Deposited { amount: 5 }, meta.clone()).unwrap();
+    let second = NewEvent::new(
+        &AccountEvent::Debited {
+            amount: 2,
+            to: "x".into(),
+        },
+        meta.clone(),
+    )
+    .unwrap();
+    let ids = [first.event_id, second.event_id];
+    let out = store
+        .append(AppendRequest::new().append(
+            stream.clone(),
+            ExpectedVersion::NoStream,
+            vec![first, second],
+        ))
+        .await
+        .expect("append");
+    assert_eq!(out.version_of(&stream), Some(StreamVersion::new(2)));
+    assert!(!out.replayed);
+    let (lo, hi) = out.positions.expect("positions of written events");
+    assert!(lo < hi);
+
+    let events = store
+        .read_stream_to_end(&stream, StreamVersion::new(1))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!([events[0].event_id, events[1].event_id], ids);
+    assert_eq!(events[0].stream_version, StreamVersion::new(1));
+    assert_eq!(events[1].stream_version, StreamVersion::new(2));
+    assert_eq!((events[0].position, events[1].position), (lo, hi));
+    assert_eq!(events[0].event_type, "Deposited");
+    assert_eq!(events[1].event_type, "Debited");
+    assert_eq!(events[0].metadata.correlation_id, meta.correlation_id);
+    assert_eq!(events[0].metadata.causation_id, meta.causation_id);
+    assert_eq!(events[0].metadata.custom["user"], "alice");
+    let decoded: RecordedEvent<AccountEvent> = events[1].decode().unwrap();
+    assert_eq!(
+        decoded.event,
+        AccountEvent::Debited {
+            amount: 2,
+            to: "x".into()
+        }
+    );
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        StreamVersion::new(2)
+    );
+    assert_eq!(
+        store.stream_version(&unique("none")).await.unwrap(),
+        StreamVersion::NONE
+    );
+    assert!(
+        store
+            .read_stream(&unique("none"), StreamVersion::new(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Long streams read completely, page by page, from any version.
+pub async fn read_stream_pages_without_cap<S: EventStore + ?Sized>(store: &S) {
+    let stream = unique("long");
+    for batch in 0..5u64 {
+        let events = (0..500).map(|i| raw("Tick", batch * 500 + i)).collect();
+        store
+            .append(AppendRequest::new().append(stream.clone(), ExpectedVersion::Any, events))
+            .await
+            .expect("append batch");
+    }
+    let all = store
+        .read_stream_to_end(&stream, StreamVersion::new(1))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2500, "whole-stream read must not be capped");
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(
+            e.stream_version.get(),
+            i as u64 + 1,
+            "versions are contiguous"
+        );
+        assert_eq!(e.data["n"], i as u64, "events are in append order");
+    }
+    let tail = store
+        .read_stream(&stream, StreamVersion::new(2401), 1000)
+        .await
+        .unwrap();
+    assert_eq!(tail.len(), 100);
+    assert_eq!(tail[0].stream_version.get(), 2401);
+    let page = store
+        .read_stream(&stream, StreamVersion::new(10), 7)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 7);
+    assert_eq!(page[6].stream_version.get(), 16);
+}
+
+/// `Any`, `NoStream`, `StreamExists` and `Exact` behave as documented and a
+/// failure reports stream, expectation and actual version.
+pub async fn expectations_are_enforced<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("exp");
+    let one = |e: ExpectedVersion| AppendRequest::new().append(s.clone(), e, vec![raw("E", 0)]);
+    expect_conflict(
+        store.append(one(ExpectedVersion::StreamExists)).await,
+        &s,
+        ExpectedVersion::StreamExists,
+        0,
+    );
+    expect_conflict(
+        store
+            .append(one(ExpectedVersion::Exact(StreamVersion::new(3))))
+            .await,
+        &s,
+        ExpectedVersion::Exact(StreamVersion::new(3)),
+        0,
+    );
+    store
+        .append(one(ExpectedVersion::NoStream))
+        .await
+        .expect("NoStream on a new stream");
+    expect_conflict(
+        store.append(one(ExpectedVersion::NoStream)).await,
+        &s,
+        ExpectedVersion::NoStream,
+        1,
+    );
+    store
+        .append(one(ExpectedVersion::StreamExists))
+        .await
+        .expect("StreamExists");
+    store.append(one(ExpectedVersion::Any)).await.expect("Any");
+    let exact3 = ExpectedVersion::Exact(StreamVersion::new(3));
+    let out = store
+        .append(one(exact3))
+        .await
+        .expect("Exact at the right version");
+    assert_eq!(out.version_of(&s), Some(StreamVersion::new(4)));
+    expect_conflict(store.append(one(exact3)).await, &s, exact3, 4);
+    assert_eq!(
+        store.stream_version(&s).await.unwrap(),
+        StreamVersion::new(4)
+    );
+}
+
+/// One failed expectation fails the whole multi-stream append.
+pub async fn multi_stream_append_is_atomic<S: EventStore + ?Sized>(store: &S) {
+    let a = unique("a");
+    let b = unique("b");
+    let c = unique("c");
+    store
+        .append(AppendRequest::new().append(b.clone(), ExpectedVersion::Any, vec![raw("E", 0)]))
+        .await
+        .unwrap();
+    let before = read_everything(store).await.len();
+    let stale = AppendRequest::new()
+        .append(a.clone(), ExpectedVersion::NoStream, vec![raw("E", 1)])
+        .append(b.clone(), ExpectedVersion::NoStream, vec![raw("E", 2)])
+        .append(c.clone(), ExpectedVersion::Any, vec![raw("E", 3)]);
+    expect_conflict(store.append(stale).await, &b, ExpectedVersion::NoStream, 1);
+    assert_eq!(
+        store.stream_version(&a).await.unwrap(),
+        StreamVersion::NONE,
+        "nothing half-written"
+    );
+    assert_eq!(
+        store.stream_version(&c).await.unwrap(),
+        StreamVersion::NONE,
+        "nothing half-written"
+    );
+    assert_eq!(read_everything(store).await.len(), before);
+
+    let ok = AppendRequest::new()
+        .append(
+            a.clone(),
+            ExpectedVersion::NoStream,
+            vec![raw("E", 1), raw("E", 2)],
+        )
+        .append(
+            b.clone(),
+            ExpectedVersion::Exact(StreamVersion::new(1)),
+            vec![raw("E", 3)],
+        );
+    let out = store.append(ok).await.unwrap();
+    assert_eq!(out.version_of(&a), Some(StreamVersion::new(2)));
+    assert_eq!(out.version_of(&b), Some(StreamVersion::new(2)));
+    let (lo, hi) = out.positions.unwrap();
+    let written: Vec<_> = read_everything(store)
+        .await
+        .into_iter()
+        .filter(|e| e.position >= lo && e.position <= hi)
+        .collect();
+    assert_eq!(
+        written.len(),
+        3,
+        "all events of one append lie between its positions"
+    );
+}
+
+/// A stream that was only read is checked, not written.
+pub async fn check_only_streams_are_checked<S: EventStore + ?Sized>(store: &S) {
+    let target = unique("target");
+    let guard = unique("guard");
+    store
+        .append(AppendRequest::new().append(guard.clone(), ExpectedVersion::Any, vec![raw("E", 0)]))
+        .await
+        .unwrap();
+    let stale = AppendRequest::new()
+        .append(target.clone(), ExpectedVersion::Any, vec![raw("E", 1)])
+        .check(guard.clone(), ExpectedVersion::NoStream);
+    expect_conflict(
+        store.append(stale).await,
+        &guard,
+        ExpectedVersion::NoStream,
+        1,
+    );
+    assert_eq!(
+        store.stream_version(&target).await.unwrap(),
+        StreamVersion::NONE
+    );
+
+    let missing = unique("missing");
+    let fresh = AppendRequest::new()
+        .append(target.clone(), ExpectedVersion::Any, vec![raw("E", 1)])
+        .check(guard.clone(), ExpectedVersion::Exact(StreamVersion::new(1)))
+        .check(missing.clone(), ExpectedVersion::NoStream);
+    let out = store.append(fresh).await.unwrap();
+    assert_eq!(out.version_of(&target), Some(StreamVersion::new(1)));
+    assert_eq!(
+        out.version_of(&guard),
+        None,
+        "check-only streams are not written"
+    );
+    assert_eq!(
+        store.stream_version(&guard).await.unwrap(),
+        StreamVersion::new(1)
+    );
+    assert_eq!(
+        store.stream_version(&missing).await.unwrap(),
+        StreamVersion::NONE
+    );
+}
+
+/// Re-sending an append returns the original outcome and stores nothing twice;
+/// reusing some ids in a different append is refused.
+pub async fn appends_are_idempotent<S: EventStore + ?Sized>(store: &S) {
+    let a = unique("idem-a");
+    let b = unique("idem-b");
+    let request = AppendRequest::new()
+        .append(
+            a.clone(),
+            ExpectedVersion::NoStream,
+            vec![raw("E", 1), raw("E", 2)],
+        )
+        .append(b.clone(), ExpectedVersion::NoStream, vec![raw("E", 3)]);
+    let first = store.append(request.clone()).await.unwrap();
+    // Another writer moves stream a on; the re-send must still be recognised.
+    store
+        .append(AppendRequest::new().append(a.clone(), ExpectedVersion::Any, vec![raw("E", 4)]))
+        .await
+        .unwrap();
+    let again = store
+        .append(request.clone())
+        .await
+        .expect("re-send is not a conflict");
+    assert!(again.replayed, "re-send is reported as a replay");
+    assert_eq!(again.stream_versions, first.stream_versions);
+    assert_eq!(again.positions, first.positions);
+    assert_eq!(
+        store.stream_version(&a).await.unwrap(),
+        StreamVersion::new(3)
+    );
+    assert_eq!(
+        store.stream_version(&b).await.unwrap(),
+        StreamVersion::new(1)
+    );
+
+    let reused = request.streams()[0].events[0].clone();
+    let partial = AppendRequest::new().append(
+        a.clone(),
+        ExpectedVersion::Any,
+        vec![reused.clone(), raw("E", 5)],
+    );
+    match store.append(partial).await {
+        Err(Error::DuplicateEventId { event_id }) => assert_eq!(event_id, reused.event_id),
+        other => panic!("expected DuplicateEventId, got {other:?}"),
+    }
+    let elsewhere = AppendRequest::new().append(b.clone(), ExpectedVersion::Any, vec![reused]);
+    assert!(matches!(
+        store.append(elsewhere).await,
+        Err(Error::DuplicateEventId { .. })
+    ));
+    assert_eq!(
+        store.stream_version(&a).await.unwrap(),
+        StreamVersion::new(3)
+    );
+    assert_eq!(
+        store.stream_version(&b).await.unwrap(),
+        StreamVersion::new(1)
+    );
+}
+
+/// `read_all` returns strictly increasing positions and pages by cursor.
+pub async fn read_all_is_ordered_and_pages<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("all");
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let e = raw("E", i);
+        ids.push(e.event_id);
+        store
+            .append(AppendRequest::new().append(s.clone(), ExpectedVersion::Any, vec![e]))
+            .await
+            .unwrap();
+    }
+    let all = read_everything(store).await;
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].position < pair[1].position,
+            "positions strictly increase"
+        );
+    }
+    let mine: Vec<_> = all
+        .iter()
+        .filter(|e| e.stream_id == s)
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(
+        mine, ids,
+        "read_all returns this stream's events in append order"
+    );
+    let mut paged = Vec::new();
+    let mut after = GlobalPosition::START;
+    loop {
+        let page = store.read_all(after, 7).await.unwrap();
+        assert!(page.len() <= 7, "read_all honours the limit");
+        let Some(last) = page.last() else { break };
+        assert!(page[0].position > after, "read_all starts after the cursor");
+        after = last.position;
+        paged.extend(page.into_iter().map(|e| e.event_id));
+    }
+    assert_eq!(paged, all.iter().map(|e| e.event_id).collect::<Vec<_>>());
+    assert!(store.read_all(after, 10).await.unwrap().is_empty());
+}
+
+/// An event that does not fit the requested type is an error naming it.
+pub async fn undecodable_event_is_an_error<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("poison");
+    store
+        .append(AppendRequest::new().append(
+            s.clone(),
+            ExpectedVersion::Any,
+            vec![NewEvent::raw("Deposited", json!({ "unexpected": true }))],
+        ))
+        .await
+        .unwrap();
+    let stored = store
+        .read_stream_to_end(&s, StreamVersion::new(1))
+        .await
+        .unwrap();
+    match stored[0].decode::<AccountEvent>() {
+        Err(Error::Decode {
+            stream_id,
+            stream_version,
+            event_type,
+            position,
+            ..
+        }) => {
+            assert_eq!(stream_id, s);
+            assert_eq!(stream_version, StreamVersion::new(1));
+            assert_eq!(event_type, "Deposited");
+            assert_eq!(position, stored[0].position);
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    // The executor surfaces it too instead of folding around it.
+    let executor = CommandExecutor::new(store);
+    let result = executor
+        .execute(Transfer {
+            from: s.clone(),
+            to: unique("to"),
+            amount: 1,
+        })
+        .await;
+    assert!(
+        matches!(result, Err(CommandError::Store(Error::Decode { .. }))),
+        "executor must report the undecodable event, got {result:?}"
+    );
+}
+
+/// Emits an event to a stream it never declared.
+struct Sneaky {
+    declared: StreamId,
+    other: StreamId,
+}
+
+impl Command for Sneaky {
+    type Event = AccountEvent;
+    type State = ();
+    type Error = std::convert::Infallible;
+    fn read_streams(&self) -> Vec<StreamId> {
+        vec![self.declared.clone()]
+    }
+    fn apply(&self, _: &mut (), _: &RecordedEvent<AccountEvent>) {}
+    fn handle(&self, _: &(), d: &mut Decision<AccountEvent>) -> Result<(), Self::Error> {
+        d.emit(&self.declared, AccountEvent::Deposited { amount: 1 });
+        d.emit(&self.other, AccountEvent::Deposited { amount: 1 });
+        Ok(())
+    }
+}
+
+/// Oversized payloads, duplicate ids and undeclared streams are typed errors
+/// and leave nothing behind.
+pub async fn bad_input_is_refused_and_writes_nothing<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("bad");
+    let before = read_everything(store).await.len();
+    let huge = NewEvent::raw("Huge", json!({ "blob": "x".repeat(2 * 1024 * 1024) }));
+    let request = AppendRequest::new()
+        .append(s.clone(), ExpectedVersion::Any, vec![raw("E", 1)])
+        .append(unique("bad2"), ExpectedVersion::Any, vec![huge]);
+    assert!(matches!(
+        store.append(request).await,
+        Err(Error::PayloadTooLarge { .. })
+    ));
+    let dup = raw("E", 1);
+    let request =
+        AppendRequest::new().append(s.clone(), ExpectedVersion::Any, vec![dup.clone(), dup]);
+    assert!(matches!(
+        store.append(request).await,
+        Err(Error::InvalidAppend { .. })
+    ));
+    let twice = AppendRequest::new()
+        .append(s.clone(), ExpectedVersion::Any, vec![raw("E", 1)])
+        .append(s.clone(), ExpectedVersion::Any, vec![raw("E", 2)]);
+    assert!(matches!(
+        store.append(twice).await,
+        Err(Error::InvalidAppend { .. })
+    ));
+
+    let executor = CommandExecutor::new(store);
+    let other = unique("undeclared");
+    let result = executor
+        .execute(Sneaky {
+            declared: s.clone(),
+            other: other.clone(),
+        })
+        .await;
+    match result {
+        Err(CommandError::Store(Error::UndeclaredStream { stream_id })) => {
+            assert_eq!(stream_id, other)
+        }
+        other => panic!("expected UndeclaredStream, got {other:?}"),
+    }
+    assert_eq!(store.stream_version(&s).await.unwrap(), StreamVersion::NONE);
+    assert_eq!(
+        read_everything(store).await.len(),
+        before,
+        "nothing was written"
+    );
+}
+
+/// Many tasks appending to a few shared streams: versions stay contiguous,
+/// no event is lost or duplicated.
+pub async fn concurrent_appends_lose_nothing<S: EventStore + ?Sized>(store: &S) {
+    const TASKS: usize = 32;
+    const APPENDS: usize = 25;
+    let streams: Arc<Vec<StreamId>> = Arc::new((0..4).map(|_| unique("shared")).collect());
+    let sent = std::sync::Mutex::new(Vec::new());
+    futures::future::join_all((0..TASKS).map(|t| {
+        let streams = streams.clone();
+        let sent = &sent;
+        async move {
+            for i in 0..APPENDS {
+                let stream = streams[(t + i) % streams.len()].clone();
+                let events = vec![raw("E", i as u64), raw("E", i as u64)];
+                let ids: Vec<_> = events
+                    .iter()
+                    .map(|e| (stream.clone(), e.event_id))
+                    .collect();
+                store
+                    .append(AppendRequest::new().append(stream, ExpectedVersion::Any, events))
+                    .await
+                    .expect("Any never conflicts");
+                sent.lock().unwrap().extend(ids);
+            }
+        }
+    }))
+    .await;
+    let sent = sent.into_inner().unwrap();
+    assert_eq!(sent.len(), TASKS * APPENDS * 2);
+    let mut total = 0;
+    for stream in streams.iter() {
+        let events = store
+            .read_stream_to_end(stream, StreamVersion::new(1))
+            .await
+            .unwrap();
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(
+                e.stream_version.get(),
+                i as u64 + 1,
+                "versions are contiguous in {stream}"
+            );
+        }
+        total += events.len();
+    }
+    assert_eq!(total, sent.len(), "every append landed once");
+    let all = read_everything(store).await;
+    let mut seen = HashSet::new();
+    for e in all.iter().filter(|e| streams.contains(&e.stream_id)) {
+        assert!(
+            seen.insert(e.event_id),
+            "event {} appears twice in read_all",
+            e.event_id
+        );
+    }
+    let expected: HashSet<_> = sent.iter().map(|(_, id)| *id).collect();
+    assert_eq!(seen, expected, "read_all holds exactly the appended events");
+}
+
+/// Sixteen tasks doing random transfers through the executor while a reader
+/// follows `read_all`: money is conserved, no account is overdrawn, and the
+/// reader sees every event exactly once, in order.
+pub async fn concurrent_transfers_conserve_money<S: EventStore + ?Sized>(store: &S) {
+    const TASKS: usize = 16;
+    const TRANSFERS: usize = 40;
+    const INITIAL: u64 = 1_000;
+    let accounts: Vec<StreamId> = (0..8).map(|_| unique("acct")).collect();
+    for a in &accounts {
+        seed(store, a, [AccountEvent::Deposited { amount: INITIAL }])
+            .await
+            .unwrap();
+    }
+    let start = read_everything(store)
+        .await
+        .last()
+        .map_or(GlobalPosition::START, |e| e.position);
+    let executor =
+        CommandExecutor::new(store).with_retry_policy(RetryPolicy::new().max_attempts(1000));
+    let done = AtomicBool::new(false);
+
+    let reader = async {
+        let mut seen: Vec<StoredEvent> = Vec::new();
+        let mut after = start;
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            let page = store
+                .read_all(after, 100)
+                .await
+                .expect("read_all while writing");
+            if let Some(last) = page.last() {
+                assert!(page[0].position > after, "read_all went backwards");
+                after = last.position;
+                seen.extend(page);
+            } else if finished {
+                return seen;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let writers = async {
+        let results = futures::future::join_all((0..TASKS).map(|_| async {
+            let mut ok = 0usize;
+            for _ in 0..TRANSFERS {
+                let (from, to, amount) = {
+                    let mut rng = rand::rng();
+                    let from = rng.random_range(0..accounts.len());
+                    // Accounts 0 and 1 are hot: every other transfer pays into them.
+                    let to = if rng.random_bool(0.5) {
+                        rng.random_range(0..2)
+                    } else {
+                        rng.random_range(0..accounts.len())
+                    };
+                    (from, to, rng.random_range(1..400))
+                };
+                if from == to {
+                    continue;
+                }
+                let command = Transfer {
+                    from: accounts[from].clone(),
+                    to: accounts[to].clone(),
+                    amount,
+                };
+                match executor.execute(command).await {
+                    Ok(_) => ok += 1,
+                    Err(CommandError::Rejected(_)) => {}
+                    Err(e) => panic!("transfer failed: {e}"),
+                }
+            }
+            ok
+        }))
+        .await;
+        done.store(true, Ordering::Release);
+        results.into_iter().sum::<usize>()
+    };
+    let (seen, succeeded) = futures::join!(reader, writers);
+
+    let mut balances: HashMap<&StreamId, i128> = HashMap::new();
+    let mut total = 0i128;
+    for a in &accounts {
+        let events = store
+            .read_stream_to_end(a, StreamVersion::new(1))
+            .await
+            .unwrap();
+        let mut balance = 0;
+        for e in &events {
+            balance += e.decode::<AccountEvent>().unwrap().event.delta();
+            assert!(
+                balance >= 0,
+                "account {a} went negative: the overdraft rule was bypassed"
+            );
+        }
+        total += balance;
+        balances.insert(a, balance);
+    }
+    assert_eq!(
+        total,
+        i128::from(INITIAL) * accounts.len() as i128,
+        "money is conserved"
+    );
+
+    let after_start: Vec<_> = read_everything(store)
+        .await
+        .into_iter()
+        .filter(|e| e.position > start)
+        .collect();
+    let ours = |e: &&StoredEvent| accounts.contains(&e.stream_id);
+    assert_eq!(
+        after_start.iter().filter(ours).count(),
+        succeeded * 2,
+        "two events per transfer"
+    );
+    let live: Vec<_> = seen.iter().map(|e| (e.position, e.event_id)).collect();
+    let settled: Vec<_> = after_start
+        .iter()
+        .map(|e| (e.position, e.event_id))
+        .collect();
+    assert_eq!(
+        live, settled,
+        "the live reader saw every event exactly once, in order"
+    );
+}
+
+/// Two withdrawals that each read both accounts of a pair but write only one
+/// can never both succeed on stale state.
+pub async fn no_write_skew<S: EventStore + ?Sized>(store: &S) {
+    let a = unique("joint-a");
+    let b = unique("joint-b");
+    seed(store, &a, [AccountEvent::Deposited { amount: 100 }])
+        .await
+        .unwrap();
+    seed(store, &b, [AccountEvent::Deposited { amount: 100 }])
+        .await
+        .unwrap();
+    let executor =
+        CommandExecutor::new(store).with_retry_policy(RetryPolicy::new().max_attempts(1000));
+    let results = futures::future::join_all((0..24).map(|i| {
+        let (account, partner) = if i % 2 == 0 {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        let executor = &executor;
+        async move {
+            executor
+                .execute(JointWithdraw {
+                    account,
+                    partner,
+                    amount: 30,
+                })
+                .await
+        }
+    }))
+    .await;
+    let succeeded = results.iter().filter(|r| r.is_ok()).count();
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, CommandError::Rejected(_)),
+                "unexpected failure {e}"
+            );
+        }
+    }
+    let mut combined = 0i128;
+    for s in [&a, &b] {
+        for e in store
+            .read_stream_to_end(s, StreamVersion::new(1))
+            .await
+            .unwrap()
+        {
+            combined += e.decode::<AccountEvent>().unwrap().event.delta();
+        }
+    }
+    assert!(combined >= 0, "write skew: combined balance is {combined}");
+    assert_eq!(succeeded, 6, "exactly 200 / 30 = 6 withdrawals fit");
+    assert_eq!(combined, 200 - 30 * succeeded as i128);
+}
