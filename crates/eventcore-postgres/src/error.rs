@@ -1,0 +1,154 @@
+//! The crate's error type and the mapping of database errors onto
+//! [`eventcore::Error`].
+
+use std::time::Duration;
+
+/// SQLSTATE codes the store reacts to, by name.
+pub(crate) mod sqlstate {
+    pub(crate) const UNIQUE_VIOLATION: &str = "23505";
+    pub(crate) const UNDEFINED_TABLE: &str = "42P01";
+    pub(crate) const INVALID_SCHEMA_NAME: &str = "3F000";
+    pub(crate) const SERIALIZATION_FAILURE: &str = "40001";
+    pub(crate) const DEADLOCK_DETECTED: &str = "40P01";
+    pub(crate) const QUERY_CANCELED: &str = "57014";
+    pub(crate) const ADMIN_SHUTDOWN: &str = "57P01";
+    pub(crate) const CRASH_SHUTDOWN: &str = "57P02";
+    pub(crate) const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub(crate) const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// Class 08: connection exceptions.
+    pub(crate) const CONNECTION_EXCEPTION_CLASS: &str = "08";
+}
+
+/// SQLSTATE raised by the trigger that refuses `UPDATE`, `DELETE` and
+/// `TRUNCATE` on the events table (see `migrations/0001_event_store.sql`).
+pub const APPEND_ONLY_SQLSTATE: &str = "EC001";
+
+/// Constraint names from the migrations that map to domain errors.
+pub(crate) mod constraint {
+    pub(crate) const EVENTS_EVENT_ID_KEY: &str = "events_event_id_key";
+    pub(crate) const EVENTS_STREAM_VERSION_KEY: &str = "events_stream_version_key";
+}
+
+/// Errors of the PostgreSQL store's own operations (configuration,
+/// connection, schema). Event store operations return [`eventcore::Error`],
+/// which this type converts into and wraps.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresError {
+    /// A configuration value is invalid; the message says which and why.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The database could not be reached.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+
+    /// A migration failed; the schema is left at the previous version.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// The failing migration's version.
+        version: i32,
+        /// Its name.
+        name: &'static str,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The schema was migrated by a newer release than this one.
+    #[error(
+        "schema is at version {found}, newer than this release knows ({known}); upgrade eventcore-postgres"
+    )]
+    SchemaTooNew {
+        /// The version recorded in the database.
+        found: i32,
+        /// The newest version this release ships.
+        known: i32,
+    },
+
+    /// An event store operation failed.
+    #[error(transparent)]
+    Store(#[from] eventcore::Error),
+}
+
+impl From<PostgresError> for eventcore::Error {
+    fn from(e: PostgresError) -> Self {
+        match e {
+            PostgresError::Store(inner) => inner,
+            PostgresError::Connect(source) => eventcore::Error::Unavailable {
+                operation: "connect",
+                source: Box::new(source),
+            },
+            other => eventcore::Error::Backend {
+                operation: "setup",
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
+/// The SQLSTATE and constraint of a database error, if it is one.
+pub(crate) fn db_error_parts(e: &sqlx::Error) -> Option<(String, Option<String>)> {
+    match e {
+        sqlx::Error::Database(db) => Some((
+            db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            db.constraint().map(str::to_owned),
+        )),
+        _ => None,
+    }
+}
+
+/// Maps a sqlx error onto the core error by SQLSTATE and error kind.
+pub(crate) fn map_sqlx(
+    operation: &'static str,
+    query_timeout: Duration,
+    e: sqlx::Error,
+) -> eventcore::Error {
+    use eventcore::Error as E;
+    let transient_db = |code: &str| {
+        code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+            || matches!(
+                code,
+                sqlstate::ADMIN_SHUTDOWN
+                    | sqlstate::CRASH_SHUTDOWN
+                    | sqlstate::CANNOT_CONNECT_NOW
+                    | sqlstate::TOO_MANY_CONNECTIONS
+            )
+    };
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            match code.as_str() {
+                sqlstate::SERIALIZATION_FAILURE | sqlstate::DEADLOCK_DETECTED => E::Aborted {
+                    operation,
+                    source: Box::new(e),
+                },
+                sqlstate::QUERY_CANCELED => E::Timeout {
+                    operation,
+                    elapsed: query_timeout,
+                },
+                c if transient_db(c) => E::Unavailable {
+                    operation,
+                    source: Box::new(e),
+                },
+                _ => E::Backend {
+                    operation,
+                    source: Box::new(e),
+                },
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => E::Unavailable {
+            operation,
+            source: Box::new(e),
+        },
+        _ => E::Backend {
+            operation,
+            source: Box::new(e),
+        },
+    }
+}

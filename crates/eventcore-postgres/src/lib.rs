@@ -1,0 +1,64 @@
+//! # eventcore-postgres
+//!
+//! The PostgreSQL store for [EventCore](eventcore): atomic multi-stream
+//! appends with optimistic concurrency, a gap-safe global order for
+//! projections, typed events, pooled connections with metrics and health
+//! checks.
+//!
+//! ```no_run
+//! use eventcore::CommandExecutor;
+//! use eventcore_postgres::{PostgresConfig, PostgresConfigBuilder, PostgresEventStore};
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // Defaults for everything but the URL...
+//! let config = PostgresConfig::new("postgres://localhost/eventcore");
+//! // ...or the builder, which validates.
+//! let config = PostgresConfigBuilder::new()
+//!     .database_url("postgres://localhost/eventcore")
+//!     .max_connections(20)
+//!     .query_timeout(Duration::from_secs(30))
+//!     .build()?;
+//!
+//! let store = PostgresEventStore::new(config).await?;
+//! store.initialize().await?; // creates or migrates the schema; safe to repeat
+//! let executor = CommandExecutor::new(store.clone());
+//!
+//! let health = store.health_check().await?;
+//! println!("healthy: {}, latency: {:?}", health.is_healthy, health.database_latency);
+//! let metrics = store.get_pool_metrics();
+//! println!("pool: {}/{} in use", metrics.current_connections - metrics.idle_connections, metrics.max_connections);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Schema
+//!
+//! Everything lives in one PostgreSQL schema (default `eventcore`,
+//! [`PostgresConfig::schema`]): `event_streams` (one row per stream, its
+//! version), `events` (the log, append-only by trigger) and
+//! `schema_migrations`. [`PostgresEventStore::initialize`] applies the
+//! versioned migrations of `migrations/` under an advisory lock.
+//!
+//! ## Global order
+//!
+//! An event's [`GlobalPosition`](eventcore::GlobalPosition) is derived from
+//! the id of the transaction that wrote it, and `$all` reads stop below the
+//! oldest transaction still running anywhere in the cluster. A reader can
+//! therefore never skip an event that commits late; the price is that a
+//! long-running transaction holds readers back
+//! ([`HealthStatus::oldest_transaction_age`] reports it). Transaction ids do
+//! not survive `pg_dump`/restore: restore into a cluster whose transaction
+//! counter is past the dumped one (see `docs/operations.md`).
+
+mod config;
+mod error;
+mod metrics;
+mod schema;
+mod sql;
+mod store;
+
+pub use config::{PostgresConfig, PostgresConfigBuilder};
+pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
+pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, StoreStats};
+pub use schema::SCHEMA_VERSION;
+pub use store::PostgresEventStore;

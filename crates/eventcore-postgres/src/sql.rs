@@ -1,0 +1,129 @@
+//! Every statement the store sends, one named constant each.
+//!
+//! `{schema}` stands for the configured schema (a validated identifier) and
+//! is filled in once per store by [`Statements::new`]; everything else is a
+//! bind parameter, listed above each statement.
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
+/// Columns of a stored event, in the order [`crate::store`] decodes them.
+macro_rules! event_columns {
+    () => {
+        "global_position, event_id, stream_id, stream_version, event_type, schema_version, \
+         event_data, metadata, created_at"
+    };
+}
+
+/// `$1..$8`: see `append_events` in migrations/0001_event_store.sql.
+pub(crate) const APPEND_EVENTS: &str = "SELECT conflict_index, actual_version, base_position, versions, id_seen \
+     FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// `$1` stream id, `$2` first version (inclusive), `$3` limit.
+pub(crate) const READ_STREAM_FORWARD: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM {schema}.events WHERE stream_id = $1 AND stream_version >= $2 \
+     ORDER BY stream_version LIMIT $3"
+);
+
+/// `$1` position to read after (exclusive), `$2` limit.
+///
+/// Only positions below the oldest running transaction's id are read: every
+/// transaction that could still commit a lower position has finished, so
+/// nothing can later appear below the last position returned. The scalar
+/// subquery is evaluated once and bounds the primary-key scan.
+pub(crate) const READ_ALL_FORWARD: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM {schema}.events \
+     WHERE global_position > $1 \
+       AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
+     ORDER BY global_position LIMIT $2"
+);
+
+/// `$1` stream id.
+pub(crate) const SELECT_STREAM_VERSION: &str =
+    "SELECT version FROM {schema}.event_streams WHERE stream_id = $1";
+
+/// `$1` event ids. Used after a conflict or duplicate id to tell a re-send
+/// of an earlier append from a genuine clash.
+pub(crate) const SELECT_EVENTS_BY_ID: &str = "SELECT event_id, stream_id, stream_version, global_position \
+     FROM {schema}.events WHERE event_id = ANY($1)";
+
+/// The first position readers cannot see yet, and the oldest running
+/// transaction's age (what holds that horizon back).
+pub(crate) const SELECT_HORIZON: &str = "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) AS horizon, \
+       (SELECT extract(epoch FROM now() - min(xact_start))::float8 \
+          FROM pg_stat_activity WHERE backend_xid IS NOT NULL) AS oldest_xact_seconds";
+
+/// The newest applied migration, if the table exists.
+pub(crate) const SELECT_SCHEMA_VERSION: &str =
+    "SELECT max(version) FROM {schema}.schema_migrations";
+
+/// Cheapest round trip for health checks.
+pub(crate) const SELECT_ONE: &str = "SELECT 1";
+
+/// `$1` lock name (hashed to a key). Serialises concurrent initialize() calls until commit.
+pub(crate) const LOCK_MIGRATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+/// Creates the schema and the migration ledger if missing.
+pub(crate) const CREATE_SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS {schema}";
+pub(crate) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (\
+       version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+
+/// Points unqualified names in migration files at the store's schema.
+pub(crate) const SET_LOCAL_SEARCH_PATH: &str = "SET LOCAL search_path TO {schema}";
+
+/// `$1` version, `$2` name.
+pub(crate) const INSERT_MIGRATION: &str =
+    "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)";
+
+/// Counts for the admin CLI: streams and events.
+pub(crate) const SELECT_STATS: &str = "SELECT (SELECT count(*) FROM {schema}.event_streams) AS streams, \
+            (SELECT count(*) FROM {schema}.events) AS events, \
+            (SELECT max(global_position) FROM {schema}.events) AS max_position";
+
+/// A filled-in statement, in the form sqlx takes. The schema was validated
+/// as a plain identifier, so the text is injection-free.
+pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(statement.clone())
+}
+
+/// Statements with the schema filled in, shared by all connections.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    // Arc<str>: handing a statement to sqlx is a reference-count bump.
+    pub(crate) append_events: Arc<str>,
+    pub(crate) read_stream_forward: Arc<str>,
+    pub(crate) read_all_forward: Arc<str>,
+    pub(crate) select_stream_version: Arc<str>,
+    pub(crate) select_events_by_id: Arc<str>,
+    pub(crate) select_schema_version: Arc<str>,
+    pub(crate) create_schema: Arc<str>,
+    pub(crate) create_migrations_table: Arc<str>,
+    pub(crate) set_local_search_path: Arc<str>,
+    pub(crate) insert_migration: Arc<str>,
+    pub(crate) select_stats: Arc<str>,
+}
+
+impl Statements {
+    /// `schema` must already be validated (see `PostgresConfig::validate`).
+    pub(crate) fn new(schema: &str) -> Self {
+        let fill = |template: &str| Arc::from(template.replace("{schema}", schema));
+        Self {
+            append_events: fill(APPEND_EVENTS),
+            read_stream_forward: fill(READ_STREAM_FORWARD),
+            read_all_forward: fill(READ_ALL_FORWARD),
+            select_stream_version: fill(SELECT_STREAM_VERSION),
+            select_events_by_id: fill(SELECT_EVENTS_BY_ID),
+            select_schema_version: fill(SELECT_SCHEMA_VERSION),
+            create_schema: fill(CREATE_SCHEMA),
+            create_migrations_table: fill(CREATE_MIGRATIONS_TABLE),
+            set_local_search_path: fill(SET_LOCAL_SEARCH_PATH),
+            insert_migration: fill(INSERT_MIGRATION),
+            select_stats: fill(SELECT_STATS),
+        }
+    }
+}

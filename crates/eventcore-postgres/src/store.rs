@@ -1,0 +1,469 @@
+//! The PostgreSQL [`EventStore`].
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use eventcore::{
+    AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion,
+    GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
+};
+use sqlx::{
+    PgPool, Postgres, Row,
+    pool::PoolConnection,
+    postgres::{PgPoolOptions, PgRow},
+    types::Json,
+};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    PostgresConfig, PostgresError,
+    error::{constraint, db_error_parts, map_sqlx, sqlstate},
+    metrics::PoolStats,
+    sql::{Statements, sql},
+};
+
+/// The production event store: every guarantee of [`EventStore`] on PostgreSQL.
+///
+/// * One append is one call of the `append_events` function: one round trip,
+///   one transaction, advisory locks on its streams in a fixed order,
+///   expectations checked after locking, events inserted with one
+///   multi-row `INSERT`.
+/// * The global position encodes the writing transaction's id, and `$all`
+///   readers stop below the oldest transaction still running, so they never
+///   skip an event that commits late (see `docs/adr/0001-global-order.md`).
+/// * Transient faults (lost connections, pool timeouts, deadlocks) are
+///   retried per [`PostgresConfig::retry`]; a re-sent append is recognised
+///   by its event ids.
+///
+/// Cloning is cheap and shares the pool.
+#[derive(Clone, Debug)]
+pub struct PostgresEventStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) config: PostgresConfig,
+    pub(crate) sql: Statements,
+    pub(crate) stats: PoolStats,
+}
+
+/// The append's parameters as column arrays, built once per request and
+/// reused by retries.
+struct AppendParams<'a> {
+    streams: Vec<&'a str>,
+    expected: Vec<i64>,
+    event_streams: Vec<&'a str>,
+    event_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    data: Vec<Json<&'a serde_json::Value>>,
+    metadata: Vec<Json<&'a EventMetadata>>,
+}
+
+impl<'a> AppendParams<'a> {
+    fn new(request: &'a AppendRequest) -> Self {
+        let n = request.event_count();
+        let mut p = AppendParams {
+            streams: Vec::with_capacity(request.streams().len()),
+            expected: Vec::with_capacity(request.streams().len()),
+            event_streams: Vec::with_capacity(n),
+            event_ids: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+        };
+        for s in request.streams() {
+            p.streams.push(s.stream_id.as_str());
+            p.expected.push(match s.expected {
+                ExpectedVersion::Any => -1,
+                ExpectedVersion::NoStream => -2,
+                ExpectedVersion::StreamExists => -3,
+                ExpectedVersion::Exact(v) => v.get() as i64,
+            });
+            for e in &s.events {
+                p.event_streams.push(s.stream_id.as_str());
+                p.event_ids.push(e.event_id.as_uuid());
+                p.event_types.push(&e.event_type);
+                p.schema_versions.push(e.schema_version as i32);
+                p.data.push(Json(&e.data));
+                p.metadata.push(Json(&e.metadata));
+            }
+        }
+        p
+    }
+}
+
+impl PostgresEventStore {
+    /// Connects a pool per `config` (validated first). Call
+    /// [`initialize`](Self::initialize) before first use of a new database.
+    pub async fn new(config: PostgresConfig) -> Result<Self, PostgresError> {
+        config.validate()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections)
+            .acquire_timeout(config.connect_timeout)
+            .idle_timeout(config.idle_timeout)
+            .max_lifetime(config.max_lifetime)
+            .test_before_acquire(config.test_before_acquire)
+            .connect_with(config.connect_options()?)
+            .await
+            .map_err(PostgresError::Connect)?;
+        Ok(Self::assemble(pool, config))
+    }
+
+    /// Wraps an existing pool. The pool's own settings apply; of `config`
+    /// only the schema, size limit and retry policy are used, and
+    /// `query_timeout` is enforced only if the pool's connections set
+    /// `statement_timeout` themselves.
+    pub fn from_pool(pool: PgPool, config: PostgresConfig) -> Result<Self, PostgresError> {
+        config.validate()?;
+        Ok(Self::assemble(pool, config))
+    }
+
+    fn assemble(pool: PgPool, config: PostgresConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&config.schema),
+                pool,
+                config,
+                stats: PoolStats::default(),
+            }),
+        }
+    }
+
+    /// The connection pool, for queries of your own (read models in the
+    /// same database, say).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.inner.config
+    }
+
+    /// Takes a connection, recording wait time and timeouts for
+    /// [`get_pool_metrics`](Self::get_pool_metrics).
+    pub(crate) async fn acquire(
+        &self,
+        operation: &'static str,
+    ) -> Result<PoolConnection<Postgres>, Error> {
+        let started = Instant::now();
+        let result = self.inner.pool.acquire().await;
+        self.inner
+            .stats
+            .record_acquire(started.elapsed(), result.is_ok(), self.inner.pool.size());
+        result.map_err(|e| self.map_err(operation, e))
+    }
+
+    pub(crate) fn map_err(&self, operation: &'static str, e: sqlx::Error) -> Error {
+        map_sqlx(operation, self.inner.config.query_timeout, e)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the store's retry
+    /// policy runs out on transient failures.
+    pub(crate) async fn with_retry<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let policy = &self.inner.config.retry;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match attempt().await {
+                Err(e) if e.is_transient() && tries < policy.max_attempts => {
+                    tracing::warn!(operation, attempt = tries, error = %e, "transient failure; retrying");
+                    tokio::time::sleep(policy.delay_after(tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn append_once(
+        &self,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<AppendOutcome, Error> {
+        let mut conn = self.acquire("append").await?;
+        let result = sqlx::query(sql(&self.inner.sql.append_events))
+            .bind(&p.streams)
+            .bind(&p.expected)
+            .bind(&p.event_streams)
+            .bind(&p.event_ids)
+            .bind(&p.event_types)
+            .bind(&p.schema_versions)
+            .bind(&p.data)
+            .bind(&p.metadata)
+            .fetch_one(&mut *conn)
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(e) => {
+                return match db_error_parts(&e) {
+                    // Another append stored one of these ids first: either
+                    // this is a re-send, or a genuine clash.
+                    Some((code, Some(c)))
+                        if code == sqlstate::UNIQUE_VIOLATION
+                            && c == constraint::EVENTS_EVENT_ID_KEY =>
+                    {
+                        match self.replay(&mut conn, request, p).await? {
+                            Some(outcome) => Ok(outcome),
+                            None => Err(self.map_err("append", e)),
+                        }
+                    }
+                    // Cannot happen while every writer takes the stream
+                    // locks; if a foreign writer raced us, retrying is right.
+                    Some((code, Some(c)))
+                        if code == sqlstate::UNIQUE_VIOLATION
+                            && c == constraint::EVENTS_STREAM_VERSION_KEY =>
+                    {
+                        Err(Error::Aborted {
+                            operation: "append",
+                            source: Box::new(e),
+                        })
+                    }
+                    _ => Err(self.map_err("append", e)),
+                };
+            }
+        };
+        let decode = |e: sqlx::Error| self.map_err("append", e);
+        let conflict_index: i32 = row.try_get(0).map_err(decode)?;
+        if conflict_index > 0 {
+            let id_seen: Option<bool> = row.try_get(4).map_err(decode)?;
+            if id_seen == Some(true) {
+                if let Some(outcome) = self.replay(&mut conn, request, p).await? {
+                    return Ok(outcome);
+                }
+            }
+            let actual: i64 = row.try_get(1).map_err(decode)?;
+            let s = &request.streams()[conflict_index as usize - 1];
+            return Err(VersionConflict {
+                stream_id: s.stream_id.clone(),
+                expected: s.expected,
+                actual: StreamVersion::new(actual as u64),
+            }
+            .into());
+        }
+        let base: Option<i64> = row.try_get(2).map_err(decode)?;
+        let versions: Vec<i64> = row.try_get(3).map_err(decode)?;
+        let mut outcome = AppendOutcome {
+            stream_versions: BTreeMap::new(),
+            positions: None,
+            replayed: false,
+        };
+        for (s, v) in request.streams().iter().zip(versions) {
+            if !s.events.is_empty() {
+                outcome
+                    .stream_versions
+                    .insert(s.stream_id.clone(), StreamVersion::new(v as u64));
+            }
+        }
+        if let Some(base) = base {
+            let n = p.event_ids.len() as u64;
+            outcome.positions = Some((
+                GlobalPosition::new(base as u64 + 1),
+                GlobalPosition::new(base as u64 + n),
+            ));
+        }
+        Ok(outcome)
+    }
+
+    /// The original outcome if every event of `request` is already stored on
+    /// its stream; `None` if none is; [`Error::DuplicateEventId`] otherwise.
+    async fn replay(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Option<AppendOutcome>, Error> {
+        let rows = sqlx::query(sql(&self.inner.sql.select_events_by_id))
+            .bind(&p.event_ids)
+            .fetch_all(&mut **conn)
+            .await
+            .map_err(|e| self.map_err("append", e))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut stored = BTreeMap::new();
+        for row in &rows {
+            let id: Uuid = row.try_get(0).map_err(|e| self.map_err("append", e))?;
+            let stream: String = row.try_get(1).map_err(|e| self.map_err("append", e))?;
+            let version: i64 = row.try_get(2).map_err(|e| self.map_err("append", e))?;
+            let position: i64 = row.try_get(3).map_err(|e| self.map_err("append", e))?;
+            stored.insert(id, (stream, version as u64, position as u64));
+        }
+        let mut outcome = AppendOutcome {
+            stream_versions: BTreeMap::new(),
+            positions: None,
+            replayed: true,
+        };
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        for s in request.streams() {
+            for e in &s.events {
+                match stored.get(&e.event_id.as_uuid()) {
+                    Some((stream, version, position)) if stream == s.stream_id.as_str() => {
+                        let v = outcome
+                            .stream_versions
+                            .entry(s.stream_id.clone())
+                            .or_default();
+                        *v = (*v).max(StreamVersion::new(*version));
+                        lo = lo.min(*position);
+                        hi = hi.max(*position);
+                    }
+                    _ => {
+                        // Report an id that *is* stored: that is the clash.
+                        let event_id = request
+                            .event_ids()
+                            .find(|id| stored.contains_key(&id.as_uuid()))
+                            .unwrap_or(e.event_id);
+                        return Err(Error::DuplicateEventId { event_id });
+                    }
+                }
+            }
+        }
+        outcome.positions = Some((GlobalPosition::new(lo), GlobalPosition::new(hi)));
+        Ok(Some(outcome))
+    }
+
+    async fn fetch_events(
+        &self,
+        operation: &'static str,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let mut conn = self.acquire(operation).await?;
+        let rows = query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.map_err(operation, e))?;
+        rows.iter()
+            .map(|row| decode_row(row, |e| self.map_err(operation, e)))
+            .collect()
+    }
+}
+
+/// Turns a row of `event_columns!()` into a [`StoredEvent`]; a row whose
+/// stored values break the model (bad id, metadata of the wrong shape) is
+/// [`Error::CorruptRow`] naming it.
+fn decode_row(row: &PgRow, map: impl Fn(sqlx::Error) -> Error) -> Result<StoredEvent, Error> {
+    let position: i64 = row.try_get(0).map_err(&map)?;
+    let event_id: Uuid = row.try_get(1).map_err(&map)?;
+    let stream_id: String = row.try_get(2).map_err(&map)?;
+    let stream_version: i64 = row.try_get(3).map_err(&map)?;
+    let event_type: String = row.try_get(4).map_err(&map)?;
+    let schema_version: i32 = row.try_get(5).map_err(&map)?;
+    let Json(data): Json<serde_json::Value> = row.try_get(6).map_err(&map)?;
+    let Json(metadata): Json<serde_json::Value> = row.try_get(7).map_err(&map)?;
+    let recorded_at = row.try_get(8).map_err(&map)?;
+    let what = || format!("stream '{stream_id}' version {stream_version} at position {position}");
+    let corrupt = |reason: String| Error::CorruptRow {
+        what: what(),
+        reason,
+    };
+    Ok(StoredEvent {
+        event_id: EventId::from_uuid(event_id).map_err(|e| corrupt(e.to_string()))?,
+        stream_id: StreamId::new(&stream_id).map_err(|e| corrupt(e.to_string()))?,
+        stream_version: StreamVersion::new(stream_version as u64),
+        position: GlobalPosition::new(position as u64),
+        event_type,
+        schema_version: schema_version as u32,
+        data,
+        metadata: serde_json::from_value(metadata)
+            .map_err(|e| corrupt(format!("metadata does not decode: {e}")))?,
+        recorded_at,
+    })
+}
+
+/// Positions and versions travel as BIGINT; larger values cannot be stored.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
+        request.validate(self.inner.config.max_event_bytes)?;
+        let span = tracing::debug_span!(
+            "eventcore.append",
+            streams = request.streams().len(),
+            events = request.event_count(),
+            first_stream = request.streams().first().map(|s| s.stream_id.as_str()),
+        );
+        async {
+            if request.streams().is_empty() {
+                return Ok(AppendOutcome {
+                    stream_versions: BTreeMap::new(),
+                    positions: None,
+                    replayed: false,
+                });
+            }
+            let params = AppendParams::new(&request);
+            self.with_retry("append", || self.append_once(&request, &params))
+                .await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let span = tracing::debug_span!(
+            "eventcore.read_stream",
+            stream = stream.as_str(),
+            from = from.get(),
+            limit
+        );
+        self.with_retry("read_stream", || {
+            let query = sqlx::query(sql(&self.inner.sql.read_stream_forward))
+                .bind(stream.as_str())
+                .bind(to_i64(from.get()))
+                .bind(to_i64(limit as u64));
+            self.fetch_events("read_stream", query)
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let span = tracing::debug_span!("eventcore.read_all", after = after.get(), limit);
+        self.with_retry("read_all", || {
+            let query = sqlx::query(sql(&self.inner.sql.read_all_forward))
+                .bind(to_i64(after.get()))
+                .bind(to_i64(limit as u64));
+            self.fetch_events("read_all", query)
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
+        self.with_retry("stream_version", || async {
+            let mut conn = self.acquire("stream_version").await?;
+            let version: Option<i64> =
+                sqlx::query_scalar(sql(&self.inner.sql.select_stream_version))
+                    .bind(stream.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| self.map_err("stream_version", e))?;
+            Ok(StreamVersion::new(version.unwrap_or(0) as u64))
+        })
+        .await
+    }
+}
