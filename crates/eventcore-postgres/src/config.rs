@@ -61,6 +61,9 @@ pub struct PostgresConfig {
     pub max_event_bytes: usize,
     /// Prepared statements cached per connection. Default 100.
     pub statement_cache_capacity: usize,
+    /// `application_name` of every connection, shown in `pg_stat_activity`.
+    /// Default `eventcore`.
+    pub application_name: String,
     /// How the store itself retries transient failures (lost connections,
     /// pool timeouts, deadlocks) of one operation. Appends are re-sent with
     /// the same event ids, so a lost acknowledgement never duplicates events.
@@ -89,6 +92,7 @@ impl PostgresConfig {
             schema: "eventcore".into(),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             statement_cache_capacity: 100,
+            application_name: "eventcore".into(),
             retry: RetryPolicy::new()
                 .max_attempts(3)
                 .base_delay(Duration::from_millis(10))
@@ -134,7 +138,7 @@ impl PostgresConfig {
             PostgresError::InvalidConfig(format!("database_url is not a valid PostgreSQL URL: {e}"))
         })?;
         Ok(options
-            .application_name("eventcore")
+            .application_name(&self.application_name)
             .statement_cache_capacity(self.statement_cache_capacity)
             .options([(
                 "statement_timeout",
@@ -231,6 +235,12 @@ impl PostgresConfigBuilder {
     /// Sets the per-event size limit.
     pub fn max_event_bytes(mut self, n: usize) -> Self {
         self.config.max_event_bytes = n;
+        self
+    }
+
+    /// Sets the `application_name` reported to the server.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.config.application_name = name.into();
         self
     }
 

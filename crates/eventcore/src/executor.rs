@@ -133,16 +133,29 @@ impl<S: EventStore> CommandExecutor<S> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            self.catch_up(command, &mut snapshot).await?;
-            let request = match self.decide(command, &mut snapshot, &metadata).await? {
-                Some(request) => request,
-                None => {
+            let decided = match self.catch_up(command, &mut snapshot).await {
+                Ok(()) => self.decide(command, &mut snapshot, &metadata).await,
+                Err(e) => Err(e.into()),
+            };
+            let request = match decided {
+                Ok(Some(request)) => request,
+                Ok(None) => {
                     return Ok(ExecutionOutcome {
                         append: None,
                         events_written: 0,
                         attempts: attempt,
                     });
                 }
+                // Reads are safe to repeat: a transient read failure re-runs
+                // the attempt from where the snapshot got to.
+                Err(CommandError::Store(e))
+                    if e.is_transient() && attempt < self.retry.max_attempts =>
+                {
+                    tracing::debug!(attempt, error = %e, "transient read failure; retrying");
+                    tokio::time::sleep(self.retry.delay_after(attempt)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let events_written = request.event_count();
 

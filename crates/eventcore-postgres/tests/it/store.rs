@@ -1,1 +1,213 @@
-//! placeholder
+//! Behaviour specific to the PostgreSQL store: corrupt rows, timeouts, pool
+//! limits, metrics, and the read horizon that makes `$all` skip-free.
+
+use std::time::Duration;
+
+use eventcore::{
+    AppendRequest, Error, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RetryPolicy,
+    StreamId, StreamVersion,
+};
+use eventcore_postgres::{PostgresConfigBuilder, PostgresError, PostgresEventStore};
+use sqlx::{AssertSqlSafe, Connection};
+
+use crate::support::{config, database_url, fresh_store, store_with};
+
+fn one(stream: &StreamId, kind: &str) -> AppendRequest {
+    AppendRequest::new().append(
+        stream.clone(),
+        ExpectedVersion::Any,
+        vec![NewEvent::raw(kind, serde_json::json!({ "k": kind }))],
+    )
+}
+
+async fn all_after(store: &PostgresEventStore, after: GlobalPosition) -> Vec<String> {
+    store
+        .read_all(after, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+#[tokio::test]
+async fn corrupt_rows_are_errors_naming_the_row() {
+    let store = fresh_store().await;
+    let schema = &store.config().schema;
+    let stream = StreamId::new("corrupt-1").unwrap();
+    store.append(one(&stream, "Good")).await.unwrap();
+    // Metadata of the wrong shape, written behind the store's back.
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
+         VALUES (9223372036854775000, '018f0000-0000-7000-8000-000000000001', 'corrupt-1', 2, 'Bad', 1, '{{}}', '[1, 2]')"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let err = store
+        .read_stream_to_end(&stream, StreamVersion::new(1))
+        .await
+        .unwrap_err();
+    match err {
+        Error::CorruptRow { what, reason } => {
+            assert!(
+                what.contains("corrupt-1") && what.contains("version 2"),
+                "{what}"
+            );
+            assert!(reason.contains("metadata"), "{reason}");
+        }
+        other => panic!("expected CorruptRow, got {other:?}"),
+    }
+    // The good event before it still reads.
+    assert_eq!(
+        store
+            .read_stream(&stream, StreamVersion::new(1), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn statements_past_query_timeout_fail_with_timeout() {
+    let store = store_with(
+        config()
+            .query_timeout(Duration::from_millis(300))
+            .retry_policy(RetryPolicy::none())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let stream = StreamId::new("locked-1").unwrap();
+    // Hold the stream's append lock from another session.
+    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind("locked-1")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = store.append(one(&stream, "Blocked")).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "got {err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tx.rollback().await.unwrap();
+    store
+        .append(one(&stream, "Free"))
+        .await
+        .expect("lock released, append works");
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        StreamVersion::new(1)
+    );
+}
+
+#[tokio::test]
+async fn exhausted_pool_is_a_typed_transient_error_and_counted() {
+    let store = store_with(
+        config()
+            .max_connections(1)
+            .connect_timeout(Duration::from_millis(200))
+            .retry_policy(RetryPolicy::none())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let held = store.pool().acquire().await.unwrap();
+    let err = store.read_all(GlobalPosition::START, 10).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "got {err:?}");
+    assert!(err.is_transient());
+    let metrics = store.get_pool_metrics();
+    assert!(metrics.connection_timeouts >= 1);
+    assert_eq!(metrics.current_connections, 1);
+    assert!((metrics.utilization_percent - 100.0).abs() < f64::EPSILON);
+    drop(held);
+    store
+        .read_all(GlobalPosition::START, 10)
+        .await
+        .expect("works once the connection is back");
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_connect_error() {
+    let config = PostgresConfigBuilder::new()
+        .database_url("postgres://nobody@127.0.0.1:1/none")
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = PostgresEventStore::new(config).await.unwrap_err();
+    assert!(matches!(err, PostgresError::Connect(_)), "got {err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let core: Error = err.into();
+    assert!(core.is_transient(), "unreachable is retryable: {core}");
+}
+
+#[tokio::test]
+async fn pool_metrics_and_monitoring() {
+    let store = fresh_store().await;
+    let stream = StreamId::new("metrics-1").unwrap();
+    for _ in 0..5 {
+        store.append(one(&stream, "Tick")).await.unwrap();
+    }
+    let m = store.get_pool_metrics();
+    assert!(m.total_acquisitions >= 5);
+    assert!(m.peak_connections >= 1);
+    assert!(m.current_connections >= 1 && m.current_connections <= m.max_connections);
+    assert!((0.0..=100.0).contains(&m.utilization_percent));
+    let monitor = store.start_pool_monitoring(Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    monitor.stop().await;
+}
+
+/// The heart of the skip-free guarantee: a transaction that took its id
+/// early but commits late holds `$all` readers back, then appears *before*
+/// the events that committed while it was open.
+#[tokio::test]
+async fn late_commits_are_never_skipped() {
+    let store = fresh_store().await;
+    let schema = store.config().schema.clone();
+    let early = StreamId::new("early").unwrap();
+    let late = StreamId::new("late").unwrap();
+    store.append(one(&early, "Before")).await.unwrap();
+    let start = store.read_all(GlobalPosition::START, 10).await.unwrap()[0].position;
+
+    // Open a transaction that appends through the store's own function but
+    // does not commit yet: it holds the smaller transaction id.
+    let mut slow = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut tx = slow.begin().await.unwrap();
+    let event = NewEvent::raw("Slow", serde_json::json!({}));
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT * FROM {schema}.append_events(ARRAY['late'], ARRAY[-1]::bigint[], ARRAY['late'], $1, ARRAY['Slow'], ARRAY[1], ARRAY['{{}}'::jsonb], $2)"
+    )))
+    .bind(vec![event.event_id.as_uuid()])
+    .bind(vec![serde_json::to_value(&event.metadata).unwrap()])
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+
+    // A later transaction commits first.
+    store.append(one(&early, "Fast")).await.unwrap();
+    assert_eq!(
+        store.stream_version(&early).await.unwrap(),
+        StreamVersion::new(2)
+    );
+    assert!(
+        all_after(&store, start).await.is_empty(),
+        "readers must wait for the open transaction instead of skipping past it"
+    );
+    let health = store.health_check().await.unwrap();
+    assert!(health.oldest_transaction_age.is_some());
+
+    tx.commit().await.unwrap();
+    assert_eq!(
+        all_after(&store, start).await,
+        ["Slow", "Fast"],
+        "the late commit is ordered before the events that waited for it"
+    );
+    assert_eq!(
+        store.stream_version(&late).await.unwrap(),
+        StreamVersion::new(1)
+    );
+}

@@ -10,7 +10,7 @@
 //!
 //! Each case panics with a message saying which guarantee broke.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -626,17 +626,73 @@ pub async fn concurrent_appends_lose_nothing<S: EventStore + ?Sized>(store: &S) 
 }
 
 /// Sixteen tasks doing random transfers through the executor while a reader
-/// follows `read_all`: money is conserved, no account is overdrawn, and the
-/// reader sees every event exactly once, in order.
+/// follows `read_all`: see [`run_transfer_load`].
 pub async fn concurrent_transfers_conserve_money<S: EventStore + ?Sized>(store: &S) {
-    const TASKS: usize = 16;
-    const TRANSFERS: usize = 40;
-    const INITIAL: u64 = 1_000;
-    let accounts: Vec<StreamId> = (0..8).map(|_| unique("acct")).collect();
+    let report = run_transfer_load(store, TransferLoad::default()).await;
+    assert!(report.succeeded > 0, "some transfers must succeed");
+}
+
+/// Shape of a [`run_transfer_load`] run.
+#[derive(Clone, Debug)]
+pub struct TransferLoad {
+    /// Concurrent writer tasks.
+    pub tasks: usize,
+    /// Transfers each task attempts.
+    pub transfers_per_task: usize,
+    /// Number of accounts; the first two are hot (half of all transfers pay
+    /// into them).
+    pub accounts: usize,
+    /// Opening balance of every account.
+    pub initial_balance: u64,
+}
+
+impl Default for TransferLoad {
+    fn default() -> Self {
+        Self {
+            tasks: 16,
+            transfers_per_task: 40,
+            accounts: 8,
+            initial_balance: 1_000,
+        }
+    }
+}
+
+/// What a [`run_transfer_load`] run did.
+#[derive(Clone, Debug)]
+pub struct TransferReport {
+    /// Transfers that committed.
+    pub succeeded: usize,
+    /// Transfers refused by the overdraft rule.
+    pub rejected: usize,
+    /// Executor attempts beyond the first, summed.
+    pub retries: u64,
+    /// Events the live reader saw.
+    pub events_seen: usize,
+}
+
+/// Random transfers from many tasks through the executor while a reader
+/// follows `read_all`, then checks every invariant: money is conserved, no
+/// account is ever overdrawn, stream versions are contiguous, every transfer
+/// wrote exactly its two events, and the live reader saw every event exactly
+/// once, in order, with no position it passed ever filled in later.
+///
+/// Transient store errors met by the reader are retried, so the run also
+/// serves fault tests that kill connections underneath it.
+pub async fn run_transfer_load<S: EventStore + ?Sized>(
+    store: &S,
+    load: TransferLoad,
+) -> TransferReport {
+    let accounts: Vec<StreamId> = (0..load.accounts).map(|_| unique("acct")).collect();
     for a in &accounts {
-        seed(store, a, [AccountEvent::Deposited { amount: INITIAL }])
-            .await
-            .unwrap();
+        seed(
+            store,
+            a,
+            [AccountEvent::Deposited {
+                amount: load.initial_balance,
+            }],
+        )
+        .await
+        .unwrap();
     }
     let start = read_everything(store)
         .await
@@ -651,10 +707,14 @@ pub async fn concurrent_transfers_conserve_money<S: EventStore + ?Sized>(store: 
         let mut after = start;
         loop {
             let finished = done.load(Ordering::Acquire);
-            let page = store
-                .read_all(after, 100)
-                .await
-                .expect("read_all while writing");
+            let page = match store.read_all(after, 100).await {
+                Ok(page) => page,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    continue;
+                }
+                Err(e) => panic!("read_all while writing: {e}"),
+            };
             if let Some(last) = page.last() {
                 assert!(page[0].position > after, "read_all went backwards");
                 after = last.position;
@@ -667,19 +727,22 @@ pub async fn concurrent_transfers_conserve_money<S: EventStore + ?Sized>(store: 
         }
     };
     let writers = async {
-        let results = futures::future::join_all((0..TASKS).map(|_| async {
-            let mut ok = 0usize;
-            for _ in 0..TRANSFERS {
+        let results = futures::future::join_all((0..load.tasks).map(|_| async {
+            let (mut ok, mut rejected, mut retries) = (0usize, 0usize, 0u64);
+            for _ in 0..load.transfers_per_task {
                 let (from, to, amount) = {
                     let mut rng = rand::rng();
                     let from = rng.random_range(0..accounts.len());
-                    // Accounts 0 and 1 are hot: every other transfer pays into them.
                     let to = if rng.random_bool(0.5) {
                         rng.random_range(0..2)
                     } else {
                         rng.random_range(0..accounts.len())
                     };
-                    (from, to, rng.random_range(1..400))
+                    (
+                        from,
+                        to,
+                        rng.random_range(1..=(load.initial_balance / 10).max(1)),
+                    )
                 };
                 if from == to {
                     continue;
@@ -690,41 +753,56 @@ pub async fn concurrent_transfers_conserve_money<S: EventStore + ?Sized>(store: 
                     amount,
                 };
                 match executor.execute(command).await {
-                    Ok(_) => ok += 1,
-                    Err(CommandError::Rejected(_)) => {}
+                    Ok(outcome) => {
+                        ok += 1;
+                        retries += u64::from(outcome.attempts - 1);
+                    }
+                    Err(CommandError::Rejected(_)) => rejected += 1,
                     Err(e) => panic!("transfer failed: {e}"),
                 }
             }
-            ok
+            (ok, rejected, retries)
         }))
         .await;
         done.store(true, Ordering::Release);
-        results.into_iter().sum::<usize>()
+        results
+            .into_iter()
+            .fold((0, 0, 0), |a, r| (a.0 + r.0, a.1 + r.1, a.2 + r.2))
     };
-    let (seen, succeeded) = futures::join!(reader, writers);
+    let (seen, (succeeded, rejected, retries)) = futures::join!(reader, writers);
 
-    let mut balances: HashMap<&StreamId, i128> = HashMap::new();
     let mut total = 0i128;
+    let mut stream_events = 0usize;
     for a in &accounts {
         let events = store
             .read_stream_to_end(a, StreamVersion::new(1))
             .await
             .unwrap();
         let mut balance = 0;
-        for e in &events {
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(
+                e.stream_version.get(),
+                i as u64 + 1,
+                "versions of {a} are contiguous"
+            );
             balance += e.decode::<AccountEvent>().unwrap().event.delta();
             assert!(
                 balance >= 0,
                 "account {a} went negative: the overdraft rule was bypassed"
             );
         }
+        stream_events += events.len() - 1;
         total += balance;
-        balances.insert(a, balance);
     }
     assert_eq!(
         total,
-        i128::from(INITIAL) * accounts.len() as i128,
+        i128::from(load.initial_balance) * accounts.len() as i128,
         "money is conserved"
+    );
+    assert_eq!(
+        stream_events,
+        succeeded * 2,
+        "every transfer wrote exactly two events"
     );
 
     let after_start: Vec<_> = read_everything(store)
@@ -736,7 +814,13 @@ pub async fn concurrent_transfers_conserve_money<S: EventStore + ?Sized>(store: 
     assert_eq!(
         after_start.iter().filter(ours).count(),
         succeeded * 2,
-        "two events per transfer"
+        "two events per transfer in $all"
+    );
+    let unique_ids: HashSet<_> = after_start.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        unique_ids.len(),
+        after_start.len(),
+        "no event appears twice in $all"
     );
     let live: Vec<_> = seen.iter().map(|e| (e.position, e.event_id)).collect();
     let settled: Vec<_> = after_start
@@ -747,6 +831,12 @@ pub async fn concurrent_transfers_conserve_money<S: EventStore + ?Sized>(store: 
         live, settled,
         "the live reader saw every event exactly once, in order"
     );
+    TransferReport {
+        succeeded,
+        rejected,
+        retries,
+        events_seen: seen.len(),
+    }
 }
 
 /// Two withdrawals that each read both accounts of a pair but write only one
