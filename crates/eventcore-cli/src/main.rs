@@ -1,1 +1,139 @@
-fn main() {}
+//! # `eventcore`: the admin command for an EventCore PostgreSQL store
+//!
+//! A thin shell over [`eventcore_postgres`]: the arguments are parsed and
+//! validated into a configuration, then each subcommand makes a few library
+//! calls and prints the result.
+//!
+//! ```text
+//! $ export DATABASE_URL=postgres://app:secret@db.internal:5432/app
+//! $ eventcore init                          # create or migrate the schema (idempotent)
+//! initialized schema eventcore at version 1
+//! $ eventcore health                        # exit status 0 if healthy, 1 if not
+//! $ eventcore stats --json                  # streams, events, max position, schema version
+//! $ eventcore stream account-42 --from 10 --limit 5
+//! $ eventcore tail --after 123456 --follow  # all streams in global order, until Ctrl-C
+//! $ eventcore pool                          # connection pool metrics
+//! $ eventcore --schema tenant_a stats       # a store in another schema
+//! ```
+//!
+//! ## Options
+//!
+//! * `--database-url URL` (or `DATABASE_URL`, required): where the store is.
+//!   Passwords are masked wherever the URL is printed, and `--help` does not
+//!   show the variable's value.
+//! * `--schema NAME` (or `EVENTCORE_SCHEMA`, default `eventcore`): the
+//!   PostgreSQL schema holding the store's tables.
+//! * `--connect-timeout SECONDS` (default 10): how long to keep trying to
+//!   connect before giving up.
+//! * `--json`: machine-readable output: one JSON object for `init`, `health`,
+//!   `stats` and `pool`; one object per line (JSON Lines) for the events of
+//!   `stream` and `tail`, with the field names of
+//!   [`StoredEvent`](eventcore::StoredEvent).
+//!
+//! Options may come before or after the subcommand. Results go to stdout,
+//! errors and diagnostics to stderr (log level via `RUST_LOG`, default
+//! `warn`).
+//!
+//! ## Exit status
+//!
+//! `0` on success, `1` when `health` finds the store unhealthy, `2` on any
+//! error (bad arguments, unreachable database, uninitialized schema, ...).
+
+mod cli;
+mod commands;
+mod output;
+
+use std::{io, process::ExitCode};
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::Cli;
+
+/// Exit status for errors (as for bad arguments, which clap reports).
+const ERROR: u8 = 2;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(io::stderr)
+        .init();
+    let result = match cli.into_config() {
+        Ok(config) => commands::run(config).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(code) => code,
+        // `eventcore tail | head`: the reader has all it wanted.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(ERROR)
+        }
+    }
+}
+
+/// The error and its causes, joined by `: `. Many errors already include
+/// their cause in their own message; such a cause is not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if !text.ends_with(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+    }
+    text
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[derive(Debug)]
+    struct Outer(io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot connect to the database: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let e = Err::<(), _>(Outer(io::Error::other("connection refused")))
+            .context("cannot connect to postgres://h/db")
+            .unwrap_err();
+        assert_eq!(
+            error_chain(&e),
+            "cannot connect to postgres://h/db: cannot connect to the database: connection refused"
+        );
+    }
+
+    #[test]
+    fn broken_pipes_are_recognised() {
+        let e = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

@@ -64,6 +64,11 @@ pub struct PostgresConfig {
     /// `application_name` of every connection, shown in `pg_stat_activity`.
     /// Default `eventcore`.
     pub application_name: String,
+    /// Cross-process wake-ups: after appends, a background task sends one
+    /// `NOTIFY` per burst, at most one per this interval, outside the append
+    /// transactions. Default 5 ms. `None` disables NOTIFY (subscribers in
+    /// other processes then rely on polling; in-process ones are still woken).
+    pub notify_interval: Option<Duration>,
     /// How the store itself retries transient failures (lost connections,
     /// pool timeouts, deadlocks) of one operation. Appends are re-sent with
     /// the same event ids, so a lost acknowledgement never duplicates events.
@@ -93,6 +98,7 @@ impl PostgresConfig {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             statement_cache_capacity: 100,
             application_name: "eventcore".into(),
+            notify_interval: Some(Duration::from_millis(5)),
             retry: RetryPolicy::new()
                 .max_attempts(3)
                 .base_delay(Duration::from_millis(10))
@@ -134,6 +140,14 @@ impl PostgresConfig {
     /// The sqlx connection options: the URL plus the per-session settings
     /// the store relies on.
     pub(crate) fn connect_options(&self) -> Result<PgConnectOptions, PostgresError> {
+        // sqlx parses any scheme; a mysql:// URL here is a mistake to report.
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(PostgresError::InvalidConfig(
+                "database_url must start with postgres:// or postgresql://".into(),
+            ));
+        }
         let options: PgConnectOptions = self.database_url.parse().map_err(|e| {
             PostgresError::InvalidConfig(format!("database_url is not a valid PostgreSQL URL: {e}"))
         })?;
@@ -241,6 +255,12 @@ impl PostgresConfigBuilder {
     /// Sets the `application_name` reported to the server.
     pub fn application_name(mut self, name: impl Into<String>) -> Self {
         self.config.application_name = name.into();
+        self
+    }
+
+    /// Sets the NOTIFY interval (`None` disables NOTIFY).
+    pub fn notify_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.config.notify_interval = interval.into();
         self
     }
 

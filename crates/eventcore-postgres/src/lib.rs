@@ -53,6 +53,8 @@
 mod config;
 mod error;
 mod metrics;
+mod notify;
+mod projection;
 mod schema;
 mod sql;
 mod store;
@@ -60,5 +62,6 @@ mod store;
 pub use config::{PostgresConfig, PostgresConfigBuilder};
 pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, StoreStats};
+pub use projection::PostgresCheckpointStore;
 pub use schema::SCHEMA_VERSION;
 pub use store::PostgresEventStore;

@@ -47,6 +47,9 @@ pub(crate) const READ_ALL_FORWARD: &str = concat!(
 pub(crate) const SELECT_STREAM_VERSION: &str =
     "SELECT version FROM {schema}.event_streams WHERE stream_id = $1";
 
+/// The newest committed position, read backwards off the primary key.
+pub(crate) const SELECT_HEAD_POSITION: &str = "SELECT max(global_position) FROM {schema}.events";
+
 /// `$1` event ids. Used after a conflict or duplicate id to tell a re-send
 /// of an earlier append from a genuine clash.
 pub(crate) const SELECT_EVENTS_BY_ID: &str = "SELECT event_id, stream_id, stream_version, global_position \
@@ -91,6 +94,31 @@ pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(statement.clone())
 }
 
+/// `$1` projection name.
+pub(crate) const SELECT_CHECKPOINT: &str =
+    "SELECT position FROM {schema}.projection_checkpoints WHERE projection = $1";
+
+/// `$1` projection name, `$2` position. Checkpoints never move backwards.
+pub(crate) const UPSERT_CHECKPOINT: &str = "INSERT INTO {schema}.projection_checkpoints AS c (projection, position) VALUES ($1, $2) \
+     ON CONFLICT (projection) DO UPDATE \
+     SET position = greatest(c.position, excluded.position), updated_at = now()";
+
+/// `$1` projection name.
+pub(crate) const DELETE_CHECKPOINT: &str =
+    "DELETE FROM {schema}.projection_checkpoints WHERE projection = $1";
+
+/// `$1` projection, `$2` position, `$3` stream id, `$4` error text.
+pub(crate) const INSERT_PROJECTION_SKIP: &str = "INSERT INTO {schema}.projection_skips (projection, position, stream_id, error) \
+     VALUES ($1, $2, $3, $4)";
+
+/// `$1` projection name.
+pub(crate) const SELECT_PROJECTION_SKIPS: &str = "SELECT position, stream_id, error FROM {schema}.projection_skips \
+     WHERE projection = $1 ORDER BY position, id";
+
+/// `$1` lock name (hashed to a key). A session lock: held until the
+/// connection closes, so it dies with its process.
+pub(crate) const TRY_LOCK_PROJECTION: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
+
 /// Statements with the schema filled in, shared by all connections.
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -106,6 +134,12 @@ pub(crate) struct Statements {
     pub(crate) set_local_search_path: Arc<str>,
     pub(crate) insert_migration: Arc<str>,
     pub(crate) select_stats: Arc<str>,
+    pub(crate) select_checkpoint: Arc<str>,
+    pub(crate) select_head_position: Arc<str>,
+    pub(crate) upsert_checkpoint: Arc<str>,
+    pub(crate) delete_checkpoint: Arc<str>,
+    pub(crate) insert_projection_skip: Arc<str>,
+    pub(crate) select_projection_skips: Arc<str>,
 }
 
 impl Statements {
@@ -124,6 +158,12 @@ impl Statements {
             set_local_search_path: fill(SET_LOCAL_SEARCH_PATH),
             insert_migration: fill(INSERT_MIGRATION),
             select_stats: fill(SELECT_STATS),
+            select_checkpoint: fill(SELECT_CHECKPOINT),
+            select_head_position: fill(SELECT_HEAD_POSITION),
+            upsert_checkpoint: fill(UPSERT_CHECKPOINT),
+            delete_checkpoint: fill(DELETE_CHECKPOINT),
+            insert_projection_skip: fill(INSERT_PROJECTION_SKIP),
+            select_projection_skips: fill(SELECT_PROJECTION_SKIPS),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{
     PostgresConfig, PostgresError,
     error::{constraint, db_error_parts, map_sqlx, sqlstate},
     metrics::PoolStats,
+    notify::Notifier,
     sql::{Statements, sql},
 };
 
@@ -48,6 +49,7 @@ pub(crate) struct Inner {
     pub(crate) config: PostgresConfig,
     pub(crate) sql: Statements,
     pub(crate) stats: PoolStats,
+    pub(crate) notifier: Notifier,
 }
 
 /// The append's parameters as column arrays, built once per request and
@@ -128,6 +130,7 @@ impl PostgresEventStore {
         Self {
             inner: Arc::new(Inner {
                 sql: Statements::new(&config.schema),
+                notifier: Notifier::new(&config.schema, config.notify_interval),
                 pool,
                 config,
                 stats: PoolStats::default(),
@@ -240,10 +243,10 @@ impl PostgresEventStore {
         let conflict_index: i32 = row.try_get(0).map_err(decode)?;
         if conflict_index > 0 {
             let id_seen: Option<bool> = row.try_get(4).map_err(decode)?;
-            if id_seen == Some(true) {
-                if let Some(outcome) = self.replay(&mut conn, request, p).await? {
-                    return Ok(outcome);
-                }
+            if id_seen == Some(true)
+                && let Some(outcome) = self.replay(&mut conn, request, p).await?
+            {
+                return Ok(outcome);
             }
             let actual: i64 = row.try_get(1).map_err(decode)?;
             let s = &request.streams()[conflict_index as usize - 1];
@@ -407,8 +410,13 @@ impl EventStore for PostgresEventStore {
                 });
             }
             let params = AppendParams::new(&request);
-            self.with_retry("append", || self.append_once(&request, &params))
-                .await
+            let outcome = self
+                .with_retry("append", || self.append_once(&request, &params))
+                .await?;
+            if outcome.positions.is_some() && !outcome.replayed {
+                self.inner.notifier.appended(&self.inner.pool);
+            }
+            Ok(outcome)
         }
         .instrument(span)
         .await
@@ -465,5 +473,20 @@ impl EventStore for PostgresEventStore {
             Ok(StreamVersion::new(version.unwrap_or(0) as u64))
         })
         .await
+    }
+
+    async fn head_position(&self) -> Result<GlobalPosition, Error> {
+        self.with_retry("head_position", || async {
+            let head: Option<i64> = sqlx::query_scalar(sql(&self.inner.sql.select_head_position))
+                .fetch_one(self.pool())
+                .await
+                .map_err(|e| self.map_err("head_position", e))?;
+            Ok(GlobalPosition::new(head.unwrap_or(0) as u64))
+        })
+        .await
+    }
+
+    fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        Some(self.inner.notifier.subscribe(&self.inner.pool))
     }
 }

@@ -176,6 +176,20 @@ pub enum Error {
         elapsed: std::time::Duration,
     },
 
+    /// A projection failed on an event (or lost its runner lease).
+    #[error("projection '{projection}' failed{}: {source}", position.map(|p| format!(" at position {p}")).unwrap_or_default())]
+    Projection {
+        /// The projection's name.
+        projection: String,
+        /// The event's position, if one was involved.
+        position: Option<GlobalPosition>,
+        /// The event's stream, if one was involved.
+        stream_id: Option<StreamId>,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// Any other backend failure: a bug, a misconfiguration or a schema problem.
     #[error("store error during {operation}: {source}")]
     Backend {

@@ -104,19 +104,28 @@ mod event;
 mod executor;
 mod ids;
 mod memory;
+mod projection;
 mod retry;
 mod store;
+mod subscription;
 pub mod testing;
 
 pub use append::{
     AppendOutcome, AppendRequest, DEFAULT_MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND, StreamAppend,
     encoded_size,
 };
+/// Re-exported so projections can be written without a direct dependency.
+pub use async_trait::async_trait;
 pub use command::{Command, Decision};
 pub use error::{CommandError, Error, InvalidStreamId, VersionConflict};
 pub use event::{Event, EventMetadata, NewEvent, RecordedEvent, StoredEvent};
 pub use executor::{CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 pub use memory::InMemoryEventStore;
+pub use projection::{
+    BoxError, CheckpointStore, ErrorStrategy, InMemoryCheckpointStore, Lease, Projection,
+    ProjectionRunner, RunSummary, RunnerOptions, SkippedEvent,
+};
 pub use retry::RetryPolicy;
 pub use store::{DEFAULT_READ_PAGE, EventStore};
+pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};

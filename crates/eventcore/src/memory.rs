@@ -25,7 +25,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct InMemoryEventStore {
     inner: Arc<Mutex<Inner>>,
-    head: watch::Sender<GlobalPosition>,
+    /// Changes on every append that writes events.
+    signal: watch::Sender<()>,
     max_event_bytes: usize,
 }
 
@@ -50,7 +51,7 @@ impl InMemoryEventStore {
     pub fn new() -> Self {
         Self {
             inner: Arc::default(),
-            head: watch::Sender::new(GlobalPosition::START),
+            signal: watch::Sender::new(()),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
     }
@@ -59,11 +60,6 @@ impl InMemoryEventStore {
     pub fn with_max_event_bytes(mut self, limit: usize) -> Self {
         self.max_event_bytes = limit;
         self
-    }
-
-    /// Watches the position of the newest event: changes on every append.
-    pub fn watch_head(&self) -> watch::Receiver<GlobalPosition> {
-        self.head.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -186,7 +182,7 @@ impl EventStore for InMemoryEventStore {
         if last >= first {
             outcome.positions = Some((GlobalPosition::new(first), GlobalPosition::new(last)));
             drop(inner);
-            self.head.send_replace(GlobalPosition::new(last));
+            self.signal.send_replace(());
         }
         Ok(outcome)
     }
@@ -222,5 +218,13 @@ impl EventStore for InMemoryEventStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
         Ok(self.lock().version(stream))
+    }
+
+    async fn head_position(&self) -> Result<GlobalPosition, Error> {
+        Ok(GlobalPosition::new(self.lock().log.len() as u64))
+    }
+
+    fn commit_signal(&self) -> Option<watch::Receiver<()>> {
+        Some(self.signal.subscribe())
     }
 }

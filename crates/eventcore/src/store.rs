@@ -51,6 +51,29 @@ pub trait EventStore: Send + Sync {
     /// The current version of `stream` (0 if it has no events).
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error>;
 
+    /// The position of the newest committed event (`START` if none). Events
+    /// below it may still be invisible to [`read_all`](EventStore::read_all)
+    /// for a moment while older transactions finish.
+    ///
+    /// The default pages through `read_all`; stores override it.
+    async fn head_position(&self) -> Result<GlobalPosition, Error> {
+        let mut head = GlobalPosition::START;
+        loop {
+            let page = self.read_all(head, DEFAULT_READ_PAGE).await?;
+            match page.last() {
+                Some(last) => head = last.position,
+                None => return Ok(head),
+            }
+        }
+    }
+
+    /// A signal that changes whenever new events may have become readable,
+    /// for [`subscribe`](crate::subscribe) to wait on instead of polling.
+    /// `None` (the default) means subscribers poll.
+    fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        None
+    }
+
     /// Reads every event of `stream` from version `from` on, page by page.
     async fn read_stream_to_end(
         &self,
@@ -102,6 +125,14 @@ macro_rules! forward_store {
 
             async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
                 (**self).stream_version(stream).await
+            }
+
+            async fn head_position(&self) -> Result<GlobalPosition, Error> {
+                (**self).head_position().await
+            }
+
+            fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+                (**self).commit_signal()
             }
         }
     )*};

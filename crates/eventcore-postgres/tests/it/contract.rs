@@ -1,3 +1,12 @@
 //! The shared store contract, on PostgreSQL.
 
 eventcore::event_store_contract_tests!(crate::support::fresh_store);
+
+mod projections {
+    eventcore::projection_contract_tests!(
+        crate::support::fresh_store,
+        |store: &eventcore_postgres::PostgresEventStore| {
+            eventcore_postgres::PostgresCheckpointStore::new(store.clone())
+        }
+    );
+}

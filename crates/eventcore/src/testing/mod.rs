@@ -9,6 +9,7 @@
 pub mod bank;
 pub mod contract;
 mod harness;
+pub mod projections;
 
 pub use harness::{CommandTest, TestOutcome, given};
 

@@ -1,0 +1,352 @@
+//! The subcommands: each one a few library calls and some printing.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context, bail};
+use eventcore::{EventStore, GlobalPosition, StreamVersion};
+use eventcore_postgres::{PostgresEventStore, SCHEMA_VERSION};
+use serde_json::json;
+
+use crate::{
+    cli::{Command, Config, StreamArgs, TailArgs},
+    output::{self, Output},
+};
+
+/// Events fetched per read.
+const PAGE: usize = 500;
+
+/// How long `tail --follow` waits before asking again when it is caught up.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Exit status of `health` when the store is not healthy.
+pub(crate) const UNHEALTHY: u8 = 1;
+
+/// Connects, runs the subcommand, and closes the pool.
+pub(crate) async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let store = PostgresEventStore::new(config.store.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to {} (schema {})",
+                config.display_url(),
+                config.schema()
+            )
+        })?;
+    tracing::debug!(url = %config.display_url(), schema = config.schema(), "connected");
+    let mut out = Output::new(config.json);
+    let result = match &config.command {
+        Command::Init => init(&store, &config, &mut out).await,
+        Command::Health => health(&store, &config, &mut out).await,
+        Command::Stats => stats(&store, &config, &mut out).await,
+        Command::Stream(args) => stream(&store, &config, args, &mut out).await,
+        Command::Tail(args) => tail(&store, &config, args, &mut out).await,
+        Command::Pool => pool(&store, &mut out),
+    };
+    // Whatever happened, print what was produced and say goodbye to the
+    // server properly.
+    let flushed = out.flush().context("cannot write to stdout");
+    store.pool().close().await;
+    let code = result?;
+    flushed?;
+    Ok(code)
+}
+
+/// `init`: creates or migrates the schema, then reports its version.
+async fn init(
+    store: &PostgresEventStore,
+    config: &Config,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    let schema = config.schema();
+    let before = store
+        .schema_version()
+        .await
+        .with_context(|| format!("cannot read the version of schema {schema}"))?;
+    store
+        .initialize()
+        .await
+        .with_context(|| format!("cannot initialize schema {schema}"))?;
+    let after = store
+        .schema_version()
+        .await
+        .with_context(|| format!("cannot read the version of schema {schema}"))?
+        .with_context(|| format!("schema {schema} has no version after initialization"))?;
+    if out.json() {
+        out.json_line(&json!({
+            "schema": schema,
+            "schema_version": after,
+            "previous_schema_version": before,
+            "changed": before != Some(after),
+        }))?;
+    } else {
+        out.line(&match before {
+            None => format!("initialized schema {schema} at version {after}"),
+            Some(v) if v == after => format!("schema {schema} is already at version {after}"),
+            Some(v) => format!("migrated schema {schema} from version {v} to {after}"),
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `health`: every field of the health check; exit 1 if unhealthy.
+async fn health(
+    store: &PostgresEventStore,
+    config: &Config,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    let h = store.health_check().await.context("health check failed")?;
+    if out.json() {
+        out.json_line(&json!({
+            "database": config.display_url(),
+            "schema": config.schema(),
+            "is_healthy": h.is_healthy,
+            "database_reachable": h.database_reachable,
+            "database_latency_ms": output::millis(h.database_latency),
+            "schema_version": h.schema_version,
+            "expected_schema_version": h.expected_schema_version,
+            "read_horizon": h.read_horizon.map(GlobalPosition::get),
+            "oldest_transaction_age_ms": h.oldest_transaction_age.map(output::millis),
+            "pool": output::pool_json(&h.pool),
+            "problems": h.problems,
+        }))?;
+    } else {
+        out.rows(&[
+            ("database", config.display_url()),
+            ("schema", config.schema().to_owned()),
+            ("healthy", output::yes_no(h.is_healthy)),
+            ("database reachable", output::yes_no(h.database_reachable)),
+            ("database latency", output::duration(h.database_latency)),
+            (
+                "schema version",
+                format!(
+                    "{} (expected {})",
+                    output::or_none(h.schema_version),
+                    h.expected_schema_version
+                ),
+            ),
+            ("read horizon", output::or_none(h.read_horizon)),
+            (
+                "oldest transaction",
+                output::or_none(h.oldest_transaction_age.map(output::duration)),
+            ),
+        ])?;
+        out.line("pool:")?;
+        indent_rows(out, &output::pool_rows(&h.pool))?;
+        if h.problems.is_empty() {
+            out.line("problems: none")?;
+        } else {
+            out.line("problems:")?;
+            for p in &h.problems {
+                out.line(&format!("  - {p}"))?;
+            }
+        }
+    }
+    if h.database_reachable
+        && h.schema_version
+            .is_none_or(|v| v < h.expected_schema_version)
+    {
+        eprintln!(
+            "hint: run `eventcore init --schema {}` to create or migrate the schema",
+            config.schema()
+        );
+    }
+    Ok(if h.is_healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(UNHEALTHY)
+    })
+}
+
+/// Writes rows indented under a heading.
+fn indent_rows(out: &mut Output, rows: &[(&str, String)]) -> anyhow::Result<()> {
+    let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 1;
+    for (label, value) in rows {
+        out.line(&format!("  {:<width$} {value}", format!("{label}:")))?;
+    }
+    Ok(())
+}
+
+/// `stats`: counts and the highest position, plus the schema version.
+async fn stats(
+    store: &PostgresEventStore,
+    config: &Config,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    let version = require_initialized(store, config).await?;
+    let s = store
+        .stats()
+        .await
+        .with_context(|| format!("cannot count the events of schema {}", config.schema()))?;
+    if out.json() {
+        out.json_line(&json!({
+            "schema": config.schema(),
+            "schema_version": version,
+            "streams": s.streams,
+            "events": s.events,
+            "max_position": s.max_position.map(GlobalPosition::get),
+        }))?;
+    } else {
+        out.rows(&[
+            ("schema", format!("{} (version {version})", config.schema())),
+            ("streams", s.streams.to_string()),
+            ("events", s.events.to_string()),
+            ("max position", output::or_none(s.max_position)),
+        ])?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stream`: one stream's events from a version on, page by page.
+async fn stream(
+    store: &PostgresEventStore,
+    config: &Config,
+    args: &StreamArgs,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    require_initialized(store, config).await?;
+    let id = &args.stream_id;
+    let mut from = StreamVersion::new(args.from);
+    let mut remaining = args.limit;
+    let mut printed = 0u64;
+    loop {
+        let want = page_size(remaining);
+        if want == 0 {
+            break;
+        }
+        let page = store
+            .read_stream(id, from, want)
+            .await
+            .with_context(|| format!("cannot read stream '{id}' from version {from}"))?;
+        for event in &page {
+            out.event(event, false)?;
+        }
+        printed += page.len() as u64;
+        if let Some(r) = remaining.as_mut() {
+            *r -= page.len() as u64;
+        }
+        match page.last() {
+            Some(last) if page.len() == want => from = last.stream_version.next(),
+            _ => break,
+        }
+    }
+    if printed == 0 && !out.json() {
+        // Not an error, but an empty stdout deserves a word on stderr.
+        eprintln!("stream '{id}' has no events from version {}", args.from);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tail`: events in global order after a position; with `--follow`,
+/// keeps polling until Ctrl-C.
+async fn tail(
+    store: &PostgresEventStore,
+    config: &Config,
+    args: &TailArgs,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
+    require_initialized(store, config).await?;
+    if !args.follow {
+        read_all_pages(store, args, out).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    tokio::select! {
+        result = read_all_pages(store, args, out) => result?,
+        signal = tokio::signal::ctrl_c() => {
+            signal.context("cannot listen for Ctrl-C")?;
+            tracing::debug!("interrupted; stopping");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints pages of `read_all` until caught up (or, following, forever),
+/// flushing after every page. Returns when `--limit` events were printed.
+async fn read_all_pages(
+    store: &PostgresEventStore,
+    args: &TailArgs,
+    out: &mut Output,
+) -> anyhow::Result<()> {
+    let mut after = GlobalPosition::new(args.after);
+    let mut remaining = args.limit;
+    loop {
+        let want = page_size(remaining);
+        if want == 0 {
+            return Ok(());
+        }
+        let page = store
+            .read_all(after, want)
+            .await
+            .with_context(|| format!("cannot read events after position {after}"))?;
+        for event in &page {
+            out.event(event, true)?;
+        }
+        out.flush().context("cannot write to stdout")?;
+        if let Some(r) = remaining.as_mut() {
+            *r -= page.len() as u64;
+        }
+        if let Some(last) = page.last() {
+            after = last.position;
+        }
+        if page.len() < want {
+            if !args.follow {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// `pool`: this process's pool, right after connecting.
+fn pool(store: &PostgresEventStore, out: &mut Output) -> anyhow::Result<ExitCode> {
+    let m = store.get_pool_metrics();
+    if out.json() {
+        out.json_line(&output::pool_json(&m))?;
+    } else {
+        out.rows(&output::pool_rows(&m))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The next read's size: a full page, or what is left of `--limit`.
+fn page_size(remaining: Option<u64>) -> usize {
+    remaining.map_or(PAGE, |r| usize::try_from(r).unwrap_or(PAGE).min(PAGE))
+}
+
+/// The schema version, or a clear error if `init` never ran on this schema.
+async fn require_initialized(store: &PostgresEventStore, config: &Config) -> anyhow::Result<i32> {
+    let schema = config.schema();
+    let version = store
+        .schema_version()
+        .await
+        .with_context(|| format!("cannot read the version of schema {schema}"))?;
+    match version {
+        None => bail!(
+            "schema {schema} is not initialized in {}; run `eventcore init` first",
+            config.display_url()
+        ),
+        Some(v) => {
+            if v != SCHEMA_VERSION {
+                tracing::warn!(
+                    schema,
+                    found = v,
+                    expected = SCHEMA_VERSION,
+                    "schema version differs from this release's; run `eventcore init` or upgrade"
+                );
+            }
+            Ok(v)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_respect_the_limit() {
+        assert_eq!(page_size(None), PAGE);
+        assert_eq!(page_size(Some(3)), 3);
+        assert_eq!(page_size(Some(0)), 0);
+        assert_eq!(page_size(Some(10_000)), PAGE);
+    }
+}

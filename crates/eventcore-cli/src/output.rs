@@ -1,0 +1,267 @@
+//! Rendering results as text or JSON, and masking secrets in URLs.
+
+use std::{
+    io::{self, BufWriter, Stdout, Write},
+    time::Duration,
+};
+
+use chrono::SecondsFormat;
+use eventcore::StoredEvent;
+use eventcore_postgres::PoolMetrics;
+use serde_json::{Value, json};
+
+/// Buffered standard output; callers flush when a batch is complete.
+pub(crate) struct Output {
+    out: BufWriter<Stdout>,
+    json: bool,
+}
+
+impl Output {
+    /// Output in JSON if `json`, else text.
+    pub(crate) fn new(json: bool) -> Self {
+        Self {
+            out: BufWriter::new(io::stdout()),
+            json,
+        }
+    }
+
+    /// Whether JSON was asked for.
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes one JSON value on its own line.
+    pub(crate) fn json_line(&mut self, value: &Value) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Writes `label: value` rows with the values aligned.
+    pub(crate) fn rows(&mut self, rows: &[(&str, String)]) -> io::Result<()> {
+        let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 1;
+        for (label, value) in rows {
+            writeln!(self.out, "{:<width$} {value}", format!("{label}:"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes one event: a JSON line, or a header line plus its data and
+    /// metadata (the header names the stream if `with_stream`).
+    pub(crate) fn event(&mut self, event: &StoredEvent, with_stream: bool) -> io::Result<()> {
+        if self.json {
+            return self.json_line(&event_json(event));
+        }
+        if with_stream {
+            write!(self.out, "{}  ", event.stream_id)?;
+        }
+        writeln!(
+            self.out,
+            "v{}  pos {}  {}  {}",
+            event.stream_version,
+            event.position,
+            event.event_type,
+            timestamp(event)
+        )?;
+        writeln!(self.out, "    data:     {}", event.data)?;
+        writeln!(self.out, "    metadata: {}", metadata_json(event))
+    }
+
+    /// Writes a free-form text line.
+    pub(crate) fn line(&mut self, text: &str) -> io::Result<()> {
+        writeln!(self.out, "{text}")
+    }
+
+    /// Flushes buffered output to stdout.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+fn timestamp(event: &StoredEvent) -> String {
+    event
+        .recorded_at
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn metadata_json(event: &StoredEvent) -> Value {
+    // EventMetadata is plain data (ids, a timestamp, a JSON map), so this
+    // cannot fail; a null would only hide a bug, not lose an event.
+    serde_json::to_value(&event.metadata).unwrap_or(Value::Null)
+}
+
+/// An event as JSON, with the field names of [`StoredEvent`].
+pub(crate) fn event_json(event: &StoredEvent) -> Value {
+    json!({
+        "stream_id": event.stream_id.as_str(),
+        "stream_version": event.stream_version.get(),
+        "position": event.position.get(),
+        "event_id": event.event_id.to_string(),
+        "event_type": event.event_type,
+        "schema_version": event.schema_version,
+        "recorded_at": timestamp(event),
+        "data": event.data,
+        "metadata": metadata_json(event),
+    })
+}
+
+/// Pool metrics as JSON, with the field names of [`PoolMetrics`]
+/// (durations in milliseconds).
+pub(crate) fn pool_json(m: &PoolMetrics) -> Value {
+    json!({
+        "current_connections": m.current_connections,
+        "idle_connections": m.idle_connections,
+        "max_connections": m.max_connections,
+        "utilization_percent": m.utilization_percent,
+        "connection_timeouts": m.connection_timeouts,
+        "avg_acquisition_time_ms": millis(m.avg_acquisition_time),
+        "peak_connections": m.peak_connections,
+        "total_acquisitions": m.total_acquisitions,
+    })
+}
+
+/// Pool metrics as text rows.
+pub(crate) fn pool_rows(m: &PoolMetrics) -> Vec<(&'static str, String)> {
+    vec![
+        ("current connections", m.current_connections.to_string()),
+        ("idle connections", m.idle_connections.to_string()),
+        ("max connections", m.max_connections.to_string()),
+        ("utilization", format!("{:.1}%", m.utilization_percent)),
+        ("connection timeouts", m.connection_timeouts.to_string()),
+        ("avg acquisition time", duration(m.avg_acquisition_time)),
+        ("peak connections", m.peak_connections.to_string()),
+        ("total acquisitions", m.total_acquisitions.to_string()),
+    ]
+}
+
+/// A duration in milliseconds, for JSON.
+pub(crate) fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A duration for people: `1.2ms`, `3.0s`, `0s`.
+pub(crate) fn duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0s".to_owned()
+    } else {
+        format!("{d:.1?}")
+    }
+}
+
+/// `yes` or `no`.
+pub(crate) fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+/// `value`, or `none`.
+pub(crate) fn or_none<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// `url` with the password (in the user info or a `password=` query
+/// parameter) replaced by `***`, so it can be printed or logged.
+pub(crate) fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        // Not a URL (a key/value connection string, say): show nothing of it
+        // that could be a secret.
+        return if url.to_ascii_lowercase().contains("password") {
+            "<connection string with password>".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    let (head, rest) = url.split_at(scheme_end);
+    // '/', '?' and '#' must be percent-encoded in the user info, so the
+    // authority ends at the first of them; the user info at its last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut masked = String::with_capacity(url.len());
+    masked.push_str(head);
+    match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    masked.push_str(user);
+                    masked.push_str(":***");
+                }
+                None => masked.push_str(userinfo),
+            }
+            masked.push_str(host);
+        }
+        None => masked.push_str(authority),
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    masked.push_str(path);
+    if let Some(query) = query {
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        masked.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        masked.push_str(&params.join("&"));
+        if let Some(fragment) = fragment {
+            masked.push('#');
+            masked.push_str(fragment);
+        }
+    }
+    masked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        for (url, expected) in [
+            (
+                "postgres://alice:s3cret@db.example:5432/app",
+                "postgres://alice:***@db.example:5432/app",
+            ),
+            (
+                "postgresql://alice:p%40ss@host/db?sslmode=require",
+                "postgresql://alice:***@host/db?sslmode=require",
+            ),
+            // An unencoded '@' in the password: the last '@' ends the user info.
+            ("postgres://bob:a@b@host/db", "postgres://bob:***@host/db"),
+            (
+                "postgres://host/db?user=bob&password=hunter2&sslmode=disable",
+                "postgres://host/db?user=bob&password=***&sslmode=disable",
+            ),
+            (
+                "postgres://bob:x@host?PASSWORD=y#frag",
+                "postgres://bob:***@host?PASSWORD=***#frag",
+            ),
+            // Nothing secret: unchanged.
+            (
+                "postgres://postgres@127.0.0.1:55432/postgres",
+                "postgres://postgres@127.0.0.1:55432/postgres",
+            ),
+            ("postgres://localhost", "postgres://localhost"),
+            (
+                "host=db password=secret",
+                "<connection string with password>",
+            ),
+        ] {
+            assert_eq!(mask_url(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(Duration::from_micros(1234)), "1.2ms");
+        assert_eq!(duration(Duration::from_secs(3)), "3.0s");
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(millis(Duration::from_micros(1500)), 1.5);
+    }
+}

@@ -1,0 +1,517 @@
+//! Runs the built `eventcore` binary against a real PostgreSQL:
+//! `DATABASE_URL` if set, otherwise the throwaway cluster of
+//! `scripts/dev-db`. Every test works in a schema of its own.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    sync::{OnceLock, mpsc},
+    thread,
+    time::Duration,
+};
+
+use eventcore::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamId};
+use eventcore_postgres::{PostgresConfigBuilder, PostgresEventStore, SCHEMA_VERSION};
+use serde_json::{Value, json};
+
+/// `DATABASE_URL`, or the URL of the cluster `scripts/dev-db` starts (or reuses).
+fn database_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dev-db");
+        let out = Command::new(script)
+            .arg("url")
+            .output()
+            .expect("run scripts/dev-db url");
+        assert!(
+            out.status.success(),
+            "scripts/dev-db url failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 url")
+            .trim()
+            .to_owned()
+    })
+}
+
+/// A schema name no other test uses.
+fn fresh_schema() -> String {
+    format!("cli_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The binary, pointed at the test database (through `DATABASE_URL`) and
+/// at `schema` (through `--schema`).
+fn eventcore(schema: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventcore"));
+    cmd.env("DATABASE_URL", database_url())
+        .env_remove("EVENTCORE_SCHEMA")
+        .env_remove("RUST_LOG")
+        .args(["--schema", schema]);
+    cmd
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The single JSON object on stdout.
+    fn json(&self) -> Value {
+        let lines = self.json_lines();
+        assert_eq!(lines.len(), 1, "expected one JSON line: {self:?}");
+        lines.into_iter().next().unwrap()
+    }
+
+    /// Every stdout line, parsed as JSON.
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+            .collect()
+    }
+}
+
+fn run(schema: &str, args: &[&str]) -> Run {
+    let out = eventcore(schema)
+        .args(args)
+        .output()
+        .expect("run eventcore");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// Runs and insists on exit status 0.
+fn run_ok(schema: &str, args: &[&str]) -> Run {
+    let r = run(schema, args);
+    assert_eq!(r.code, Some(0), "eventcore {args:?} failed: {r:?}");
+    r
+}
+
+/// Runs `f` against a store on `schema` (which must be initialized).
+fn with_store<T>(schema: &str, f: impl AsyncFnOnce(&PostgresEventStore) -> T) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let config = PostgresConfigBuilder::new()
+            .database_url(database_url())
+            .schema(schema)
+            .max_connections(2)
+            .min_connections(0)
+            .build()
+            .expect("valid config");
+        let store = PostgresEventStore::new(config).await.expect("connect");
+        let result = f(&store).await;
+        store.pool().close().await;
+        result
+    })
+}
+
+/// Appends `amounts` as `Deposited` events to `stream` in one append and
+/// returns the events as sent.
+fn seed(schema: &str, stream: &str, amounts: &[u64]) -> Vec<NewEvent> {
+    let events: Vec<NewEvent> = amounts
+        .iter()
+        .map(|a| NewEvent::raw("Deposited", json!({ "amount": a })))
+        .collect();
+    let stream = StreamId::new(stream).expect("valid stream id");
+    let request = AppendRequest::new().append(stream, ExpectedVersion::Any, events.clone());
+    with_store(schema, async |store| {
+        store.append(request).await.expect("append");
+    });
+    events
+}
+
+fn event_ids(events: &[NewEvent]) -> Vec<String> {
+    events.iter().map(|e| e.event_id.to_string()).collect()
+}
+
+fn ids_of(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l["event_id"].as_str().expect("event_id").to_owned())
+        .collect()
+}
+
+/// Asserts that a health report (JSON) is healthy. The one problem
+/// tolerated is one this test cannot control: some other client of the
+/// shared cluster holding a transaction open for long.
+fn assert_healthy(r: &Run) {
+    let h = r.json();
+    assert_eq!(h["database_reachable"], true, "{r:?}");
+    assert_eq!(h["schema_version"], SCHEMA_VERSION, "{r:?}");
+    assert_eq!(h["expected_schema_version"], SCHEMA_VERSION, "{r:?}");
+    assert!(h["read_horizon"].as_u64().is_some(), "{r:?}");
+    let problems = h["problems"].as_array().expect("problems");
+    let foreign = problems.iter().all(|p| {
+        p.as_str()
+            .is_some_and(|p| p.contains("transaction has been open"))
+    });
+    if h["is_healthy"] == true {
+        assert!(problems.is_empty(), "{r:?}");
+        assert_eq!(r.code, Some(0), "{r:?}");
+    } else {
+        assert!(
+            !problems.is_empty() && foreign,
+            "unhealthy after init: {r:?}"
+        );
+        assert_eq!(r.code, Some(1), "{r:?}");
+        eprintln!("note: cluster has a long-running transaction: {problems:?}");
+    }
+}
+
+#[test]
+fn init_twice_succeeds_and_reports_the_version() {
+    let schema = fresh_schema();
+
+    let first = run_ok(&schema, &["init", "--json"]).json();
+    assert_eq!(first["schema"], schema.as_str());
+    assert_eq!(first["schema_version"], SCHEMA_VERSION);
+    assert_eq!(first["previous_schema_version"], Value::Null);
+    assert_eq!(first["changed"], true);
+
+    let second = run_ok(&schema, &["init"]);
+    assert_eq!(
+        second.stdout.trim(),
+        format!("schema {schema} is already at version {SCHEMA_VERSION}")
+    );
+    let second_json = run_ok(&schema, &["init", "--json"]).json();
+    assert_eq!(second_json["previous_schema_version"], SCHEMA_VERSION);
+    assert_eq!(second_json["changed"], false);
+
+    let version = with_store(&schema, async |s| {
+        s.schema_version().await.expect("version")
+    });
+    assert_eq!(version, Some(SCHEMA_VERSION));
+}
+
+#[test]
+fn stats_count_seeded_events() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+
+    let empty = run_ok(&schema, &["stats", "--json"]).json();
+    assert_eq!(empty["streams"], 0);
+    assert_eq!(empty["events"], 0);
+    assert_eq!(empty["max_position"], Value::Null);
+
+    seed(&schema, "account-1", &[10, 20, 30]);
+    let stats = run_ok(&schema, &["stats", "--json"]).json();
+    assert_eq!(stats["schema"], schema.as_str());
+    assert_eq!(stats["schema_version"], SCHEMA_VERSION);
+    assert_eq!(stats["streams"], 1);
+    assert_eq!(stats["events"], 3);
+    let last = run_ok(&schema, &["stream", "account-1", "--json"]).json_lines()[2]["position"]
+        .as_u64()
+        .expect("position");
+    assert_eq!(stats["max_position"], last);
+
+    let text = run_ok(&schema, &["stats"]).stdout;
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(rows.contains(&vec!["streams:", "1"]), "{text}");
+    assert!(rows.contains(&vec!["events:", "3"]), "{text}");
+}
+
+#[test]
+fn stream_prints_its_events_in_order() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    let seeded = seed(&schema, "account-1", &[10, 20, 30]);
+    seed(&schema, "account-2", &[99]);
+
+    let lines = run_ok(&schema, &["stream", "account-1", "--json"]).json_lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(ids_of(&lines), event_ids(&seeded));
+    for (i, (line, sent)) in lines.iter().zip(&seeded).enumerate() {
+        assert_eq!(line["stream_id"], "account-1");
+        assert_eq!(line["stream_version"], i as u64 + 1);
+        assert_eq!(line["event_type"], "Deposited");
+        assert_eq!(line["schema_version"], 1);
+        assert_eq!(line["data"], json!({ "amount": (i as u64 + 1) * 10 }));
+        assert_eq!(
+            line["metadata"]["correlation_id"],
+            sent.metadata.correlation_id.to_string()
+        );
+        let recorded_at = line["recorded_at"].as_str().expect("recorded_at");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(recorded_at).is_ok(),
+            "{recorded_at}"
+        );
+    }
+    let positions: Vec<u64> = lines
+        .iter()
+        .map(|l| l["position"].as_u64().expect("position"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+
+    // --from and --limit select a window.
+    let window = run_ok(
+        &schema,
+        &[
+            "stream",
+            "account-1",
+            "--from",
+            "2",
+            "--limit",
+            "1",
+            "--json",
+        ],
+    )
+    .json_lines();
+    assert_eq!(window.len(), 1);
+    assert_eq!(window[0]["stream_version"], 2);
+    assert_eq!(window[0]["event_id"], seeded[1].event_id.to_string());
+
+    // Text: a header line per event, then its data and metadata.
+    let text = run_ok(&schema, &["stream", "account-1"]).stdout;
+    let headers: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(headers.len(), 3, "{text}");
+    for (i, header) in headers.iter().enumerate() {
+        assert!(
+            header.starts_with(&format!("v{}  pos {}  Deposited  ", i + 1, positions[i])),
+            "{header}"
+        );
+    }
+    assert!(text.contains(r#"data:     {"amount":20}"#), "{text}");
+
+    // An empty stream prints nothing and says so on stderr.
+    let none = run_ok(&schema, &["stream", "account-3"]);
+    assert!(none.stdout.is_empty(), "{none:?}");
+    assert!(none.stderr.contains("account-3"), "{none:?}");
+}
+
+#[test]
+fn health_follows_initialization() {
+    let schema = fresh_schema();
+
+    // Never initialized: reachable but unhealthy, exit 1.
+    let before = run(&schema, &["health", "--json"]);
+    assert_eq!(before.code, Some(1), "{before:?}");
+    let h = before.json();
+    assert_eq!(h["is_healthy"], false);
+    assert_eq!(h["database_reachable"], true);
+    assert_eq!(h["schema_version"], Value::Null);
+    assert_eq!(h["expected_schema_version"], SCHEMA_VERSION);
+    let problems = h["problems"].as_array().expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.contains("schema version"))),
+        "{problems:?}"
+    );
+    let text = run(&schema, &["health"]);
+    assert_eq!(text.code, Some(1), "{text:?}");
+    assert!(
+        text.stdout.lines().any(|l| l == "healthy:            no"),
+        "{text:?}"
+    );
+    assert!(text.stderr.contains("eventcore init"), "{text:?}");
+
+    run_ok(&schema, &["init"]);
+    assert_healthy(&run(&schema, &["health", "--json"]));
+    let text = run(&schema, &["health"]);
+    for label in [
+        "database:",
+        "schema:",
+        "healthy:",
+        "database reachable:",
+        "database latency:",
+        "schema version:",
+        "read horizon:",
+        "oldest transaction:",
+        "pool:",
+        "current connections:",
+        "problems:",
+    ] {
+        assert!(
+            text.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(label)),
+            "no {label:?} in {text:?}"
+        );
+    }
+}
+
+#[test]
+fn invalid_stream_ids_and_uninitialized_schemas_are_clear_errors() {
+    let schema = fresh_schema();
+
+    let empty = run(&schema, &["stream", ""]);
+    assert_eq!(empty.code, Some(2), "{empty:?}");
+    assert!(empty.stdout.is_empty(), "{empty:?}");
+    assert!(empty.stderr.contains("stream id is empty"), "{empty:?}");
+    assert!(empty.stderr.contains("STREAM_ID"), "{empty:?}");
+
+    let control = run(&schema, &["stream", "a\nb"]);
+    assert_eq!(control.code, Some(2), "{control:?}");
+    assert!(
+        control
+            .stderr
+            .contains("stream id contains control character"),
+        "{control:?}"
+    );
+
+    for args in [&["stats"][..], &["stream", "account-1"], &["tail"]] {
+        let r = run(&schema, args);
+        assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
+        assert!(
+            r.stderr
+                .contains(&format!("schema {schema} is not initialized"))
+                && r.stderr.contains("eventcore init"),
+            "{args:?}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn connection_errors_name_the_server_but_not_the_password() {
+    let r = run(
+        "eventcore",
+        &[
+            "--database-url",
+            "postgres://admin:hunter2@127.0.0.1:1/db",
+            "--connect-timeout",
+            "1",
+            "health",
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot connect to postgres://admin:***@127.0.0.1:1/db"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("hunter2") && !r.stdout.contains("hunter2"));
+}
+
+#[test]
+fn pool_reports_this_process_pool() {
+    let schema = fresh_schema();
+    let m = run_ok(&schema, &["pool", "--json"]).json();
+    assert_eq!(m["max_connections"], 2);
+    let current = m["current_connections"].as_u64().expect("current");
+    let idle = m["idle_connections"].as_u64().expect("idle");
+    assert!((1..=2).contains(&current) && idle <= current, "{m}");
+    assert_eq!(m["connection_timeouts"], 0);
+}
+
+/// Reads the child's stdout lines on a thread, so the test can wait with
+/// a deadline.
+fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next `n` lines as JSON; generous deadline, since another client of
+/// the cluster may briefly hold the read horizon back.
+fn next_lines(rx: &mpsc::Receiver<String>, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("line {i} of {n}: {e}"));
+            serde_json::from_str(&line).expect("JSON line")
+        })
+        .collect()
+}
+
+#[test]
+fn tail_reads_in_global_order_and_follows() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    let a = seed(&schema, "account-a", &[1, 2]);
+    let b = seed(&schema, "account-b", &[3]);
+    let all: Vec<String> = event_ids(&a).into_iter().chain(event_ids(&b)).collect();
+
+    let lines = run_ok(&schema, &["tail", "--json"]).json_lines();
+    assert_eq!(ids_of(&lines), all);
+    let streams: Vec<&str> = lines
+        .iter()
+        .map(|l| l["stream_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["account-a", "account-a", "account-b"]);
+    let first = lines[0]["position"].as_u64().unwrap().to_string();
+
+    let page = run_ok(
+        &schema,
+        &["tail", "--after", &first, "--limit", "1", "--json"],
+    );
+    assert_eq!(ids_of(&page.json_lines()), [all[1].clone()]);
+
+    let text = run_ok(&schema, &["tail"]).stdout;
+    let headers: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(headers.len(), 3, "{text}");
+    assert!(headers[2].starts_with("account-b  v1  pos "), "{text}");
+
+    // --follow prints what exists, then each new event once, until Ctrl-C.
+    let mut child = eventcore(&schema)
+        .args(["tail", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tail --follow");
+    let rx = line_reader(&mut child);
+    assert_eq!(ids_of(&next_lines(&rx, 3)), all);
+    let c = seed(&schema, "account-c", &[4, 5]);
+    let d = seed(&schema, "account-a", &[6]);
+    let later = next_lines(&rx, 3);
+    let expected: Vec<String> = event_ids(&c).into_iter().chain(event_ids(&d)).collect();
+    assert_eq!(ids_of(&later), expected);
+    assert_eq!(later[2]["stream_version"], 3);
+
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(interrupted.success());
+    let status = child.wait().expect("wait for tail");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(
+        status.success(),
+        "tail --follow after Ctrl-C: {status}: {stderr}"
+    );
+    // Nothing printed twice: the reader sees the end of stdout.
+    assert!(
+        rx.recv_timeout(Duration::from_secs(10)).is_err(),
+        "unexpected extra output"
+    );
+}
+
+#[test]
+fn tail_follow_stops_at_the_limit() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    let seeded = seed(&schema, "account-1", &[1, 2, 3]);
+    let r = run_ok(&schema, &["tail", "--follow", "--limit", "2", "--json"]);
+    assert_eq!(ids_of(&r.json_lines()), event_ids(&seeded)[..2]);
+}

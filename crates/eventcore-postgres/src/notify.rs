@@ -1,0 +1,184 @@
+//! Wake-ups for subscribers: an in-process signal on every local append,
+//! and LISTEN/NOTIFY across processes, sent *outside* append transactions.
+//!
+//! A transaction that issues NOTIFY takes a database-wide lock at commit, so
+//! notifying inside each append would serialise all committers. Instead,
+//! successful appends only poke a background notifier, which sends one
+//! `pg_notify` per burst of appends and at most one per
+//! [`PostgresConfig::notify_interval`](crate::PostgresConfig::notify_interval).
+//! Subscribers poll as well, so a lost notification (a dropped listener
+//! connection, a pooler that does not pass NOTIFY) costs latency, never events.
+
+use std::{
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use sqlx::{
+    PgPool,
+    postgres::{PgListener, PgPoolOptions},
+};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
+
+/// Sends a NOTIFY on `$1` (the channel) with an empty payload.
+const NOTIFY_CHANNEL: &str = "SELECT pg_notify($1, '')";
+
+/// The store's wake-up machinery.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    /// Changes whenever new events may be readable.
+    signal: watch::Sender<()>,
+    /// Pokes the NOTIFY task.
+    poke: Arc<Notify>,
+    channel: String,
+    interval: Option<Duration>,
+    tasks: Mutex<Tasks>,
+}
+
+#[derive(Debug, Default)]
+struct Tasks {
+    notifier: Option<JoinHandle<()>>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl Notifier {
+    pub(crate) fn new(schema: &str, interval: Option<Duration>) -> Self {
+        Self {
+            signal: watch::Sender::new(()),
+            poke: Arc::new(Notify::new()),
+            channel: format!("eventcore_{schema}"),
+            interval,
+            tasks: Mutex::default(),
+        }
+    }
+
+    /// Called after every append that wrote events.
+    pub(crate) fn appended(&self, pool: &PgPool) {
+        self.signal.send_replace(());
+        let Some(interval) = self.interval else {
+            return;
+        };
+        self.poke.notify_one();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if tasks.notifier.as_ref().is_none_or(|t| t.is_finished()) {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            tasks.notifier = Some(runtime.spawn(notify_loop(
+                pool.clone(),
+                Arc::downgrade(&self.poke),
+                self.channel.clone(),
+                interval,
+            )));
+        }
+    }
+
+    /// A receiver of wake-ups; starts the LISTEN task if it is not running.
+    pub(crate) fn subscribe(&self, pool: &PgPool) -> watch::Receiver<()> {
+        let receiver = self.signal.subscribe();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if tasks.listener.as_ref().is_none_or(|t| t.is_finished())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            tasks.listener = Some(runtime.spawn(listen_loop(
+                pool.clone(),
+                self.signal.clone(),
+                self.channel.clone(),
+            )));
+        }
+        receiver
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
+        for task in [tasks.notifier.take(), tasks.listener.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// One NOTIFY per burst of appends, at most one per `interval`.
+async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval: Duration) {
+    loop {
+        let Some(poke) = poke.upgrade() else { return };
+        poke.notified().await;
+        drop(poke);
+        if let Err(e) = sqlx::query(NOTIFY_CHANNEL)
+            .bind(&channel)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "NOTIFY failed; subscribers fall back to polling");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Relays notifications from other processes to local subscribers on a
+/// connection of its own (it would otherwise pin one of the pool's). Exits
+/// when no subscriber is left; the next subscriber starts it again.
+async fn listen_loop(pool: PgPool, signal: watch::Sender<()>, channel: String) {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    drop(pool);
+    let mut listener: Option<PgListener> = None;
+    loop {
+        if signal.receiver_count() == 0 {
+            return;
+        }
+        let l = match listener.as_mut() {
+            Some(l) => l,
+            None => {
+                let connected = async {
+                    let mut l = PgListener::connect_with(&own).await?;
+                    l.listen(&channel).await?;
+                    Ok::<_, sqlx::Error>(l)
+                }
+                .await;
+                match connected {
+                    Ok(l) => {
+                        // Anything committed while we were not listening
+                        // is found by the subscribers' next read.
+                        signal.send_replace(());
+                        listener.insert(l)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "LISTEN failed; retrying in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            received = l.try_recv() => match received {
+                Ok(Some(_)) => {
+                    signal.send_replace(());
+                }
+                // Connection lost: it reconnects on the next call; wake the
+                // subscribers in case a notification was lost with it.
+                Ok(None) => {
+                    signal.send_replace(());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "listener failed; reconnecting");
+                    listener = None;
+                    signal.send_replace(());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = signal.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Live subscriptions to the global order: catch up from storage in batches,
+//! then follow new commits.
+
+use std::{collections::VecDeque, time::Duration};
+
+use futures::Stream;
+use tokio::sync::watch;
+
+use crate::{Error, Event, EventStore, GlobalPosition, RecordedEvent, StoredEvent};
+
+/// Which events a subscription delivers. Filtering happens after reading,
+/// so the cursor still advances past events that do not match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    stream_prefix: Option<String>,
+    event_types: Option<Vec<String>>,
+}
+
+impl EventFilter {
+    /// Every event.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only events of streams whose id starts with `prefix` (a category such
+    /// as `account-`).
+    pub fn stream_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.stream_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Only events whose recorded type is one of `types`.
+    pub fn event_types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether `event` passes the filter.
+    pub fn matches(&self, event: &StoredEvent) -> bool {
+        self.stream_prefix
+            .as_deref()
+            .is_none_or(|p| event.stream_id.as_str().starts_with(p))
+            && self
+                .event_types
+                .as_ref()
+                .is_none_or(|types| types.contains(&event.event_type))
+    }
+}
+
+/// Where a subscription starts and how it waits.
+#[derive(Clone, Debug)]
+pub struct SubscriptionOptions {
+    /// Deliver events after this position (exclusive). Default: the start.
+    pub after: GlobalPosition,
+    /// Which events to deliver. Default: all.
+    pub filter: EventFilter,
+    /// Events read per query. Default 500.
+    pub batch_size: usize,
+    /// Longest wait between polls when no wake-up arrives. Default 500 ms:
+    /// stores that signal new commits wake subscribers long before it.
+    pub poll_interval: Duration,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        Self {
+            after: GlobalPosition::START,
+            filter: EventFilter::all(),
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+impl SubscriptionOptions {
+    /// Starts after `position`.
+    pub fn after(mut self, position: GlobalPosition) -> Self {
+        self.after = position;
+        self
+    }
+
+    /// Sets the filter.
+    pub fn filter(mut self, filter: EventFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// Sets the batch size.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Sets the poll interval.
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+}
+
+/// Delivers every event after a position, in global order, exactly once,
+/// first from storage and then live as writers commit. Never ends by
+/// itself; drop it to stop.
+///
+/// A transient read error is retried with backoff; any other error is
+/// yielded once and the subscription goes on from the same position.
+///
+/// ```
+/// use eventcore::{subscribe, testing::{bank::AccountEvent, seed}, InMemoryEventStore, StreamId, SubscriptionOptions};
+/// use futures::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryEventStore::new();
+/// let mut live = Box::pin(subscribe(store.clone(), SubscriptionOptions::default()));
+/// seed(&store, &StreamId::new("account-1")?, [AccountEvent::Deposited { amount: 5 }]).await?;
+/// let first = live.next().await.unwrap()?;
+/// assert_eq!(first.event_type, "Deposited");
+/// # Ok(()) }
+/// ```
+pub fn subscribe<S>(
+    store: S,
+    options: SubscriptionOptions,
+) -> impl Stream<Item = Result<StoredEvent, Error>>
+where
+    S: EventStore,
+{
+    let state = State {
+        signal: store.commit_signal(),
+        store,
+        cursor: options.after,
+        buffer: VecDeque::new(),
+        options,
+        failures: 0,
+        lagging: 0,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        let item = state.next().await;
+        Some((item, state))
+    })
+}
+
+/// [`subscribe`], decoding each event into `E`. An undecodable event is an
+/// [`Error::Decode`] item naming it; the subscription continues after it.
+pub fn subscribe_typed<E, S>(
+    store: S,
+    options: SubscriptionOptions,
+) -> impl Stream<Item = Result<RecordedEvent<E>, Error>>
+where
+    E: Event,
+    S: EventStore,
+{
+    use futures::StreamExt;
+    subscribe(store, options).map(|r| r.and_then(|e| e.decode::<E>()))
+}
+
+struct State<S> {
+    store: S,
+    cursor: GlobalPosition,
+    buffer: VecDeque<StoredEvent>,
+    options: SubscriptionOptions,
+    /// The store's commit signal, if it has one; `None` means pure polling.
+    signal: Option<watch::Receiver<()>>,
+    failures: u32,
+    /// Empty reads in a row since a wake-up: the new commit is not readable
+    /// yet because an older transaction is still open, so look again soon.
+    lagging: u32,
+}
+
+/// Short re-reads after a wake-up before falling back to waiting.
+const MAX_LAGGING_READS: u32 = 8;
+
+impl<S: EventStore> State<S> {
+    async fn next(&mut self) -> Result<StoredEvent, Error> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Ok(event);
+            }
+            // Mark the signal seen *before* reading, so a commit that lands
+            // between the read and the wait still wakes us.
+            if let Some(signal) = &mut self.signal {
+                signal.borrow_and_update();
+            }
+            match self
+                .store
+                .read_all(self.cursor, self.options.batch_size)
+                .await
+            {
+                Ok(page) if page.is_empty() => {
+                    self.failures = 0;
+                    if (1..=MAX_LAGGING_READS).contains(&self.lagging) {
+                        let delay = Duration::from_micros(250 << self.lagging);
+                        tokio::time::sleep(delay.min(self.options.poll_interval)).await;
+                        self.lagging += 1;
+                    } else {
+                        self.lagging = u32::from(self.wait().await);
+                    }
+                }
+                Ok(page) => {
+                    self.failures = 0;
+                    self.lagging = 0;
+                    if let Some(last) = page.last() {
+                        self.cursor = last.position;
+                    }
+                    let filter = &self.options.filter;
+                    self.buffer
+                        .extend(page.into_iter().filter(|e| filter.matches(e)));
+                }
+                Err(e) if e.is_transient() => {
+                    self.failures += 1;
+                    let delay = Duration::from_millis(10 << self.failures.min(7));
+                    tracing::warn!(error = %e, retry_in = ?delay, "subscription read failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    // Back off so a persistent error does not spin.
+                    tokio::time::sleep(self.options.poll_interval).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Waits for the store's commit signal or the poll interval; true if
+    /// signalled.
+    async fn wait(&mut self) -> bool {
+        let poll = self.options.poll_interval;
+        match &mut self.signal {
+            Some(signal) => matches!(
+                tokio::time::timeout(poll, signal.changed()).await,
+                Ok(Ok(()))
+            ),
+            None => {
+                tokio::time::sleep(poll).await;
+                false
+            }
+        }
+    }
+}
