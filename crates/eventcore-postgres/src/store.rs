@@ -180,10 +180,19 @@ impl PostgresEventStore {
     {
         let policy = &self.inner.config.retry;
         let mut tries = 0;
+        // After a server restart or a mass termination every idle pooled
+        // connection is dead, and each fails once before the pool drops it.
+        // Those failures say nothing about the server now, so up to a pool's
+        // worth of them are retried at once without using the retry budget.
+        let mut stale_left = self.inner.config.max_connections;
         loop {
-            tries += 1;
             match attempt().await {
-                Err(e) if e.is_transient() && tries < policy.max_attempts => {
+                Err(e) if stale_left > 0 && is_stale_connection(&e) => {
+                    stale_left -= 1;
+                    tracing::debug!(operation, error = %e, "stale pooled connection; retrying");
+                }
+                Err(e) if e.is_transient() && tries + 1 < policy.max_attempts => {
+                    tries += 1;
                     tracing::warn!(operation, attempt = tries, error = %e, "transient failure; retrying");
                     tokio::time::sleep(policy.delay_after(tries)).await;
                 }
@@ -384,6 +393,22 @@ fn decode_row(row: &PgRow, map: impl Fn(sqlx::Error) -> Error) -> Result<StoredE
             .map_err(|e| corrupt(format!("metadata does not decode: {e}")))?,
         recorded_at,
     })
+}
+
+/// Whether `e` is a pooled connection found dead (terminated by the server
+/// or cut), as opposed to the server refusing work right now.
+fn is_stale_connection(e: &Error) -> bool {
+    let Error::Unavailable { source, .. } = e else {
+        return false;
+    };
+    match source.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Io(_)) => true,
+        Some(db @ sqlx::Error::Database(_)) => db_error_parts(db).is_some_and(|(code, _)| {
+            code == sqlstate::ADMIN_SHUTDOWN
+                || code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+        }),
+        _ => false,
+    }
 }
 
 /// Positions and versions travel as BIGINT; larger values cannot be stored.

@@ -4,6 +4,7 @@
 mod concurrency;
 mod contract;
 mod faults;
+mod projections;
 mod schema;
 mod store;
 mod support;

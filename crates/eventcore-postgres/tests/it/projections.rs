@@ -1,0 +1,308 @@
+//! Subscriptions and projection runners on PostgreSQL under writers and
+//! faults.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use eventcore::{
+    BoxError, EventFilter, EventStore, GlobalPosition, Projection, ProjectionRunner, RecordedEvent,
+    RunnerOptions, StreamId, SubscriptionOptions, subscribe,
+    testing::{bank::AccountEvent, seed},
+};
+use eventcore_postgres::{PostgresCheckpointStore, PostgresEventStore};
+use futures::StreamExt;
+
+use crate::support::{config, database_url, store_with};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A store whose connections carry a unique `application_name`, so a test
+/// can terminate exactly its own backends.
+async fn named_store(schema: Option<&str>) -> (PostgresEventStore, String) {
+    let app = format!("ec-{}", uuid::Uuid::now_v7().simple());
+    let mut builder = config().application_name(app.clone());
+    if let Some(schema) = schema {
+        builder = builder.schema(schema);
+    }
+    (store_with(builder.build().unwrap()).await, app)
+}
+
+async fn terminate(app: &str) -> i64 {
+    let admin = sqlx::PgPool::connect(database_url()).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(app)
+    .fetch_one(&admin)
+    .await
+    .unwrap()
+}
+
+async fn settled(store: &PostgresEventStore, prefix: &str, count: usize) -> Vec<GlobalPosition> {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut out = Vec::new();
+            let mut after = GlobalPosition::START;
+            loop {
+                let page = store.read_all(after, 1000).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = last.position;
+                out.extend(
+                    page.iter()
+                        .filter(|e| e.stream_id.as_str().starts_with(prefix))
+                        .map(|e| e.position),
+                );
+            }
+            if out.len() >= count {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("events became readable")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscription_survives_terminated_backends() {
+    let (store, app) = named_store(None).await;
+    let account = StreamId::new("acct-sub").unwrap();
+    let mut live = Box::pin(subscribe(
+        store.clone(),
+        SubscriptionOptions::default().poll_interval(Duration::from_millis(50)),
+    ));
+    seed(
+        &store,
+        &account,
+        (0..10).map(|amount| AccountEvent::Deposited { amount }),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        seen.push(
+            tokio::time::timeout(PATIENCE, live.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .position,
+        );
+    }
+    // Kill every connection of this store: pool members and the LISTEN one.
+    assert!(
+        terminate(&app).await >= 1,
+        "there were backends to terminate"
+    );
+    seed(
+        &store,
+        &account,
+        (10..20).map(|amount| AccountEvent::Deposited { amount }),
+    )
+    .await
+    .unwrap();
+    while seen.len() < 20 {
+        seen.push(
+            tokio::time::timeout(PATIENCE, live.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+                .position,
+        );
+    }
+    assert_eq!(
+        seen,
+        settled(&store, "acct-sub", 20).await,
+        "every event once, in order, across the fault"
+    );
+}
+
+/// Records the positions it applies.
+#[derive(Clone)]
+struct Ledger {
+    name: String,
+    seen: Arc<Mutex<Vec<GlobalPosition>>>,
+}
+
+#[eventcore::async_trait]
+impl Projection for Ledger {
+    type Event = AccountEvent;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().stream_prefix("load-")
+    }
+    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
+        self.seen.lock().unwrap().push(event.position);
+        Ok(())
+    }
+}
+
+fn quick() -> RunnerOptions {
+    RunnerOptions {
+        batch_size: 100,
+        poll_interval: Duration::from_millis(50),
+        checkpoint_every: 1,
+        lease_retry: Duration::from_millis(25),
+    }
+}
+
+/// A projection runner and 16 writers at once: the runner applies every
+/// committed event exactly once, in global order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn projection_follows_sixteen_writers() {
+    let (store, _) = named_store(None).await;
+    let ledger = Ledger {
+        name: "ledger".into(),
+        seen: Arc::default(),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let (store, ledger) = (store.clone(), ledger.clone());
+        tokio::spawn(async move {
+            let checkpoints = PostgresCheckpointStore::new(store.clone());
+            let mut runner =
+                ProjectionRunner::new(ledger, store, checkpoints).with_options(RunnerOptions {
+                    checkpoint_every: 50,
+                    ..quick()
+                });
+            runner
+                .run_continuous(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    futures::future::join_all((0..16).map(|w| {
+        let store = store.clone();
+        async move {
+            let s = StreamId::new(format!("load-{}", w % 5)).unwrap();
+            for i in 0..25 {
+                seed(&store, &s, [AccountEvent::Deposited { amount: i }])
+                    .await
+                    .unwrap();
+            }
+        }
+    }))
+    .await;
+    let expected = settled(&store, "load-", 400).await;
+    tokio::time::timeout(PATIENCE, async {
+        while ledger.seen.lock().unwrap().len() < expected.len() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the projection caught up");
+    stop.send(()).unwrap();
+    let summary = runner.await.unwrap().unwrap();
+    assert_eq!(
+        *ledger.seen.lock().unwrap(),
+        expected,
+        "exactly once, in order"
+    );
+    assert_eq!(summary.checkpoint, expected.last().copied());
+}
+
+/// The active runner's process "dies" (its lease connection is terminated):
+/// a standby runner in another "process" takes over from the checkpoint and
+/// nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standby_takes_over_when_the_active_runner_dies() {
+    let (active_store, active_app) = named_store(None).await;
+    let schema = active_store.config().schema.clone();
+    let (standby_store, _) = named_store(Some(&schema)).await;
+    let account = StreamId::new("load-takeover").unwrap();
+    seed(
+        &active_store,
+        &account,
+        (0..20).map(|amount| AccountEvent::Deposited { amount }),
+    )
+    .await
+    .unwrap();
+
+    let first = Ledger {
+        name: "takeover".into(),
+        seen: Arc::default(),
+    };
+    let active = {
+        let (store, first) = (active_store.clone(), first.clone());
+        tokio::spawn(async move {
+            let checkpoints = PostgresCheckpointStore::new(store.clone());
+            let mut runner = ProjectionRunner::new(first, store, checkpoints).with_options(quick());
+            runner.run_continuous(futures::future::pending()).await
+        })
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while first.seen.lock().unwrap().len() < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("active runner caught up");
+
+    let second = Ledger {
+        name: "takeover".into(),
+        seen: Arc::default(),
+    };
+    let standby = {
+        let (store, second) = (standby_store.clone(), second.clone());
+        tokio::spawn(async move {
+            let checkpoints = PostgresCheckpointStore::new(store.clone());
+            let mut runner =
+                ProjectionRunner::new(second, store, checkpoints).with_options(quick());
+            runner.run_continuous(futures::future::pending()).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        second.seen.lock().unwrap().is_empty(),
+        "the standby waits while the active runner lives"
+    );
+
+    assert!(terminate(&active_app).await >= 1);
+    // New events after the crash: the active runner notices its lost lease
+    // at its next checkpoint and stops; the standby takes them.
+    seed(
+        &standby_store,
+        &account,
+        (20..30).map(|amount| AccountEvent::Deposited { amount }),
+    )
+    .await
+    .unwrap();
+    let result = tokio::time::timeout(PATIENCE, active)
+        .await
+        .expect("the dead runner stops")
+        .unwrap();
+    assert!(
+        result.is_err(),
+        "the runner whose lease died reports it: {result:?}"
+    );
+    let expected = settled(&standby_store, "load-takeover", 30).await;
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let done = second.seen.lock().unwrap().last() == expected.last();
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the standby took over and caught up");
+    standby.abort();
+    let mut union: Vec<_> = first
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(second.seen.lock().unwrap().iter())
+        .copied()
+        .collect();
+    union.sort();
+    union.dedup();
+    assert_eq!(union, expected, "nothing lost across the takeover");
+}
