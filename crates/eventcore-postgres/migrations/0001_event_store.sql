@@ -6,8 +6,8 @@
 -- whatever the caller's search_path is.
 
 -- One row per stream: its current version (= number of events). Appends lock
--- streams with advisory locks first, so this row is only written by the one
--- transaction that holds its stream's exclusive lock.
+-- these rows (never the events) to serialise writers of a stream. A row at
+-- version 0 is a placeholder: a stream that was checked, never written.
 CREATE TABLE event_streams (
     stream_id   TEXT        NOT NULL,
     version     BIGINT      NOT NULL,
@@ -56,7 +56,10 @@ CREATE TRIGGER events_no_truncate
     BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_event_mutation();
 
--- The whole append in one round trip and one implicit transaction.
+-- Appends to several streams, or with check-only streams, in one round trip
+-- and one implicit transaction. (A single-stream append with no check-only
+-- streams takes a one-statement fast path instead: APPEND_TO_STREAM in
+-- src/sql.rs.)
 --
 -- $1 p_streams          every stream of the request (written or check-only)
 -- $2 p_expected         per stream: -1 any, -2 no stream, -3 stream exists, n >= 0 exact
@@ -67,11 +70,19 @@ CREATE TRIGGER events_no_truncate
 -- $7 p_data             per event: payload
 -- $8 p_metadata         per event: metadata
 --
--- Returns conflict_index = 0 and base_position/versions on success. On a
--- failed expectation nothing is written: conflict_index is the 1-based index
--- of the stream, actual_version its version, and id_seen says whether any of
--- the event ids is already stored (the request may be a re-send of an append
--- whose acknowledgement was lost; the client then checks).
+-- Returns conflict_index = 0, base_position and versions (per stream, after
+-- the append) on success. On a failed expectation nothing is written:
+-- conflict_index is the 1-based index of the stream, actual_version its
+-- version, and id_seen says whether any of the event ids is already stored
+-- (the request may be a re-send of an append whose acknowledgement was
+-- lost; the client then checks).
+--
+-- Concurrency: every stream row is locked FOR UPDATE, in stream-id order,
+-- before any version is read. Streams that do not exist yet get a version-0
+-- placeholder row first, so there is always a row to lock: a concurrent
+-- creator of a checked stream waits instead of slipping past the check.
+-- One global lock order means no deadlocks; row locks mean no SERIALIZABLE
+-- aborts and no write skew. Single-stream appends lock just their one row.
 CREATE FUNCTION append_events(
     p_streams         TEXT[],
     p_expected        BIGINT[],
@@ -91,34 +102,27 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    lock RECORD;
     current_versions BIGINT[];
     expected BIGINT;
     actual BIGINT;
 BEGIN
-    -- Advisory locks in one global order (by key) cannot deadlock. Written
-    -- streams are locked exclusively, check-only streams shared, so no other
-    -- writer can move a stream this append depends on until it commits: no
-    -- write skew, and no SERIALIZABLE aborts.
-    FOR lock IN
-        SELECT hashtextextended(s, 0) AS key, bool_or(s = ANY (p_event_streams)) AS exclusive
-        FROM unnest(p_streams) AS s
-        GROUP BY 1
-        ORDER BY 1
-    LOOP
-        IF lock.exclusive THEN
-            PERFORM pg_advisory_xact_lock(lock.key);
-        ELSE
-            PERFORM pg_advisory_xact_lock_shared(lock.key);
-        END IF;
-    END LOOP;
+    INSERT INTO event_streams (stream_id, version)
+    SELECT s, 0 FROM unnest(p_streams) AS s ORDER BY s COLLATE "C"
+    ON CONFLICT (stream_id) DO NOTHING;
 
-    -- Read after locking: in READ COMMITTED this statement sees every commit
-    -- made before the locks were granted.
-    SELECT array_agg(coalesce(es.version, 0) ORDER BY r.i)
+    -- A new statement, so a new snapshot: FOR UPDATE waits for competing
+    -- writers and then returns the rows as they committed.
+    WITH locked AS (
+        SELECT es.stream_id, es.version
+        FROM event_streams es
+        WHERE es.stream_id = ANY (p_streams)
+        ORDER BY es.stream_id COLLATE "C"
+        FOR UPDATE
+    )
+    SELECT array_agg(l.version ORDER BY r.i)
     INTO current_versions
     FROM unnest(p_streams) WITH ORDINALITY AS r(s, i)
-    LEFT JOIN event_streams es ON es.stream_id = r.s;
+    JOIN locked l ON l.stream_id = r.s;
 
     FOR i IN 1 .. coalesce(array_length(p_streams, 1), 0) LOOP
         expected := p_expected[i];
@@ -159,10 +163,9 @@ BEGIN
     LEFT JOIN (SELECT s, count(*) AS n FROM unnest(p_event_streams) AS s GROUP BY s) w
            ON w.s = cur.s;
 
-    INSERT INTO event_streams AS es (stream_id, version)
-    SELECT w.s, w.v
+    UPDATE event_streams es
+    SET version = w.v, updated_at = now()
     FROM unnest(p_streams, versions, current_versions) AS w(s, v, old)
-    WHERE w.v > w.old
-    ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, updated_at = now();
+    WHERE es.stream_id = w.s AND w.v > w.old;
 END
 $$;

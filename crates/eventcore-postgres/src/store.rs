@@ -52,6 +52,17 @@ pub(crate) struct Inner {
     pub(crate) notifier: Notifier,
 }
 
+/// What one send of an append found.
+enum Attempt {
+    Written(AppendOutcome),
+    /// Nothing was written: stream `index` of the request was at `actual`.
+    Conflict {
+        index: usize,
+        actual: u64,
+        id_seen: bool,
+    },
+}
+
 /// The append's parameters as column arrays, built once per request and
 /// reused by retries.
 struct AppendParams<'a> {
@@ -207,7 +218,119 @@ impl PostgresEventStore {
         p: &AppendParams<'_>,
     ) -> Result<AppendOutcome, Error> {
         let mut conn = self.acquire("append").await?;
-        let result = sqlx::query(sql(&self.inner.sql.append_events))
+        let attempt = if request.streams().len() == 1 && !p.event_ids.is_empty() {
+            self.append_to_stream(&mut conn, request, p).await
+        } else {
+            self.append_events(&mut conn, request, p).await
+        };
+        match attempt {
+            Ok(Attempt::Written(outcome)) => Ok(outcome),
+            Ok(Attempt::Conflict {
+                index,
+                actual,
+                id_seen,
+            }) => {
+                // The events may already be stored by an earlier send whose
+                // acknowledgement was lost: then this is a replay, not a
+                // conflict.
+                if id_seen && let Some(outcome) = self.replay(&mut conn, request, p).await? {
+                    return Ok(outcome);
+                }
+                let s = &request.streams()[index];
+                Err(VersionConflict {
+                    stream_id: s.stream_id.clone(),
+                    expected: s.expected,
+                    actual: StreamVersion::new(actual),
+                }
+                .into())
+            }
+            Err(e) => match db_error_parts(&e) {
+                // Another append stored one of these ids first: either this
+                // is a re-send, or a genuine clash.
+                Some((code, Some(c)))
+                    if code == sqlstate::UNIQUE_VIOLATION
+                        && c == constraint::EVENTS_EVENT_ID_KEY =>
+                {
+                    match self.replay(&mut conn, request, p).await? {
+                        Some(outcome) => Ok(outcome),
+                        None => Err(self.map_err("append", e)),
+                    }
+                }
+                // Cannot happen while every writer locks the stream row; if
+                // a foreign writer raced us, retrying is right.
+                Some((code, Some(c)))
+                    if code == sqlstate::UNIQUE_VIOLATION
+                        && c == constraint::EVENTS_STREAM_VERSION_KEY =>
+                {
+                    Err(Error::Aborted {
+                        operation: "append",
+                        source: Box::new(e),
+                    })
+                }
+                _ => Err(self.map_err("append", e)),
+            },
+        }
+    }
+
+    /// The one-statement path for the common case: events for one stream.
+    async fn append_to_stream(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Attempt, sqlx::Error> {
+        let stream = &request.streams()[0];
+        let n = p.event_ids.len() as i64;
+        let row = sqlx::query(sql(&self.inner.sql.append_to_stream))
+            .bind(p.streams[0])
+            .bind(p.expected[0])
+            .bind(n)
+            .bind(&p.event_ids)
+            .bind(&p.event_types)
+            .bind(&p.schema_versions)
+            .bind(&p.data)
+            .bind(&p.metadata)
+            .fetch_one(&mut **conn)
+            .await?;
+        let version: Option<i64> = row.try_get(0)?;
+        let first: Option<i64> = row.try_get(1)?;
+        match (version, first) {
+            (Some(version), Some(first)) => Ok(Attempt::Written(AppendOutcome {
+                stream_versions: BTreeMap::from([(
+                    stream.stream_id.clone(),
+                    StreamVersion::new(version as u64),
+                )]),
+                positions: Some((
+                    GlobalPosition::new(first as u64),
+                    GlobalPosition::new((first + n - 1) as u64),
+                )),
+                replayed: false,
+            })),
+            _ => {
+                let row = sqlx::query(sql(&self.inner.sql.select_conflict_state))
+                    .bind(p.streams[0])
+                    .bind(&p.event_ids)
+                    .fetch_one(&mut **conn)
+                    .await?;
+                let actual: i64 = row.try_get(0)?;
+                Ok(Attempt::Conflict {
+                    index: 0,
+                    actual: actual as u64,
+                    id_seen: row.try_get(1)?,
+                })
+            }
+        }
+    }
+
+    /// The general path: several streams and check-only streams, through the
+    /// `append_events` function.
+    async fn append_events(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Attempt, sqlx::Error> {
+        let row = sqlx::query(sql(&self.inner.sql.append_events))
             .bind(&p.streams)
             .bind(&p.expected)
             .bind(&p.event_streams)
@@ -216,58 +339,20 @@ impl PostgresEventStore {
             .bind(&p.schema_versions)
             .bind(&p.data)
             .bind(&p.metadata)
-            .fetch_one(&mut *conn)
-            .await;
-        let row = match result {
-            Ok(row) => row,
-            Err(e) => {
-                return match db_error_parts(&e) {
-                    // Another append stored one of these ids first: either
-                    // this is a re-send, or a genuine clash.
-                    Some((code, Some(c)))
-                        if code == sqlstate::UNIQUE_VIOLATION
-                            && c == constraint::EVENTS_EVENT_ID_KEY =>
-                    {
-                        match self.replay(&mut conn, request, p).await? {
-                            Some(outcome) => Ok(outcome),
-                            None => Err(self.map_err("append", e)),
-                        }
-                    }
-                    // Cannot happen while every writer takes the stream
-                    // locks; if a foreign writer raced us, retrying is right.
-                    Some((code, Some(c)))
-                        if code == sqlstate::UNIQUE_VIOLATION
-                            && c == constraint::EVENTS_STREAM_VERSION_KEY =>
-                    {
-                        Err(Error::Aborted {
-                            operation: "append",
-                            source: Box::new(e),
-                        })
-                    }
-                    _ => Err(self.map_err("append", e)),
-                };
-            }
-        };
-        let decode = |e: sqlx::Error| self.map_err("append", e);
-        let conflict_index: i32 = row.try_get(0).map_err(decode)?;
+            .fetch_one(&mut **conn)
+            .await?;
+        let conflict_index: i32 = row.try_get(0)?;
         if conflict_index > 0 {
-            let id_seen: Option<bool> = row.try_get(4).map_err(decode)?;
-            if id_seen == Some(true)
-                && let Some(outcome) = self.replay(&mut conn, request, p).await?
-            {
-                return Ok(outcome);
-            }
-            let actual: i64 = row.try_get(1).map_err(decode)?;
-            let s = &request.streams()[conflict_index as usize - 1];
-            return Err(VersionConflict {
-                stream_id: s.stream_id.clone(),
-                expected: s.expected,
-                actual: StreamVersion::new(actual as u64),
-            }
-            .into());
+            let actual: i64 = row.try_get(1)?;
+            let id_seen: Option<bool> = row.try_get(4)?;
+            return Ok(Attempt::Conflict {
+                index: conflict_index as usize - 1,
+                actual: actual as u64,
+                id_seen: id_seen == Some(true),
+            });
         }
-        let base: Option<i64> = row.try_get(2).map_err(decode)?;
-        let versions: Vec<i64> = row.try_get(3).map_err(decode)?;
+        let base: Option<i64> = row.try_get(2)?;
+        let versions: Vec<i64> = row.try_get(3)?;
         let mut outcome = AppendOutcome {
             stream_versions: BTreeMap::new(),
             positions: None,
@@ -287,7 +372,7 @@ impl PostgresEventStore {
                 GlobalPosition::new(base as u64 + n),
             ));
         }
-        Ok(outcome)
+        Ok(Attempt::Written(outcome))
     }
 
     /// The original outcome if every event of `request` is already stored on

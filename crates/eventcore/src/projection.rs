@@ -217,8 +217,8 @@ pub struct RunnerOptions {
     pub batch_size: usize,
     /// Longest wait for new events without a wake-up. Default 500 ms.
     pub poll_interval: Duration,
-    /// Save the checkpoint after this many events, and whenever the runner
-    /// catches up. Default 100.
+    /// Save the checkpoint after this many events, and when the runner
+    /// stops. Default 100. (A crash replays at most this many events.)
     pub checkpoint_every: usize,
     /// How often a runner waiting for the lease tries again. Default 1 s.
     pub lease_retry: Duration,

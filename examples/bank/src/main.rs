@@ -12,38 +12,61 @@
 //! error ([`domain::BankError`]).
 //!
 //! The run opens a few accounts, makes some transfers by hand (including
-//! refused ones), lets 8 tasks make 200 random transfers at once through one
-//! [`CommandExecutor`] (conflicts are retried by the executor), then folds
-//! every account back from its stream and checks the books: money conserved,
-//! no negative balance, every transfer booked on both sides.
+//! refused ones), then starts a **live projection** and lets 8 tasks make 200
+//! random transfers at once through one [`CommandExecutor`] (conflicts are
+//! retried by the executor). It folds every account back from its stream and
+//! checks the books: money conserved, no negative balance, every transfer
+//! booked on both sides. Finally it waits for the projection to catch up,
+//! stops it, compares its balances with the folded ones, and rebuilds it from
+//! the first event to show the replay gives the same answer.
+//!
+//! The projection ([`projection::BalanceProjection`]) follows the `account-`
+//! events in global order with a [`ProjectionRunner`] and keeps one balance
+//! per account: in a `HashMap` with `--memory` (at-least-once delivery, made
+//! harmless by an idempotent `apply`), or in the table
+//! `<schema>.account_balances`, where each event's update commits in one
+//! transaction with the projection's checkpoint (an exactly-once effect).
 //!
 //! PostgreSQL: the URL comes from `DATABASE_URL` (or `--database-url`), else
 //! from `scripts/dev-db url`, which starts a throwaway local cluster if none is
 //! running. Every run uses a fresh schema `bank_<uuid>` so reruns start clean;
-//! `--schema NAME` picks (or reuses) a schema instead. See `--help` for the
-//! rest, and `RUST_LOG=eventcore=debug` to watch conflicts being retried.
+//! `--schema NAME` picks (or reuses) a schema instead, and the projection then
+//! resumes from its checkpoint. See `--help` for the rest, and
+//! `RUST_LOG=eventcore=debug` to watch conflicts being retried.
 
 mod audit;
 mod domain;
+mod projection;
 mod simulation;
 
-use std::{path::Path, process::Stdio, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use clap::Parser;
 use eventcore::{
-    CommandError, CommandExecutor, EventStore, ExecutionOutcome, InMemoryEventStore, RetryPolicy,
+    CheckpointStore, CommandError, CommandExecutor, EventStore, ExecutionOutcome, GlobalPosition,
+    InMemoryCheckpointStore, InMemoryEventStore, ProjectionRunner, RetryPolicy, RunSummary,
+    RunnerOptions,
 };
-use eventcore_postgres::{PostgresConfigBuilder, PostgresEventStore};
+use eventcore_postgres::{PostgresCheckpointStore, PostgresConfigBuilder, PostgresEventStore};
+use tokio::{sync::oneshot, task::JoinHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     audit::Books,
-    domain::{AccountId, Deposit, OpenAccount, Transfer, Withdraw, money},
+    domain::{AccountId, Deposit, OpenAccount, STREAM_PREFIX, Transfer, Withdraw, money},
+    projection::{BalanceProjection, Balances, NAME, Progress, ReadModel},
     simulation::{Stats, Workload},
 };
 
-/// EventCore example: bank accounts as streams, atomic transfers.
+/// EventCore example: bank accounts as streams, atomic transfers, a live
+/// balance projection.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -86,10 +109,18 @@ async fn main() -> anyhow::Result<()> {
 
     if args.memory {
         println!("Store: in memory (nothing is kept after the run)");
-        run(InMemoryEventStore::new(), workload).await
+        run(
+            InMemoryEventStore::new(),
+            InMemoryCheckpointStore::new(),
+            ReadModel::memory(),
+            workload,
+        )
+        .await
     } else {
         let store = connect_postgres(&args, workload).await?;
-        run(store, workload).await
+        let read_model = ReadModel::postgres(&store).await?;
+        let checkpoints = PostgresCheckpointStore::new(store.clone());
+        run(store, checkpoints, read_model, workload).await
     }
 }
 
@@ -106,11 +137,12 @@ async fn connect_postgres(args: &Args, workload: Workload) -> anyhow::Result<Pos
     let config = PostgresConfigBuilder::new()
         .database_url(&url)
         .schema(&schema)
-        // One connection per task, plus a couple for the audit.
+        // One connection per task, plus a few for the audit and the
+        // projection (its reads, its transactions, the progress lines).
         .max_connections(
             u32::try_from(workload.tasks)
                 .unwrap_or(u32::MAX)
-                .saturating_add(2),
+                .saturating_add(4),
         )
         .min_connections(0)
         .build()
@@ -200,8 +232,18 @@ impl Accounts {
     }
 }
 
-/// The whole example, on any store.
-async fn run<S: EventStore + Clone + 'static>(store: S, workload: Workload) -> anyhow::Result<()> {
+/// The whole example, on any store, with the balance projection keeping its
+/// checkpoint in `checkpoints` and its balances in `read_model`.
+async fn run<S, C>(
+    store: S,
+    checkpoints: C,
+    read_model: ReadModel,
+    workload: Workload,
+) -> anyhow::Result<()>
+where
+    S: EventStore + Clone + 'static,
+    C: CheckpointStore + Clone + 'static,
+{
     // Eight writers on four accounts is deliberately hot contention: a
     // transfer occasionally loses the race ten times in a row, the default
     // policy's limit, so this executor is more patient.
@@ -220,16 +262,219 @@ async fn run<S: EventStore + Clone + 'static>(store: S, workload: Workload) -> a
     before.print();
 
     heading(&format!(
-        "3. {} tasks make {} random transfers at once",
+        "3. A live projection follows {} tasks making {} random transfers",
         workload.tasks, workload.transfers
     ));
-    let stats = simulation::run(Arc::clone(&executor), &accounts.open(), workload).await?;
+    println!(
+        "  projection '{NAME}': {STREAM_PREFIX}* events -> {}",
+        read_model.describe()
+    );
+    let live = LiveProjection::start(store.clone(), checkpoints, read_model);
+    let stats = transfers_with_progress(&executor, &accounts, workload, &store, &live).await?;
     print_stats(&stats);
+    let (mut runner, summary) = live.stop_when_caught_up(&store).await?;
 
     heading("4. Final balances, folded from each account's stream");
     let after = Books::load(&store, &accounts.open()).await?;
     after.print();
-    audit(&before, &after, &stats)
+    audit(&before, &after, &stats)?;
+
+    heading("5. The projection next to the streams");
+    let folded: Balances = after
+        .accounts
+        .iter()
+        .map(|(account, state)| (account.name().to_owned(), state.balance))
+        .collect();
+    let live_ok = compare(&folded, &runner.projection().balances().await?, true);
+    let started = Instant::now();
+    let rebuilt = runner
+        .rebuild()
+        .await
+        .context("rebuilding the projection failed")?;
+    println!(
+        "  Rebuild: reset, then replayed {} events from the first in {:.0} ms",
+        rebuilt.applied,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let rebuild_ok = compare(&folded, &runner.projection().balances().await?, false);
+    anyhow::ensure!(
+        live_ok && rebuild_ok,
+        "the projection's balances differ from the streams'"
+    );
+
+    println!();
+    let gave_up = match stats.gave_up {
+        0 => String::new(),
+        n => format!(", {n} gave up"),
+    };
+    println!(
+        "Summary: {} succeeded, {} rejected, {} retries{gave_up}; \
+         the projection applied {} events live and agrees with the streams.",
+        stats.succeeded, stats.rejected, stats.retries, summary.applied
+    );
+    Ok(())
+}
+
+/// The runner of the balance projection, as its task hands it back.
+type BalanceRunner<S, C> = ProjectionRunner<BalanceProjection, S, C>;
+
+/// The balance projection running in a task of its own.
+struct LiveProjection<S, C> {
+    progress: Arc<Progress>,
+    checkpoints: C,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<(BalanceRunner<S, C>, Result<RunSummary, eventcore::Error>)>,
+}
+
+/// How long the projection may take to catch up once the writers are done.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lag counts stop here (one read of the log).
+const LAG_CAP: usize = 1_000;
+
+impl<S, C> LiveProjection<S, C>
+where
+    S: EventStore + Clone + 'static,
+    C: CheckpointStore + Clone + 'static,
+{
+    /// Spawns the runner: it resumes from the checkpoint (if any), catches up
+    /// and follows new commits until told to stop.
+    fn start(store: S, checkpoints: C, read_model: ReadModel) -> Self {
+        let projection = BalanceProjection::new(read_model);
+        let progress = projection.progress();
+        let mut runner = ProjectionRunner::new(projection, store, checkpoints.clone())
+            // In memory, at most this many events are delivered again after a
+            // restart; on PostgreSQL every event saves the checkpoint anyway.
+            .with_options(RunnerOptions {
+                checkpoint_every: 50,
+                ..RunnerOptions::default()
+            });
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let result = runner
+                .run_continuous(async {
+                    // A dropped sender stops the runner too.
+                    let _ = stop.await;
+                })
+                .await;
+            (runner, result)
+        });
+        Self {
+            progress,
+            checkpoints,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The furthest position the projection is known to have finished: its
+    /// last event, or its saved checkpoint if that is further (after a
+    /// restart, or past events of other streams).
+    async fn position(&self) -> anyhow::Result<GlobalPosition> {
+        let saved = self.checkpoints.load(NAME).await?.unwrap_or_default();
+        Ok(saved.max(self.progress.last_position()))
+    }
+
+    /// One progress line: events applied, and how many events of the log the
+    /// projection has yet to see (positions are not dense on PostgreSQL, so
+    /// the lag is counted rather than subtracted from the head).
+    async fn print_progress(&self, store: &S) -> anyhow::Result<()> {
+        let behind = store.read_all(self.position().await?, LAG_CAP).await?.len();
+        let plus = if behind == LAG_CAP { "+" } else { "" };
+        println!(
+            "  projection: {:>4} events applied, lag {behind}{plus}",
+            self.progress.applied()
+        );
+        Ok(())
+    }
+
+    /// Waits until the projection has reached the store's head, then stops
+    /// the runner gracefully and takes it back.
+    async fn stop_when_caught_up(
+        self,
+        store: &S,
+    ) -> anyhow::Result<(BalanceRunner<S, C>, RunSummary)> {
+        let started = Instant::now();
+        let head = store.head_position().await?;
+        while self.position().await? < head && !self.task.is_finished() {
+            anyhow::ensure!(
+                started.elapsed() < CATCH_UP_TIMEOUT,
+                "the projection did not catch up within {CATCH_UP_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let waited = started.elapsed();
+        // Fails only if the runner has already returned; its result says why.
+        let _ = self.shutdown.send(());
+        let (runner, result) = self.task.await.context("the projection task panicked")?;
+        let summary = result.context("the projection runner failed")?;
+        let duplicates = match runner.projection().progress().duplicates() {
+            0 => String::new(),
+            n => format!(", {n} redelivered events ignored"),
+        };
+        println!(
+            "  projection: {:>4} events applied, caught up {:.0} ms after the last transfer; \
+             stopped{duplicates}",
+            summary.applied,
+            waited.as_secs_f64() * 1000.0,
+        );
+        Ok((runner, summary))
+    }
+}
+
+/// Runs the random transfers, printing the projection's progress at the
+/// start and every half second.
+async fn transfers_with_progress<S, C>(
+    executor: &Arc<CommandExecutor<S>>,
+    accounts: &Accounts,
+    workload: Workload,
+    store: &S,
+    live: &LiveProjection<S, C>,
+) -> anyhow::Result<Stats>
+where
+    S: EventStore + Clone + 'static,
+    C: CheckpointStore + Clone + 'static,
+{
+    let open = accounts.open();
+    let transfers = simulation::run(Arc::clone(executor), &open, workload);
+    tokio::pin!(transfers);
+    let mut ticks = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            stats = &mut transfers => return stats,
+            _ = ticks.tick() => live.print_progress(store).await?,
+        }
+    }
+}
+
+/// Prints the projection's balances next to the folded ones, as a table if
+/// `table` (else only the differences); true if they agree on every account.
+fn compare(folded: &Balances, projected: &Balances, table: bool) -> bool {
+    let names: BTreeSet<&String> = folded.keys().chain(projected.keys()).collect();
+    let show = |b: Option<&i128>| b.map_or_else(|| "-".to_owned(), |b| money(*b));
+    if table {
+        println!("  {:<8} {:>9} {:>11}", "account", "streams", "projection");
+    }
+    let mut mismatches = 0;
+    for name in &names {
+        let (f, p) = (folded.get(*name), projected.get(*name));
+        let ok = f == p;
+        mismatches += usize::from(!ok);
+        if table || !ok {
+            let verdict = if ok { "ok" } else { "MISMATCH" };
+            println!("  {name:<8} {:>9} {:>11}   {verdict}", show(f), show(p));
+        }
+    }
+    let what = if table { "live" } else { "rebuilt" };
+    if mismatches == 0 {
+        println!(
+            "  ok  The {what} projection matches the streams on all {} accounts",
+            names.len()
+        );
+    } else {
+        println!("  MISMATCH  The {what} projection differs on {mismatches} account(s)");
+    }
+    mismatches == 0
 }
 
 async fn open_accounts<S: EventStore>(
@@ -373,15 +618,6 @@ fn audit(before: &Books, after: &Books, stats: &Stats) -> anyhow::Result<()> {
          {booked} of them by the concurrent tasks",
         after.transfers()
     );
-    println!();
-    let gave_up = match stats.gave_up {
-        0 => String::new(),
-        n => format!(", {n} gave up"),
-    };
-    println!(
-        "Summary: {} succeeded, {} rejected, {} retries{gave_up}.",
-        stats.succeeded, stats.rejected, stats.retries
-    );
     Ok(())
 }
 
@@ -401,7 +637,14 @@ mod tests {
             transfers: 200,
             max_amount: 40,
         };
-        run(InMemoryEventStore::new(), workload).await.unwrap();
+        run(
+            InMemoryEventStore::new(),
+            InMemoryCheckpointStore::new(),
+            ReadModel::memory(),
+            workload,
+        )
+        .await
+        .unwrap();
     }
 
     #[test]

@@ -80,14 +80,18 @@ async fn statements_past_query_timeout_fail_with_timeout() {
     )
     .await;
     let stream = StreamId::new("locked-1").unwrap();
-    // Hold the stream's append lock from another session.
+    store.append(one(&stream, "First")).await.unwrap();
+    // Hold the stream's row lock from another session, as a competing
+    // writer would.
     let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
     let mut tx = blocker.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind("locked-1")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM {}.event_streams WHERE stream_id = 'locked-1' FOR UPDATE",
+        store.config().schema
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     let started = std::time::Instant::now();
     let err = store.append(one(&stream, "Blocked")).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "got {err:?}");
@@ -99,7 +103,7 @@ async fn statements_past_query_timeout_fail_with_timeout() {
         .expect("lock released, append works");
     assert_eq!(
         store.stream_version(&stream).await.unwrap(),
-        StreamVersion::new(1)
+        StreamVersion::new(2)
     );
 }
 
