@@ -20,41 +20,55 @@ macro_rules! event_columns {
 pub(crate) const APPEND_EVENTS: &str = "SELECT conflict_index, actual_version, base_position, versions, id_seen \
      FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// The single-stream fast path: check, bump and insert in one statement.
+/// The tail shared by the single-stream statements: insert the events
+/// numbered from the version CTE `v`, report version and first position.
+macro_rules! append_to_stream_tail {
+    () => {
+        "), appended AS ( \
+           INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
+                                        event_type, schema_version, event_data, metadata) \
+           SELECT (pg_current_xact_id()::text::bigint << 20) + e.n, e.id, $1, \
+                  v.version - $3::bigint + e.n, e.t, e.sv, e.d, e.m \
+           FROM v, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
+                WITH ORDINALITY AS e(id, t, sv, d, m, n) \
+           RETURNING global_position \
+         ) \
+         SELECT (SELECT version FROM v) AS version, \
+                (SELECT min(global_position) FROM appended) AS first_position"
+    };
+}
+
+/// The single-stream fast path for expectations that allow a new stream
+/// (any, no stream, exact 0): check, bump and insert in one statement.
 ///
-/// `$1` stream id, `$2` expectation (-1 any, -2 no stream, -3 stream exists,
-/// n >= 0 exact), `$3` number of events, `$4..$8` per-event ids, types,
-/// schema versions, data, metadata.
+/// `$1` stream id, `$2` expectation (-1 any, -2 no stream, 0), `$3` number
+/// of events, `$4..$8` per-event ids, types, schema versions, data, metadata.
 ///
-/// The stream row is the lock: `INSERT .. ON CONFLICT DO UPDATE` and
-/// `UPDATE` both wait for a competing writer and then re-check their
-/// condition against the committed row, so a stale expectation matches no
-/// row. Then `version` is NULL, nothing was written, and the client reads
-/// the actual version for the conflict error. Only expectations that allow
-/// a new stream may insert one.
-pub(crate) const APPEND_TO_STREAM: &str = "WITH created AS ( \
-       INSERT INTO {schema}.event_streams AS es (stream_id, version) \
-       SELECT $1, $3::bigint WHERE $2::bigint IN (-1, -2, 0) \
+/// The stream row is the lock: `ON CONFLICT DO UPDATE` waits for a competing
+/// writer, then re-checks its condition against the committed row. A stale
+/// expectation matches no row: `version` is NULL, nothing was written, and
+/// the client reads the actual version for the conflict error.
+pub(crate) const APPEND_TO_NEW_STREAM: &str = concat!(
+    "WITH v AS ( \
+       INSERT INTO {schema}.event_streams AS es (stream_id, version) VALUES ($1, $3::bigint) \
        ON CONFLICT (stream_id) DO UPDATE SET version = es.version + $3::bigint, updated_at = now() \
        WHERE $2::bigint = -1 OR es.version = 0 \
-       RETURNING es.version \
-     ), bumped AS ( \
+       RETURNING es.version ",
+    append_to_stream_tail!()
+);
+
+/// The single-stream fast path for expectations that need the stream to
+/// exist (exact n > 0, stream exists). Parameters as
+/// [`APPEND_TO_NEW_STREAM`], `$2` being n or -3. `UPDATE` in READ COMMITTED
+/// waits for a competing writer and re-evaluates its `WHERE` on the
+/// committed row, so a stale expectation updates nothing.
+pub(crate) const APPEND_TO_EXISTING_STREAM: &str = concat!(
+    "WITH v AS ( \
        UPDATE {schema}.event_streams es SET version = es.version + $3::bigint, updated_at = now() \
-       WHERE es.stream_id = $1 AND $2::bigint NOT IN (-1, -2, 0) \
-         AND (($2::bigint = -3 AND es.version > 0) OR es.version = $2::bigint) \
-       RETURNING es.version \
-     ), v AS ( \
-       SELECT version FROM created UNION ALL SELECT version FROM bumped \
-     ), appended AS ( \
-       INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
-                                    event_type, schema_version, event_data, metadata) \
-       SELECT (pg_current_xact_id()::text::bigint << 20) + e.n, e.id, $1, v.version - $3::bigint + e.n, \
-              e.t, e.sv, e.d, e.m \
-       FROM v, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
-            WITH ORDINALITY AS e(id, t, sv, d, m, n) \
-       RETURNING global_position \
-     ) \
-     SELECT (SELECT version FROM v) AS version, (SELECT min(global_position) FROM appended) AS first_position";
+       WHERE es.stream_id = $1 AND (($2::bigint = -3 AND es.version > 0) OR es.version = $2::bigint) \
+       RETURNING es.version ",
+    append_to_stream_tail!()
+);
 
 /// After a fast-path conflict: `$1` stream id, `$2` the append's event ids.
 /// The stream's version, and whether any id is already stored (a re-send).
@@ -165,7 +179,8 @@ pub(crate) const TRY_LOCK_PROJECTION: &str = "SELECT pg_try_advisory_lock(hashte
 pub(crate) struct Statements {
     // Arc<str>: handing a statement to sqlx is a reference-count bump.
     pub(crate) append_events: Arc<str>,
-    pub(crate) append_to_stream: Arc<str>,
+    pub(crate) append_to_new_stream: Arc<str>,
+    pub(crate) append_to_existing_stream: Arc<str>,
     pub(crate) select_conflict_state: Arc<str>,
     pub(crate) read_stream_forward: Arc<str>,
     pub(crate) read_all_forward: Arc<str>,
@@ -191,7 +206,8 @@ impl Statements {
         let fill = |template: &str| Arc::from(template.replace("{schema}", schema));
         Self {
             append_events: fill(APPEND_EVENTS),
-            append_to_stream: fill(APPEND_TO_STREAM),
+            append_to_new_stream: fill(APPEND_TO_NEW_STREAM),
+            append_to_existing_stream: fill(APPEND_TO_EXISTING_STREAM),
             select_conflict_state: fill(SELECT_CONFLICT_STATE),
             read_stream_forward: fill(READ_STREAM_FORWARD),
             read_all_forward: fill(READ_ALL_FORWARD),

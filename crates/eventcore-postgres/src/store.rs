@@ -281,7 +281,14 @@ impl PostgresEventStore {
     ) -> Result<Attempt, sqlx::Error> {
         let stream = &request.streams()[0];
         let n = p.event_ids.len() as i64;
-        let row = sqlx::query(sql(&self.inner.sql.append_to_stream))
+        let statement = match stream.expected {
+            ExpectedVersion::Exact(v) if v > StreamVersion::NONE => {
+                &self.inner.sql.append_to_existing_stream
+            }
+            ExpectedVersion::StreamExists => &self.inner.sql.append_to_existing_stream,
+            _ => &self.inner.sql.append_to_new_stream,
+        };
+        let row = sqlx::query(sql(statement))
             .bind(p.streams[0])
             .bind(p.expected[0])
             .bind(n)

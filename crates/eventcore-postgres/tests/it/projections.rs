@@ -113,10 +113,10 @@ async fn subscription_survives_terminated_backends() {
                 .position,
         );
     }
-    assert_eq!(
-        seen,
-        settled(&store, "acct-sub", 20).await,
-        "every event once, in order, across the fault"
+    eventcore::testing::assert_same_sequence(
+        "every event once, in order, across the fault",
+        &seen,
+        &settled(&store, "acct-sub", 20).await,
     );
 }
 
@@ -199,10 +199,10 @@ async fn projection_follows_sixteen_writers() {
     .expect("the projection caught up");
     stop.send(()).unwrap();
     let summary = runner.await.unwrap().unwrap();
-    assert_eq!(
-        *ledger.seen.lock().unwrap(),
-        expected,
-        "exactly once, in order"
+    eventcore::testing::assert_same_sequence(
+        "exactly once, in order",
+        &ledger.seen.lock().unwrap(),
+        &expected,
     );
     assert_eq!(summary.checkpoint, expected.last().copied());
 }
@@ -304,5 +304,5 @@ async fn standby_takes_over_when_the_active_runner_dies() {
         .collect();
     union.sort();
     union.dedup();
-    assert_eq!(union, expected, "nothing lost across the takeover");
+    eventcore::testing::assert_same_sequence("nothing lost across the takeover", &union, &expected);
 }

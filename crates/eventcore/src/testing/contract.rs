@@ -64,14 +64,26 @@ fn raw(kind: &str, n: u64) -> NewEvent {
     NewEvent::raw(kind, json!({ "n": n, "note": "contract" }))
 }
 
+/// Every event committed before the call. `read_all` may briefly hold
+/// back events behind transactions still open elsewhere (other tests share
+/// the database), so this waits until it reaches the head.
 async fn read_everything<S: EventStore + ?Sized>(store: &S) -> Vec<StoredEvent> {
+    let head = store.head_position().await.expect("head_position");
     let mut all = Vec::new();
     let mut after = GlobalPosition::START;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let page = store.read_all(after, 500).await.expect("read_all");
         match page.last() {
             Some(last) => after = last.position,
-            None => return all,
+            None if after >= head => return all,
+            None => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "read_all never reached the head"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
         }
         all.extend(page);
     }
@@ -705,8 +717,12 @@ pub async fn run_transfer_load<S: EventStore + ?Sized>(
     let reader = async {
         let mut seen: Vec<StoredEvent> = Vec::new();
         let mut after = start;
+        // Once the writers are done: the head to read up to.
+        let mut target = None;
         loop {
-            let finished = done.load(Ordering::Acquire);
+            if target.is_none() && done.load(Ordering::Acquire) {
+                target = Some(store.head_position().await.expect("head_position"));
+            }
             let page = match store.read_all(after, 100).await {
                 Ok(page) => page,
                 Err(e) if e.is_transient() => {
@@ -719,10 +735,10 @@ pub async fn run_transfer_load<S: EventStore + ?Sized>(
                 assert!(page[0].position > after, "read_all went backwards");
                 after = last.position;
                 seen.extend(page);
-            } else if finished {
+            } else if target.is_some_and(|t| after >= t) {
                 return seen;
             } else {
-                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
     };
@@ -827,9 +843,10 @@ pub async fn run_transfer_load<S: EventStore + ?Sized>(
         .iter()
         .map(|e| (e.position, e.event_id))
         .collect();
-    assert_eq!(
-        live, settled,
-        "the live reader saw every event exactly once, in order"
+    super::assert_same_sequence(
+        "the live reader saw every event exactly once, in order",
+        &live,
+        &settled,
     );
     TransferReport {
         succeeded,

@@ -37,3 +37,31 @@ where
         .append(AppendRequest::new().append(stream.clone(), ExpectedVersion::Any, events))
         .await
 }
+
+/// Asserts two sequences are equal, reporting lengths and the first
+/// difference instead of printing thousands of items.
+#[track_caller]
+pub fn assert_same_sequence<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    actual: &[T],
+    expected: &[T],
+) {
+    if actual != expected {
+        let first = actual.iter().zip(expected).position(|(a, b)| a != b);
+        let detail = match first {
+            Some(i) => format!(
+                "first difference at index {i}: {:?} vs {:?}",
+                actual[i], expected[i]
+            ),
+            None => format!(
+                "one is a prefix of the other; next expected: {:?}",
+                expected.get(actual.len())
+            ),
+        };
+        panic!(
+            "{what}: got {} items, expected {}; {detail}",
+            actual.len(),
+            expected.len()
+        );
+    }
+}

@@ -208,7 +208,7 @@ where
                 .map(|e| (e.position, e.event_id)),
         );
     }
-    assert_eq!(seen, settled, "subscriber saw every event once, in order");
+    super::assert_same_sequence("subscriber saw every event once, in order", &seen, &settled);
 }
 
 /// Records what it applies; can be told to hang after some events, or to
@@ -372,7 +372,7 @@ where
         .collect();
     union.sort();
     union.dedup();
-    assert_eq!(union, all, "no event lost across the takeover");
+    super::assert_same_sequence("no event lost across the takeover", &union, &all);
     assert_eq!(summary.applied as usize, seen_second.len());
     assert_eq!(seen_second.last(), all.last());
 }
