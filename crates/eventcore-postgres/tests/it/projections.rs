@@ -306,3 +306,40 @@ async fn standby_takes_over_when_the_active_runner_dies() {
     union.dedup();
     eventcore::testing::assert_same_sequence("nothing lost across the takeover", &union, &expected);
 }
+
+/// Subscribers in another "process" (another store on the same schema) are
+/// woken by NOTIFY long before their poll interval; with NOTIFY disabled
+/// they still get every event by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wakeups_cross_processes_by_notify_or_polling() {
+    for (notify, poll) in [
+        (Some(Duration::from_millis(5)), Duration::from_secs(20)),
+        (None, Duration::from_millis(100)),
+    ] {
+        let writer = store_with(config().notify_interval(notify).build().unwrap()).await;
+        let schema = writer.config().schema.clone();
+        let (reader, _) = named_store(Some(&schema)).await;
+        let mut live = Box::pin(subscribe(
+            reader.clone(),
+            SubscriptionOptions::default().poll_interval(poll),
+        ));
+        // Let the subscription reach its idle wait first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let account = StreamId::new("acct-wake").unwrap();
+        let started = std::time::Instant::now();
+        seed(&writer, &account, [AccountEvent::Deposited { amount: 1 }])
+            .await
+            .unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("delivered long before the 20 s poll interval")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.stream_id, account);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "notify {notify:?}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
