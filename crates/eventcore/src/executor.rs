@@ -1,6 +1,10 @@
 //! Runs commands: read, fold, decide, append, retry.
 
-use std::collections::HashMap;
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use tracing::Instrument;
 
@@ -59,6 +63,7 @@ pub struct ExecutionOutcome {
 pub struct CommandExecutor<S> {
     store: S,
     retry: RetryPolicy,
+    cache: Arc<StateCache>,
 }
 
 /// Folded state plus the version each stream was read at.
@@ -68,12 +73,62 @@ struct Snapshot<C: Command> {
     versions: HashMap<StreamId, StreamVersion>,
 }
 
+impl<C: Command> Snapshot<C> {
+    fn fresh(command: &C) -> Self {
+        let mut streams = Vec::new();
+        for stream in command.read_streams() {
+            if !streams.contains(&stream) {
+                streams.push(stream);
+            }
+        }
+        Self {
+            state: C::State::default(),
+            streams,
+            versions: HashMap::new(),
+        }
+    }
+}
+
+impl<C: Command<State: Clone>> Clone for Snapshot<C> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            streams: self.streams.clone(),
+            versions: self.versions.clone(),
+        }
+    }
+}
+
+/// A command whose folded state may be cached between executions, so a
+/// command on a long stream reads only the events added since the last run
+/// ([`CommandExecutor::execute_cached`]).
+///
+/// **The key is a promise**: two commands with equal keys (and the same
+/// type) must fold the same events into the same state, whatever else
+/// differs between them. Put into it every field `read_streams` and
+/// `apply` depend on (typically the stream ids), and nothing `handle` alone
+/// uses (amounts and the like).
+pub trait CacheableCommand: Command<State: Clone> + 'static {
+    /// Identifies the folded state.
+    fn state_key(&self) -> String;
+}
+
+/// Most snapshots the executor keeps; past it the cache starts over.
+const STATE_CACHE_CAPACITY: usize = 10_000;
+
+/// Snapshots by command type and key, shared by clones of an executor.
+#[derive(Debug, Default)]
+struct StateCache {
+    entries: Mutex<HashMap<(TypeId, String), Box<dyn Any + Send + Sync>>>,
+}
+
 impl<S: EventStore> CommandExecutor<S> {
     /// An executor with the default [`RetryPolicy`].
     pub fn new(store: S) -> Self {
         Self {
             store,
             retry: RetryPolicy::default(),
+            cache: Arc::default(),
         }
     }
 
@@ -112,24 +167,69 @@ impl<S: EventStore> CommandExecutor<S> {
             command = std::any::type_name::<C>(),
             correlation_id = %metadata.correlation_id,
         );
-        self.run(&command, metadata).instrument(span).await
+        self.run(&command, metadata, Snapshot::fresh(&command), |_| {})
+            .instrument(span)
+            .await
     }
 
+    /// Like [`execute`](Self::execute), but starts from the state cached by
+    /// the last successful execution with the same [`state_key`]
+    /// (`CacheableCommand::state_key`) and reads only newer events. Worth it
+    /// for long or hot streams.
+    ///
+    /// [`state_key`]: CacheableCommand::state_key
+    pub async fn execute_cached<C: CacheableCommand>(
+        &self,
+        command: C,
+    ) -> Result<ExecutionOutcome, CommandError<C::Error>> {
+        let key = (TypeId::of::<C>(), command.state_key());
+        let cached = self
+            .cache
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .and_then(|entry| entry.downcast_ref::<Snapshot<C>>())
+            .cloned();
+        let start = cached.unwrap_or_else(|| Snapshot::fresh(&command));
+        let span = tracing::debug_span!(
+            "eventcore.execute",
+            command = std::any::type_name::<C>(),
+            cached = true
+        );
+        let cache = &self.cache;
+        self.run(&command, EventMetadata::new(), start, move |snapshot| {
+            let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+            // Keep the freshest snapshot: concurrent executions may finish
+            // out of order.
+            let newer = entries
+                .get(&key)
+                .and_then(|entry| entry.downcast_ref::<Snapshot<C>>())
+                .is_none_or(|old| {
+                    old.versions
+                        .iter()
+                        .all(|(s, v)| snapshot.versions.get(s).is_some_and(|n| n >= v))
+                });
+            if newer {
+                if entries.len() >= STATE_CACHE_CAPACITY {
+                    entries.clear();
+                }
+                entries.insert(key, Box::new(snapshot.clone()));
+            }
+        })
+        .instrument(span)
+        .await
+    }
+
+    /// Reads, decides and appends, starting from `snapshot`; `on_success`
+    /// sees the snapshot the successful decision was made on.
     async fn run<C: Command>(
         &self,
         command: &C,
         metadata: EventMetadata,
+        mut snapshot: Snapshot<C>,
+        on_success: impl FnOnce(&Snapshot<C>),
     ) -> Result<ExecutionOutcome, CommandError<C::Error>> {
-        let mut snapshot = Snapshot::<C> {
-            state: C::State::default(),
-            streams: Vec::new(),
-            versions: HashMap::new(),
-        };
-        for stream in command.read_streams() {
-            if !snapshot.streams.contains(&stream) {
-                snapshot.streams.push(stream);
-            }
-        }
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -174,6 +274,7 @@ impl<S: EventStore> CommandExecutor<S> {
             };
             match result {
                 Ok(append) => {
+                    on_success(&snapshot);
                     return Ok(ExecutionOutcome {
                         append: Some(append),
                         events_written,

@@ -119,7 +119,7 @@ pub use async_trait::async_trait;
 pub use command::{Command, Decision};
 pub use error::{CommandError, Error, InvalidStreamId, VersionConflict};
 pub use event::{Event, EventMetadata, NewEvent, RecordedEvent, StoredEvent};
-pub use executor::{CommandExecutor, ExecutionOutcome};
+pub use executor::{CacheableCommand, CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 pub use memory::InMemoryEventStore;
 pub use projection::{

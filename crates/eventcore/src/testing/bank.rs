@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Command, Decision, Event, RecordedEvent, StreamId};
+use crate::{CacheableCommand, Command, Decision, Event, RecordedEvent, StreamId};
 
 /// Events of one account stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +113,13 @@ impl Command for Transfer {
             },
         );
         Ok(())
+    }
+}
+
+impl CacheableCommand for Transfer {
+    /// The fold depends on the two accounts read, never on the amount.
+    fn state_key(&self) -> String {
+        format!("{}\u{0}{}", self.from, self.to)
     }
 }
 

@@ -1,0 +1,99 @@
+//! Executor behaviour beyond the store contract: the state cache.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use eventcore::{
+    AppendOutcome, AppendRequest, CommandExecutor, Error, EventStore, GlobalPosition,
+    InMemoryEventStore, StoredEvent, StreamId, StreamVersion,
+    testing::{
+        bank::{AccountEvent, Transfer},
+        seed,
+    },
+};
+
+/// Counts the events handed out by stream reads.
+#[derive(Clone, Default)]
+struct Counting {
+    inner: InMemoryEventStore,
+    read: Arc<AtomicUsize>,
+}
+
+#[eventcore::async_trait]
+impl EventStore for Counting {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
+        self.inner.append(request).await
+    }
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let events = self.inner.read_stream(stream, from, limit).await?;
+        self.read.fetch_add(events.len(), Ordering::Relaxed);
+        Ok(events)
+    }
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        self.inner.read_all(after, limit).await
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
+        self.inner.stream_version(stream).await
+    }
+}
+
+#[tokio::test]
+async fn cached_executions_read_only_new_events_and_decide_the_same() {
+    let a = StreamId::new("account-a").unwrap();
+    let b = StreamId::new("account-b").unwrap();
+    let run = |cached: bool| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let store = Counting::default();
+            seed(&store, &a, [AccountEvent::Deposited { amount: 100 }])
+                .await
+                .unwrap();
+            let executor = CommandExecutor::new(store.clone());
+            let mut refused = 0;
+            for _ in 0..60 {
+                let command = Transfer {
+                    from: a.clone(),
+                    to: b.clone(),
+                    amount: 2,
+                };
+                let result = if cached {
+                    executor.execute_cached(command).await
+                } else {
+                    executor.execute(command).await
+                };
+                if result.is_err() {
+                    refused += 1;
+                }
+            }
+            (
+                store.read.load(Ordering::Relaxed),
+                refused,
+                store.inner.stream_version(&a).await.unwrap(),
+            )
+        }
+    };
+    let (read_plain, refused_plain, version_plain) = run(false).await;
+    let (read_cached, refused_cached, version_cached) = run(true).await;
+    // 50 transfers of 2 empty the account; the last 10 are refused either way.
+    assert_eq!((refused_plain, refused_cached), (10, 10));
+    assert_eq!(version_plain, version_cached);
+    assert!(
+        read_plain > 2_000,
+        "uncached re-reads the streams each time: {read_plain}"
+    );
+    assert!(
+        read_cached < 250,
+        "cached reads only what is new: {read_cached}"
+    );
+}
