@@ -1,1 +1,180 @@
-fn main() {}
+//! EventCore benchmarks: each scenario measured through the library and, on
+//! the same PostgreSQL in the same invocation (one after the other, never at
+//! once), as plain SQL run by pgbench, the ceiling. See docs/benchmarks.md.
+//!
+//! ```text
+//! cargo run --release -p eventcore-bench -- [--quick] [--json PATH] [--only A,C] [--duration SECS]
+//! ```
+//!
+//! The database is `DATABASE_URL`, else the project's throwaway cluster
+//! (`scripts/dev-db url`); everything lives in a dedicated database,
+//! `eventcore_bench`, created if missing. Nothing here asserts speed.
+
+mod db;
+mod report;
+mod scenarios;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::bail;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    db::{BenchDb, Ceiling},
+    report::Row,
+    scenarios::{Ctx, Scenario, Timing},
+};
+
+/// Benchmarks EventCore against PostgreSQL's own ceiling.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Smoke run: ~2 s per measurement, fewer writer counts, a 100k-event
+    /// read set. Every scenario still runs.
+    #[arg(long)]
+    quick: bool,
+
+    /// Also write the results as a JSON array to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Also write the results as a Markdown table to this file.
+    #[arg(long, value_name = "PATH")]
+    markdown: Option<PathBuf>,
+
+    /// Run only these scenarios (comma-separated: A, A-cmd, B, C, D, E, G).
+    #[arg(long, value_delimiter = ',', value_name = "SCENARIO,...")]
+    only: Vec<String>,
+
+    /// Measured seconds per run (default 10, or 2 with --quick).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+
+    /// Skip the pgbench ceiling.
+    #[arg(long)]
+    no_ceiling: bool,
+}
+
+fn selected(only: &[String]) -> anyhow::Result<Vec<Scenario>> {
+    if only.is_empty() {
+        return Ok(Scenario::ALL.to_vec());
+    }
+    let mut picked = Vec::new();
+    for key in only.iter().filter(|k| !k.trim().is_empty()) {
+        match Scenario::from_key(key) {
+            Some(s) => picked.push(s),
+            None => {
+                let known: Vec<_> = Scenario::ALL.iter().map(|s| s.key()).collect();
+                bail!("unknown scenario {key:?}; known: {}", known.join(", "));
+            }
+        }
+    }
+    // Keep the registry's order whatever order they were given in.
+    Ok(Scenario::ALL
+        .iter()
+        .copied()
+        .filter(|s| picked.contains(s))
+        .collect())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,sqlx=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let scenarios = selected(&args.only)?;
+    let measure = args.duration.unwrap_or(if args.quick { 2.0 } else { 10.0 });
+    if !(measure.is_finite() && measure > 0.0) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let timing = Timing {
+        warmup: Duration::from_millis(if args.quick { 500 } else { 1000 }),
+        measure: Duration::from_secs_f64(measure),
+    };
+
+    let db = if scenarios.iter().any(|s| s.needs_postgres()) {
+        let url = db::server_url()?;
+        Some(BenchDb::connect(&url).await?)
+    } else {
+        None
+    };
+    let ceiling = match (&db, args.no_ceiling) {
+        (Some(_), false) => match db::find_pgbench() {
+            Some(path) => {
+                let (payload, meta) = scenarios::ceiling_payload();
+                Some(Ceiling::new(path, payload, meta))
+            }
+            None => {
+                eprintln!("pgbench not found (set PGBENCH): running without the ceiling");
+                None
+            }
+        },
+        _ => None,
+    };
+
+    println!(
+        "# EventCore benchmark{}",
+        if args.quick { " (--quick)" } else { "" }
+    );
+    println!();
+    println!(
+        "cores: {}; measured {:.1} s per run after {:.1} s warm-up",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        timing.measure.as_secs_f64(),
+        timing.warmup.as_secs_f64()
+    );
+    if let Some(db) = &db {
+        let settings: Vec<String> = db
+            .settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("server: {}", settings.join(", "));
+    }
+    if let Some(c) = &ceiling {
+        println!("ceiling: {}", c.pgbench().display());
+    }
+
+    let mut ctx = Ctx {
+        quick: args.quick,
+        timing,
+        db,
+        ceiling,
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    let mut failed = Vec::new();
+    for scenario in scenarios {
+        match scenario.run(&mut ctx).await {
+            Ok(new) => {
+                report::print_table(scenario.title(), &new);
+                rows.extend(new);
+            }
+            Err(e) => {
+                eprintln!("scenario {} failed: {e:#}", scenario.key());
+                failed.push(scenario.key());
+            }
+        }
+    }
+
+    report::print_table("All scenarios", &rows);
+    if let Some(path) = &args.json {
+        report::write_json(path, &rows)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, report::markdown(&rows))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(db) = ctx.db.take() {
+        db.admin.close().await;
+    }
+    if !failed.is_empty() {
+        bail!("scenarios failed: {}", failed.join(", "));
+    }
+    Ok(())
+}

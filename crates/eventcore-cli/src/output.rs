@@ -62,7 +62,8 @@ impl Output {
             event.event_type,
             timestamp(event)
         )?;
-        writeln!(self.out, "    data:     {}", event.data)?;
+        // Compact, whatever spacing the store returned the JSON with.
+        writeln!(self.out, "    data:     {}", event.data.to_value())?;
         writeln!(self.out, "    metadata: {}", metadata_json(event))
     }
 
@@ -99,7 +100,7 @@ pub(crate) fn event_json(event: &StoredEvent) -> Value {
         "event_type": event.event_type,
         "schema_version": event.schema_version,
         "recorded_at": timestamp(event),
-        "data": event.data,
+        "data": event.data.to_value(),
         "metadata": metadata_json(event),
     })
 }

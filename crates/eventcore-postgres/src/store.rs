@@ -4,9 +4,10 @@ use std::{collections::BTreeMap, future::Future, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use eventcore::{
-    AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion,
-    GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
+    AppendOutcome, AppendRequest, Error, EventData, EventId, EventMetadata, EventStore,
+    ExpectedVersion, GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
 };
+use serde_json::value::RawValue;
 use sqlx::{
     PgPool, Postgres, Row,
     pool::PoolConnection,
@@ -72,7 +73,7 @@ struct AppendParams<'a> {
     event_ids: Vec<Uuid>,
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
-    data: Vec<Json<&'a serde_json::Value>>,
+    data: Vec<Json<&'a RawValue>>,
     metadata: Vec<Json<&'a EventMetadata>>,
 }
 
@@ -102,7 +103,7 @@ impl<'a> AppendParams<'a> {
                 p.event_ids.push(e.event_id.as_uuid());
                 p.event_types.push(&e.event_type);
                 p.schema_versions.push(e.schema_version as i32);
-                p.data.push(Json(&e.data));
+                p.data.push(Json(e.data.as_raw()));
                 p.metadata.push(Json(&e.metadata));
             }
         }
@@ -465,8 +466,9 @@ fn decode_row(row: &PgRow, map: impl Fn(sqlx::Error) -> Error) -> Result<StoredE
     let stream_version: i64 = row.try_get(3).map_err(&map)?;
     let event_type: String = row.try_get(4).map_err(&map)?;
     let schema_version: i32 = row.try_get(5).map_err(&map)?;
-    let Json(data): Json<serde_json::Value> = row.try_get(6).map_err(&map)?;
-    let Json(metadata): Json<serde_json::Value> = row.try_get(7).map_err(&map)?;
+    // Both stay JSON text until someone asks for a type: no tree is built.
+    let Json(data): Json<Box<RawValue>> = row.try_get(6).map_err(&map)?;
+    let Json(metadata): Json<Box<RawValue>> = row.try_get(7).map_err(&map)?;
     let recorded_at = row.try_get(8).map_err(&map)?;
     let what = || format!("stream '{stream_id}' version {stream_version} at position {position}");
     let corrupt = |reason: String| Error::CorruptRow {
@@ -480,8 +482,8 @@ fn decode_row(row: &PgRow, map: impl Fn(sqlx::Error) -> Error) -> Result<StoredE
         position: GlobalPosition::new(position as u64),
         event_type,
         schema_version: schema_version as u32,
-        data,
-        metadata: serde_json::from_value(metadata)
+        data: EventData::from(data),
+        metadata: serde_json::from_str(metadata.get())
             .map_err(|e| corrupt(format!("metadata does not decode: {e}")))?,
         recorded_at,
     })

@@ -159,9 +159,8 @@ pub fn encoded_size(event: &NewEvent) -> usize {
     }
     let mut counter = Counter(0);
     // Writing JSON values into a counter cannot fail.
-    let _ = serde_json::to_writer(&mut counter, &event.data);
     let _ = serde_json::to_writer(&mut counter, &event.metadata);
-    counter.0
+    event.data.get().len() + counter.0
 }
 
 /// The result of a successful append.

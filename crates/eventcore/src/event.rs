@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{Error, EventId, GlobalPosition, StreamId, StreamVersion};
@@ -44,10 +45,79 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn decode(
         event_type: &str,
         schema_version: u32,
-        data: serde_json::Value,
+        data: &EventData,
     ) -> Result<Self, serde_json::Error> {
         let _ = (event_type, schema_version);
-        serde_json::from_value(data)
+        data.deserialize()
+    }
+}
+
+/// A serialized event payload: JSON text, kept as text so that stores pass it
+/// through without building a JSON tree, and typed decoding parses it once.
+#[derive(Clone, Debug)]
+pub struct EventData(Box<RawValue>);
+
+impl EventData {
+    /// Serializes `value`.
+    pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(Self)
+    }
+
+    /// Wraps JSON text, checking that it is valid JSON.
+    pub fn from_json(text: impl Into<String>) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text.into()).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Deserializes into `T`.
+    pub fn deserialize<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// Parses into a JSON tree, for inspection.
+    pub fn to_value(&self) -> serde_json::Value {
+        // Valid JSON by construction, so this cannot fail.
+        self.deserialize().unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The underlying raw value.
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+impl From<Box<RawValue>> for EventData {
+    fn from(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+}
+
+impl From<serde_json::Value> for EventData {
+    fn from(value: serde_json::Value) -> Self {
+        // A JSON tree always serializes.
+        Self::from_serialize(&value).expect("a JSON value serializes")
+    }
+}
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl std::fmt::Display for EventData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for EventData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
     }
 }
 
@@ -117,7 +187,7 @@ pub struct NewEvent {
     /// The recorded schema version.
     pub schema_version: u32,
     /// The serialized event.
-    pub data: serde_json::Value,
+    pub data: EventData,
     /// Its metadata.
     pub metadata: EventMetadata,
 }
@@ -135,7 +205,7 @@ impl NewEvent {
         metadata: EventMetadata,
     ) -> Result<Self, Error> {
         let event_type = event.event_type();
-        let data = serde_json::to_value(event).map_err(|source| Error::Encode {
+        let data = EventData::from_serialize(event).map_err(|source| Error::Encode {
             event_type: event_type.to_owned(),
             source,
         })?;
@@ -154,7 +224,7 @@ impl NewEvent {
             event_id: EventId::new(),
             event_type: event_type.into(),
             schema_version: 1,
-            data,
+            data: data.into(),
             metadata: EventMetadata::new(),
         }
     }
@@ -176,7 +246,7 @@ pub struct StoredEvent {
     /// The recorded schema version.
     pub schema_version: u32,
     /// The serialized event.
-    pub data: serde_json::Value,
+    pub data: EventData,
     /// Its metadata.
     pub metadata: EventMetadata,
     /// When the store recorded it.
@@ -187,16 +257,17 @@ impl StoredEvent {
     /// Decodes the payload into `E`. A failure is an [`Error::Decode`] naming
     /// the stream, version, position and type, never a silent skip.
     pub fn decode<E: Event>(&self) -> Result<RecordedEvent<E>, Error> {
-        let event = E::decode(&self.event_type, self.schema_version, self.data.clone()).map_err(
-            |source| Error::Decode {
-                stream_id: self.stream_id.clone(),
-                stream_version: self.stream_version,
-                position: self.position,
-                event_type: self.event_type.clone(),
-                schema_version: self.schema_version,
-                source,
-            },
-        )?;
+        let event =
+            E::decode(&self.event_type, self.schema_version, &self.data).map_err(|source| {
+                Error::Decode {
+                    stream_id: self.stream_id.clone(),
+                    stream_version: self.stream_version,
+                    position: self.position,
+                    event_type: self.event_type.clone(),
+                    schema_version: self.schema_version,
+                    source,
+                }
+            })?;
         Ok(RecordedEvent {
             event,
             event_id: self.event_id,

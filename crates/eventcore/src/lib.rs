@@ -118,7 +118,7 @@ pub use append::{
 pub use async_trait::async_trait;
 pub use command::{Command, Decision};
 pub use error::{CommandError, Error, InvalidStreamId, VersionConflict};
-pub use event::{Event, EventMetadata, NewEvent, RecordedEvent, StoredEvent};
+pub use event::{Event, EventData, EventMetadata, NewEvent, RecordedEvent, StoredEvent};
 pub use executor::{CacheableCommand, CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 pub use memory::InMemoryEventStore;

@@ -201,7 +201,11 @@ pub async fn read_stream_pages_without_cap<S: EventStore + ?Sized>(store: &S) {
             i as u64 + 1,
             "versions are contiguous"
         );
-        assert_eq!(e.data["n"], i as u64, "events are in append order");
+        assert_eq!(
+            e.data.to_value()["n"],
+            i as u64,
+            "events are in append order"
+        );
     }
     let tail = store
         .read_stream(&stream, StreamVersion::new(2401), 1000)

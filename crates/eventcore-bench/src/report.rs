@@ -1,0 +1,257 @@
+//! Result rows: the printed table and the `--json` file.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde_json::{Map, Value, json};
+
+use crate::db::CeilingResult;
+use crate::scenarios::Measured;
+
+/// One line of the report: a scenario at one writer count.
+#[derive(Clone, Debug)]
+pub(crate) struct Row {
+    /// Stable short name (`A`, `B10`, `E-read_all`, `G-C`, ...).
+    pub(crate) name: String,
+    /// Concurrent writers (readers, for read scenarios).
+    pub(crate) writers: usize,
+    /// Events per append (per read, for read scenarios).
+    pub(crate) events_per_append: usize,
+    pub(crate) events_per_sec: f64,
+    pub(crate) ceiling_events_per_sec: Option<f64>,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// Scenario-specific figures, written to the JSON as extra fields.
+    pub(crate) extra: Map<String, Value>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl Row {
+    /// A row from a library measurement; `events_per_sec` is taken from it.
+    pub(crate) fn from_measured(
+        name: impl Into<String>,
+        writers: usize,
+        events_per_append: usize,
+        m: &Measured,
+    ) -> Self {
+        let mut row = Row {
+            name: name.into(),
+            writers,
+            events_per_append,
+            events_per_sec: m.events as f64 / m.seconds,
+            ceiling_events_per_sec: None,
+            p50_ms: m.quantile_ms(0.50),
+            p99_ms: m.quantile_ms(0.99),
+            extra: Map::new(),
+            notes: Vec::new(),
+        };
+        row.extra
+            .insert("ops_per_sec".into(), json!(round(m.ops as f64 / m.seconds)));
+        if m.conflicts > 0 {
+            row.extra.insert(
+                "conflicts_per_sec".into(),
+                json!(round(m.conflicts as f64 / m.seconds)),
+            );
+        }
+        if m.errors > 0 {
+            row.extra.insert("errors".into(), json!(m.errors));
+            row.notes.push(format!(
+                "{} errors (first: {})",
+                m.errors,
+                m.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        if m.ops == 0 {
+            row.notes
+                .push("no operation completed in the measured window".into());
+        }
+        row
+    }
+
+    /// Attaches the pgbench ceiling measured for the same workload, where one
+    /// pgbench transaction writes (or reads) `events_per_tx` events.
+    pub(crate) fn with_ceiling(
+        mut self,
+        ceiling: Option<&CeilingResult>,
+        events_per_tx: f64,
+    ) -> Self {
+        if let Some(c) = ceiling {
+            self.ceiling_events_per_sec = Some(c.tps * events_per_tx);
+            self.extra.insert("ceiling_tps".into(), json!(round(c.tps)));
+            self.extra.insert(
+                "ceiling_latency_avg_ms".into(),
+                json!(round3(c.latency_avg_ms)),
+            );
+            if let Some(p) = c.p50_ms {
+                self.extra.insert("ceiling_p50_ms".into(), json!(round3(p)));
+            }
+            if let Some(p) = c.p99_ms {
+                self.extra.insert("ceiling_p99_ms".into(), json!(round3(p)));
+            }
+            if c.failed > 0 {
+                self.extra.insert(
+                    "ceiling_failed_per_sec".into(),
+                    json!(round(c.failed as f64 / c.seconds)),
+                );
+            }
+        }
+        self
+    }
+
+    pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+
+    pub(crate) fn extra(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+
+    /// Library events/s over ceiling events/s.
+    pub(crate) fn ratio(&self) -> Option<f64> {
+        self.ceiling_events_per_sec
+            .filter(|c| *c > 0.0)
+            .map(|c| self.events_per_sec / c)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("name".into(), json!(self.name));
+        o.insert("writers".into(), json!(self.writers));
+        o.insert("events_per_append".into(), json!(self.events_per_append));
+        o.insert("events_per_sec".into(), json!(round(self.events_per_sec)));
+        o.insert(
+            "ceiling_events_per_sec".into(),
+            json!(self.ceiling_events_per_sec.map(round)),
+        );
+        o.insert("ratio".into(), json!(self.ratio().map(round3)));
+        o.insert("p50_ms".into(), json!(round3(self.p50_ms)));
+        o.insert("p99_ms".into(), json!(round3(self.p99_ms)));
+        for (k, v) in &self.extra {
+            o.insert(k.clone(), v.clone());
+        }
+        if !self.notes.is_empty() {
+            o.insert("notes".into(), json!(self.notes.join("; ")));
+        }
+        Value::Object(o)
+    }
+}
+
+pub(crate) fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn fmt_ms(x: f64) -> String {
+    if x < 1.0 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn fmt_rate(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// Prints one scenario's rows as a table on stdout.
+pub(crate) fn print_table(title: &str, rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
+    let header = [
+        "name",
+        "writers",
+        "ev/append",
+        "events/s",
+        "ceiling ev/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "notes",
+    ];
+    let cells: Vec<[String; 9]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.writers.to_string(),
+                r.events_per_append.to_string(),
+                fmt_rate(r.events_per_sec),
+                r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
+                r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+                fmt_ms(r.p50_ms),
+                fmt_ms(r.p99_ms),
+                r.notes.join("; "),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    // Notes go last and unpadded.
+    widths[8] = 0;
+    println!("\n## {title}\n");
+    let line = |cols: &[String]| {
+        let mut out = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            if i == 0 || i == 8 {
+                out.push_str(&format!("{c:<w$}  "));
+            } else {
+                out.push_str(&format!("{c:>w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(&header.map(String::from));
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(i, w)| "-".repeat(if i == 8 { 5 } else { *w }))
+        .collect();
+    line(&rule);
+    for row in &cells {
+        line(row);
+    }
+}
+
+/// Writes every row as a JSON array.
+pub(crate) fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let array = Value::Array(rows.iter().map(Row::to_json).collect());
+    let text = serde_json::to_string_pretty(&array)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// The rows as a Markdown table (for pasting into docs/benchmarks.md).
+pub(crate) fn markdown(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| name | writers | ev/append | events/s | ceiling ev/s | ratio | p50 ms | p99 ms | notes |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.writers,
+            r.events_per_append,
+            fmt_rate(r.events_per_sec),
+            r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
+            r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+            fmt_ms(r.p50_ms),
+            fmt_ms(r.p99_ms),
+            r.notes.join("; ").replace('|', "\\|"),
+        ));
+    }
+    out
+}

@@ -1,0 +1,293 @@
+//! A-cmd, C and D: writes through the `CommandExecutor` (read the streams,
+//! fold, decide, append, retry on conflict).
+
+use std::{convert::Infallible, sync::Arc};
+
+use eventcore::{
+    CacheableCommand, Command, CommandError, CommandExecutor, Decision, EventStore,
+    ExecutionOutcome, RecordedEvent, StreamId,
+    testing::bank::{AccountEvent, Transfer},
+};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+use super::{
+    Ctx, Measured, OrderPlaced, Outcome, Timing, Worker, append::AppendWorker, close, drive,
+    seed_order, stream_ids, write_streams,
+};
+use crate::{db::Script, report::Row};
+
+/// Folds its stream (counting its events) and appends one `OrderPlaced`.
+#[derive(Clone, Debug)]
+pub(crate) struct PlaceOrder {
+    stream: StreamId,
+    order: u64,
+}
+
+impl Command for PlaceOrder {
+    type Event = OrderPlaced;
+    type State = u64;
+    type Error = Infallible;
+
+    fn read_streams(&self) -> Vec<StreamId> {
+        vec![self.stream.clone()]
+    }
+
+    fn apply(&self, seen: &mut u64, _event: &RecordedEvent<OrderPlaced>) {
+        *seen += 1;
+    }
+
+    fn handle(&self, _seen: &u64, d: &mut Decision<OrderPlaced>) -> Result<(), Infallible> {
+        d.emit(&self.stream, OrderPlaced::sample(self.order));
+        Ok(())
+    }
+}
+
+impl CacheableCommand for PlaceOrder {
+    fn state_key(&self) -> String {
+        self.stream.to_string()
+    }
+}
+
+/// Runs commands made by `make` through `executor`, with
+/// [`CommandExecutor::execute_cached`] if `cached`. A command that runs out
+/// of retries is counted as a conflict.
+pub(crate) struct CommandWorker<S, F> {
+    executor: CommandExecutor<S>,
+    make: F,
+    rng: SmallRng,
+    cached: bool,
+}
+
+fn outcome<E: std::error::Error + Send + Sync + 'static>(
+    result: Result<ExecutionOutcome, CommandError<E>>,
+) -> anyhow::Result<Outcome> {
+    match result {
+        Ok(outcome) => Ok(Outcome::Ok {
+            events: outcome.events_written as u64,
+            retries: u64::from(outcome.attempts.saturating_sub(1)),
+        }),
+        Err(CommandError::RetriesExhausted { attempts, .. }) => Ok(Outcome::Conflict {
+            retries: u64::from(attempts.saturating_sub(1)),
+        }),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+impl<S, F, C> Worker for CommandWorker<S, F>
+where
+    S: EventStore + Clone + 'static,
+    F: FnMut(&mut SmallRng) -> C + Send + 'static,
+    C: CacheableCommand,
+{
+    async fn op(&mut self) -> anyhow::Result<Outcome> {
+        let command = (self.make)(&mut self.rng);
+        if self.cached {
+            outcome(self.executor.execute_cached(command).await)
+        } else {
+            outcome(self.executor.execute(command).await)
+        }
+    }
+}
+
+/// `writers` workers running [`PlaceOrder`] on random streams of `streams`.
+/// With `cached`, they share one executor and its state cache
+/// ([`CommandExecutor::execute_cached`]); otherwise each has its own and
+/// every command reads its stream from the start.
+pub(crate) async fn measure_place_order<S: EventStore + Clone + 'static>(
+    store: &S,
+    streams: &Arc<[StreamId]>,
+    writers: usize,
+    cached: bool,
+    timing: Timing,
+) -> anyhow::Result<Measured> {
+    let shared = CommandExecutor::new(store.clone());
+    let workers = (0..writers)
+        .map(|id| {
+            let streams = streams.clone();
+            let mut order = (id as u64) << 32;
+            CommandWorker {
+                executor: if cached {
+                    shared.clone()
+                } else {
+                    CommandExecutor::new(store.clone())
+                },
+                cached,
+                make: move |rng: &mut SmallRng| {
+                    order += 1;
+                    PlaceOrder {
+                        stream: streams[rng.random_range(0..streams.len())].clone(),
+                        order,
+                    }
+                },
+                rng: SmallRng::seed_from_u64(0xC0 + id as u64),
+            }
+        })
+        .collect();
+    drive(workers, timing).await
+}
+
+/// `writers` workers running bank [`Transfer`]s of 1 cent between two
+/// distinct random accounts.
+pub(crate) async fn measure_transfers<S: EventStore + Clone + 'static>(
+    store: &S,
+    accounts: &Arc<[StreamId]>,
+    writers: usize,
+    timing: Timing,
+) -> anyhow::Result<Measured> {
+    let workers = (0..writers)
+        .map(|id| {
+            let accounts = accounts.clone();
+            CommandWorker {
+                executor: CommandExecutor::new(store.clone()),
+                cached: false,
+                make: move |rng: &mut SmallRng| {
+                    let n = accounts.len();
+                    let a = rng.random_range(0..n);
+                    let b = (a + rng.random_range(1..n)) % n;
+                    Transfer {
+                        from: accounts[a].clone(),
+                        to: accounts[b].clone(),
+                        amount: 1,
+                    }
+                },
+                rng: SmallRng::seed_from_u64(0xD0 + id as u64),
+            }
+        })
+        .collect();
+    drive(workers, timing).await
+}
+
+/// Starting balance of every account: enough for every transfer of a run.
+pub(crate) const OPENING_BALANCE: u64 = 1_000_000_000;
+
+pub(crate) fn funded(_: usize) -> AccountEvent {
+    AccountEvent::Deposited {
+        amount: OPENING_BALANCE,
+    }
+}
+
+pub(crate) async fn run_a_cmd(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    let writers = 16;
+    eprintln!("[A-cmd] {writers} writers");
+    let streams = write_streams()?;
+    let store = ctx
+        .prepared_store("bench_a_cmd_w16", writers, &streams, seed_order)
+        .await?;
+    let m = measure_place_order(&store, &streams, writers, false, ctx.timing).await?;
+    close(store).await;
+    let ceiling = ctx.ceiling(&Script::append1(), writers).await;
+    Ok(vec![
+        Row::from_measured("A-cmd", writers, 1, &m)
+            .with_ceiling(ceiling.as_ref(), 1.0)
+            .extra(
+                "retries_per_sec",
+                crate::report::round(m.retries as f64 / m.seconds),
+            )
+            .note("ceiling: A_append1; 2 round trips (read_stream + append)"),
+    ])
+}
+
+pub(crate) async fn run_c(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    let writers = 16;
+    eprintln!("[C] {writers} writers");
+    let accounts = stream_ids("stream", crate::db::STREAMS)?;
+    let store = ctx
+        .prepared_store("bench_c_w16", writers, &accounts, funded)
+        .await?;
+    let m = measure_transfers(&store, &accounts, writers, ctx.timing).await?;
+    close(store).await;
+    let ceiling = ctx.ceiling(&Script::two_streams(), writers).await;
+    Ok(vec![
+        transfer_row("C", writers, &m).with_ceiling(ceiling.as_ref(), 2.0),
+    ])
+}
+
+/// A transfer row: events/s is 2 x transfers/s (a debit and a credit).
+pub(crate) fn transfer_row(name: &str, writers: usize, m: &Measured) -> Row {
+    let tx = m.ops as f64 / m.seconds;
+    Row::from_measured(name, writers, 2, m)
+        .extra("transfers_per_sec", crate::report::round(tx))
+        .extra(
+            "retries_per_sec",
+            crate::report::round(m.retries as f64 / m.seconds),
+        )
+        .note(format!("{tx:.0} transfers/s; events/s = 2 x transfers/s"))
+}
+
+/// D through the executor: `D` with `execute` (every command reads the hot
+/// stream from its start), `D-cached` with `execute_cached` on one shared
+/// executor (only the events added since the last run are read).
+async fn hot_command_row(
+    ctx: &mut Ctx,
+    cached: bool,
+    writers: usize,
+    script: &Script,
+) -> anyhow::Result<Row> {
+    let (name, schema) = if cached {
+        ("D-cached", "bench_d_cached_w16")
+    } else {
+        ("D", "bench_d_w16")
+    };
+    eprintln!("[{name}] {writers} writers on one stream, through CommandExecutor");
+    let hot = stream_ids("stream", 1)?;
+    let store = ctx
+        .prepared_store(schema, writers, &write_streams()?, seed_order)
+        .await?;
+    let m = measure_place_order(&store, &hot, writers, cached, ctx.timing).await?;
+    let length = store.stream_version(&hot[0]).await?.get();
+    close(store).await;
+    let ceiling = ctx.ceiling(script, writers).await;
+    let min = m.per_worker_ops.iter().copied().min().unwrap_or(0);
+    let max = m.per_worker_ops.iter().copied().max().unwrap_or(0);
+    let reads = if cached {
+        "execute_cached: commands read only new events".to_owned()
+    } else {
+        format!("each command re-reads the whole hot stream ({length} events at the end)")
+    };
+    Ok(Row::from_measured(name, writers, 1, &m)
+        .with_ceiling(ceiling.as_ref(), 1.0)
+        .extra(
+            "retries_per_sec",
+            crate::report::round(m.retries as f64 / m.seconds),
+        )
+        .extra("gave_up", m.conflicts)
+        .extra("per_writer_successes_min", min)
+        .extra("per_writer_successes_max", max)
+        .extra("hot_stream_length", length)
+        .note(format!(
+            "retries/s {:.0}; per-writer successes min {min} max {max}; {} gave up; {reads}",
+            m.retries as f64 / m.seconds,
+            m.conflicts
+        )))
+}
+
+pub(crate) async fn run_d(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+    let writers = 16;
+    let hot = stream_ids("stream", 1)?;
+    let script = Script::hot_stream();
+    let cmd_row = hot_command_row(ctx, false, writers, &script).await?;
+    let cached_row = hot_command_row(ctx, true, writers, &script).await?;
+    let ceiling = ctx.ceiling(&script, writers).await;
+
+    eprintln!("[D-append] {writers} writers on one stream, version read + append");
+    let store = ctx
+        .prepared_store("bench_d_append_w16", writers, &write_streams()?, seed_order)
+        .await?;
+    let workers = (0..writers)
+        .map(|id| AppendWorker::new(store.clone(), hot.clone(), 1, id))
+        .collect();
+    let m = drive(workers, ctx.timing).await?;
+    close(store).await;
+    let min = m.per_worker_ops.iter().copied().min().unwrap_or(0);
+    let max = m.per_worker_ops.iter().copied().max().unwrap_or(0);
+    let append_row = Row::from_measured("D-append", writers, 1, &m)
+        .with_ceiling(ceiling.as_ref(), 1.0)
+        .extra("per_writer_successes_min", min)
+        .extra("per_writer_successes_max", max)
+        .note(format!(
+            "store level, like D_hot_stream.sql: conflicts/s {:.0} (counted, not retried); \
+             per-writer successes min {min} max {max}",
+            m.conflicts as f64 / m.seconds
+        ));
+    Ok(vec![cmd_row, cached_row, append_row])
+}
