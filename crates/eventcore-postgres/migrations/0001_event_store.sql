@@ -100,6 +100,9 @@ CREATE FUNCTION append_events(
 )
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+-- Custom plans are re-planned on every call (the array parameters make
+-- them look attractive); planning cost more than the statements themselves.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     current_versions BIGINT[];

@@ -51,6 +51,7 @@
 //! counter is past the dumped one (see `docs/operations.md`).
 
 mod config;
+mod conn_cache;
 mod error;
 mod metrics;
 mod notify;

@@ -143,7 +143,8 @@ impl PostgresEventStore {
         let pool = self.pool();
         let stats = &self.inner.stats;
         let current = pool.size();
-        let idle = pool.num_idle() as u32;
+        // Connections parked by the store between operations are idle too.
+        let idle = (pool.num_idle() + self.inner.conns.idle_count()) as u32;
         let max = self.inner.config.max_connections.max(1);
         let acquisitions = stats.acquisitions.load(Ordering::Relaxed);
         let nanos = stats.acquire_nanos.load(Ordering::Relaxed);

@@ -82,7 +82,11 @@ impl CheckpointStore for PostgresCheckpointStore {
         let s = &self.store;
         s.with_retry("save checkpoint", || async {
             let mut conn = s.acquire("save checkpoint").await?;
-            self.save_in(&mut conn, projection, position).await
+            let saved = self.save_in(&mut conn, projection, position).await;
+            if saved.is_ok() {
+                conn.finished(&Ok::<_, sqlx::Error>(()));
+            }
+            saved
         })
         .await
     }

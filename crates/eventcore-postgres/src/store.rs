@@ -9,8 +9,7 @@ use eventcore::{
 };
 use serde_json::value::RawValue;
 use sqlx::{
-    PgPool, Postgres, Row,
-    pool::PoolConnection,
+    Connection, PgConnection, PgPool, Postgres, Row,
     postgres::{PgPoolOptions, PgRow},
     types::Json,
 };
@@ -19,6 +18,7 @@ use uuid::Uuid;
 
 use crate::{
     PostgresConfig, PostgresError,
+    conn_cache::{Conn, ConnCache},
     error::{constraint, db_error_parts, map_sqlx, sqlstate},
     metrics::PoolStats,
     notify::Notifier,
@@ -51,6 +51,7 @@ pub(crate) struct Inner {
     pub(crate) sql: Statements,
     pub(crate) stats: PoolStats,
     pub(crate) notifier: Notifier,
+    pub(crate) conns: Arc<ConnCache>,
 }
 
 /// What one send of an append found.
@@ -143,6 +144,7 @@ impl PostgresEventStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&config.schema),
                 notifier: Notifier::new(&config.schema, config.notify_interval),
+                conns: Arc::default(),
                 pool,
                 config,
                 stats: PoolStats::default(),
@@ -163,16 +165,24 @@ impl PostgresEventStore {
 
     /// Takes a connection, recording wait time and timeouts for
     /// [`get_pool_metrics`](Self::get_pool_metrics).
-    pub(crate) async fn acquire(
-        &self,
-        operation: &'static str,
-    ) -> Result<PoolConnection<Postgres>, Error> {
+    pub(crate) async fn acquire(&self, operation: &'static str) -> Result<Conn, Error> {
         let started = Instant::now();
+        if let Some(mut conn) = self.inner.conns.take() {
+            if !self.inner.config.test_before_acquire || Connection::ping(&mut *conn).await.is_ok()
+            {
+                self.inner
+                    .stats
+                    .record_acquire(started.elapsed(), true, self.inner.pool.size());
+                return Ok(conn);
+            }
+        }
         let result = self.inner.pool.acquire().await;
         self.inner
             .stats
             .record_acquire(started.elapsed(), result.is_ok(), self.inner.pool.size());
-        result.map_err(|e| self.map_err(operation, e))
+        result
+            .map(|c| self.inner.conns.wrap(c))
+            .map_err(|e| self.map_err(operation, e))
     }
 
     pub(crate) fn map_err(&self, operation: &'static str, e: sqlx::Error) -> Error {
@@ -201,6 +211,9 @@ impl PostgresEventStore {
             match attempt().await {
                 Err(e) if stale_left > 0 && is_stale_connection(&e) => {
                     stale_left -= 1;
+                    // Its parked siblings are most likely dead too: let sqlx
+                    // test them rather than failing on each in turn.
+                    self.inner.conns.clear();
                     tracing::debug!(operation, error = %e, "stale pooled connection; retrying");
                 }
                 Err(e) if e.is_transient() && tries + 1 < policy.max_attempts => {
@@ -224,6 +237,7 @@ impl PostgresEventStore {
         } else {
             self.append_events(&mut conn, request, p).await
         };
+        conn.finished(&attempt);
         match attempt {
             Ok(Attempt::Written(outcome)) => Ok(outcome),
             Ok(Attempt::Conflict {
@@ -276,7 +290,7 @@ impl PostgresEventStore {
     /// The one-statement path for the common case: events for one stream.
     async fn append_to_stream(
         &self,
-        conn: &mut PoolConnection<Postgres>,
+        conn: &mut PgConnection,
         request: &AppendRequest,
         p: &AppendParams<'_>,
     ) -> Result<Attempt, sqlx::Error> {
@@ -298,7 +312,7 @@ impl PostgresEventStore {
             .bind(&p.schema_versions)
             .bind(&p.data)
             .bind(&p.metadata)
-            .fetch_one(&mut **conn)
+            .fetch_one(&mut *conn)
             .await?;
         let version: Option<i64> = row.try_get(0)?;
         let first: Option<i64> = row.try_get(1)?;
@@ -318,7 +332,7 @@ impl PostgresEventStore {
                 let row = sqlx::query(sql(&self.inner.sql.select_conflict_state))
                     .bind(p.streams[0])
                     .bind(&p.event_ids)
-                    .fetch_one(&mut **conn)
+                    .fetch_one(&mut *conn)
                     .await?;
                 let actual: i64 = row.try_get(0)?;
                 Ok(Attempt::Conflict {
@@ -334,7 +348,7 @@ impl PostgresEventStore {
     /// `append_events` function.
     async fn append_events(
         &self,
-        conn: &mut PoolConnection<Postgres>,
+        conn: &mut PgConnection,
         request: &AppendRequest,
         p: &AppendParams<'_>,
     ) -> Result<Attempt, sqlx::Error> {
@@ -347,7 +361,7 @@ impl PostgresEventStore {
             .bind(&p.schema_versions)
             .bind(&p.data)
             .bind(&p.metadata)
-            .fetch_one(&mut **conn)
+            .fetch_one(&mut *conn)
             .await?;
         let conflict_index: i32 = row.try_get(0)?;
         if conflict_index > 0 {
@@ -387,13 +401,13 @@ impl PostgresEventStore {
     /// its stream; `None` if none is; [`Error::DuplicateEventId`] otherwise.
     async fn replay(
         &self,
-        conn: &mut PoolConnection<Postgres>,
+        conn: &mut PgConnection,
         request: &AppendRequest,
         p: &AppendParams<'_>,
     ) -> Result<Option<AppendOutcome>, Error> {
         let rows = sqlx::query(sql(&self.inner.sql.select_events_by_id))
             .bind(&p.event_ids)
-            .fetch_all(&mut **conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| self.map_err("append", e))?;
         if rows.is_empty() {
@@ -446,10 +460,9 @@ impl PostgresEventStore {
         query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<StoredEvent>, Error> {
         let mut conn = self.acquire(operation).await?;
-        let rows = query
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|e| self.map_err(operation, e))?;
+        let rows = query.fetch_all(&mut *conn).await;
+        conn.finished(&rows);
+        let rows = rows.map_err(|e| self.map_err(operation, e))?;
         rows.iter()
             .map(|row| decode_row(row, |e| self.map_err(operation, e)))
             .collect()
@@ -583,12 +596,12 @@ impl EventStore for PostgresEventStore {
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
         self.with_retry("stream_version", || async {
             let mut conn = self.acquire("stream_version").await?;
-            let version: Option<i64> =
-                sqlx::query_scalar(sql(&self.inner.sql.select_stream_version))
-                    .bind(stream.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(|e| self.map_err("stream_version", e))?;
+            let version = sqlx::query_scalar(sql(&self.inner.sql.select_stream_version))
+                .bind(stream.as_str())
+                .fetch_optional(&mut *conn)
+                .await;
+            conn.finished(&version);
+            let version: Option<i64> = version.map_err(|e| self.map_err("stream_version", e))?;
             Ok(StreamVersion::new(version.unwrap_or(0) as u64))
         })
         .await
