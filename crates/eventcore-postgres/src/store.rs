@@ -167,14 +167,14 @@ impl PostgresEventStore {
     /// [`get_pool_metrics`](Self::get_pool_metrics).
     pub(crate) async fn acquire(&self, operation: &'static str) -> Result<Conn, Error> {
         let started = Instant::now();
-        if let Some(mut conn) = self.inner.conns.take() {
-            if !self.inner.config.test_before_acquire || Connection::ping(&mut *conn).await.is_ok()
-            {
-                self.inner
-                    .stats
-                    .record_acquire(started.elapsed(), true, self.inner.pool.size());
-                return Ok(conn);
-            }
+        if let Some(mut conn) = self.inner.conns.take()
+            && (!self.inner.config.test_before_acquire
+                || Connection::ping(&mut *conn).await.is_ok())
+        {
+            self.inner
+                .stats
+                .record_acquire(started.elapsed(), true, self.inner.pool.size());
+            return Ok(conn);
         }
         let result = self.inner.pool.acquire().await;
         self.inner
