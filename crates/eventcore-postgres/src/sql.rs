@@ -83,6 +83,17 @@ pub(crate) const READ_STREAM_FORWARD: &str = concat!(
      ORDER BY stream_version LIMIT $3"
 );
 
+/// Several streams at once: `$1` stream ids, `$2` first version of each
+/// (inclusive), `$3` limit. Rows come grouped by request order, then by
+/// version.
+pub(crate) const READ_STREAMS_FORWARD: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(s, v, i) \
+     JOIN {schema}.events ON stream_id = r.s AND stream_version >= r.v \
+     ORDER BY r.i, stream_version LIMIT $3"
+);
+
 /// `$1` position to read after (exclusive), `$2` limit.
 ///
 /// Only positions below the oldest running transaction's id are read: every
@@ -183,6 +194,7 @@ pub(crate) struct Statements {
     pub(crate) append_to_existing_stream: Arc<str>,
     pub(crate) select_conflict_state: Arc<str>,
     pub(crate) read_stream_forward: Arc<str>,
+    pub(crate) read_streams_forward: Arc<str>,
     pub(crate) read_all_forward: Arc<str>,
     pub(crate) select_stream_version: Arc<str>,
     pub(crate) select_events_by_id: Arc<str>,
@@ -210,6 +222,7 @@ impl Statements {
             append_to_existing_stream: fill(APPEND_TO_EXISTING_STREAM),
             select_conflict_state: fill(SELECT_CONFLICT_STATE),
             read_stream_forward: fill(READ_STREAM_FORWARD),
+            read_streams_forward: fill(READ_STREAMS_FORWARD),
             read_all_forward: fill(READ_ALL_FORWARD),
             select_stream_version: fill(SELECT_STREAM_VERSION),
             select_events_by_id: fill(SELECT_EVENTS_BY_ID),

@@ -607,6 +607,57 @@ impl EventStore for PostgresEventStore {
         .await
     }
 
+    async fn read_streams_to_end(
+        &self,
+        streams: &[(StreamId, StreamVersion)],
+    ) -> Result<Vec<Vec<StoredEvent>>, Error> {
+        /// One round trip covers this many events; longer histories page.
+        const BATCH: usize = 5000;
+        let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
+        let from: Vec<i64> = streams.iter().map(|(_, v)| to_i64(v.get())).collect();
+        let events = self
+            .with_retry("read_streams", || {
+                let query = sqlx::query(sql(&self.inner.sql.read_streams_forward))
+                    .bind(&ids)
+                    .bind(&from)
+                    .bind(BATCH as i64);
+                self.fetch_events("read_streams", query)
+            })
+            .await?;
+        if events.len() == BATCH {
+            // A long history: page through each stream instead.
+            let mut out = Vec::with_capacity(streams.len());
+            for (stream, from) in streams {
+                out.push(self.read_stream_to_end(stream, *from).await?);
+            }
+            return Ok(out);
+        }
+        let mut out: Vec<Vec<StoredEvent>> = vec![Vec::new(); streams.len()];
+        // Rows arrive grouped by request slot; a slot's group ends where the
+        // stream changes or its versions restart (the same stream twice).
+        let mut slot = 0;
+        for event in events {
+            while slot < streams.len()
+                && (streams[slot].0 != event.stream_id
+                    || out[slot]
+                        .last()
+                        .is_some_and(|prev| prev.stream_version >= event.stream_version))
+            {
+                slot += 1;
+            }
+            match out.get_mut(slot) {
+                Some(group) => group.push(event),
+                None => {
+                    return Err(Error::CorruptRow {
+                        what: format!("stream '{}'", event.stream_id),
+                        reason: "multi-stream read returned rows out of order".into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn head_position(&self) -> Result<GlobalPosition, Error> {
         self.with_retry("head_position", || async {
             let head: Option<i64> = sqlx::query_scalar(sql(&self.inner.sql.select_head_position))

@@ -306,16 +306,33 @@ impl<S: EventStore> CommandExecutor<S> {
         command: &C,
         snapshot: &mut Snapshot<C>,
     ) -> Result<(), Error> {
-        for stream in &snapshot.streams {
-            let known = snapshot.versions.get(stream).copied().unwrap_or_default();
-            let events = self.store.read_stream_to_end(stream, known.next()).await?;
-            let mut version = known;
-            for stored in &events {
-                let recorded = stored.decode::<C::Event>()?;
-                command.apply(&mut snapshot.state, &recorded);
-                version = stored.stream_version;
+        let from: Vec<(StreamId, StreamVersion)> = snapshot
+            .streams
+            .iter()
+            .map(|s| {
+                let known = snapshot.versions.get(s).copied().unwrap_or_default();
+                (s.clone(), known.next())
+            })
+            .collect();
+        // Decode everything before folding anything, so a bad event leaves
+        // the snapshot as it was.
+        let mut decoded = Vec::with_capacity(from.len());
+        for events in self.store.read_streams_to_end(&from).await? {
+            let typed = events
+                .iter()
+                .map(|e| e.decode::<C::Event>())
+                .collect::<Result<Vec<_>, _>>()?;
+            decoded.push(typed);
+        }
+        for ((stream, from), events) in from.into_iter().zip(decoded) {
+            let mut version = from.get().saturating_sub(1);
+            for recorded in &events {
+                command.apply(&mut snapshot.state, recorded);
+                version = recorded.stream_version.get();
             }
-            snapshot.versions.insert(stream.clone(), version);
+            snapshot
+                .versions
+                .insert(stream, StreamVersion::new(version));
         }
         Ok(())
     }

@@ -51,6 +51,21 @@ pub trait EventStore: Send + Sync {
     /// The current version of `stream` (0 if it has no events).
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error>;
 
+    /// Reads every event of several streams, each from its own version on:
+    /// one `Vec` per requested stream, in request order. Stores override it
+    /// to do it in one round trip (the executor reads all of a command's
+    /// streams this way); the default reads them one after another.
+    async fn read_streams_to_end(
+        &self,
+        streams: &[(StreamId, StreamVersion)],
+    ) -> Result<Vec<Vec<StoredEvent>>, Error> {
+        let mut out = Vec::with_capacity(streams.len());
+        for (stream, from) in streams {
+            out.push(self.read_stream_to_end(stream, *from).await?);
+        }
+        Ok(out)
+    }
+
     /// The position of the newest committed event (`START` if none). Events
     /// below it may still be invisible to [`read_all`](EventStore::read_all)
     /// for a moment while older transactions finish.
@@ -129,6 +144,13 @@ macro_rules! forward_store {
 
             async fn head_position(&self) -> Result<GlobalPosition, Error> {
                 (**self).head_position().await
+            }
+
+            async fn read_streams_to_end(
+                &self,
+                streams: &[(StreamId, StreamVersion)],
+            ) -> Result<Vec<Vec<StoredEvent>>, Error> {
+                (**self).read_streams_to_end(streams).await
             }
 
             fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {

@@ -33,6 +33,7 @@ macro_rules! event_store_contract_tests {
         $crate::event_store_contract_tests!(@cases $factory;
             append_and_read_back,
             read_stream_pages_without_cap,
+            read_several_streams_at_once,
             expectations_are_enforced,
             multi_stream_append_is_atomic,
             check_only_streams_are_checked,
@@ -219,6 +220,44 @@ pub async fn read_stream_pages_without_cap<S: EventStore + ?Sized>(store: &S) {
         .unwrap();
     assert_eq!(page.len(), 7);
     assert_eq!(page[6].stream_version.get(), 16);
+}
+
+/// `read_streams_to_end` returns each requested stream from its own
+/// version, in request order, empty for unknown streams.
+pub async fn read_several_streams_at_once<S: EventStore + ?Sized>(store: &S) {
+    let a = unique("multi-a");
+    let b = unique("multi-b");
+    let none = unique("multi-none");
+    for i in 0..5 {
+        store
+            .append(AppendRequest::new().append(a.clone(), ExpectedVersion::Any, vec![raw("A", i)]))
+            .await
+            .unwrap();
+    }
+    store
+        .append(AppendRequest::new().append(
+            b.clone(),
+            ExpectedVersion::Any,
+            vec![raw("B", 0), raw("B", 1)],
+        ))
+        .await
+        .unwrap();
+    let got = store
+        .read_streams_to_end(&[
+            (b.clone(), StreamVersion::new(2)),
+            (none.clone(), StreamVersion::new(1)),
+            (a.clone(), StreamVersion::new(3)),
+            (a.clone(), StreamVersion::new(5)),
+        ])
+        .await
+        .unwrap();
+    let versions: Vec<Vec<u64>> = got
+        .iter()
+        .map(|events| events.iter().map(|e| e.stream_version.get()).collect())
+        .collect();
+    assert_eq!(versions, [vec![2], vec![], vec![3, 4, 5], vec![5]]);
+    assert!(got[0].iter().all(|e| e.stream_id == b));
+    assert!(got[2].iter().all(|e| e.stream_id == a));
 }
 
 /// `Any`, `NoStream`, `StreamExists` and `Exact` behave as documented and a
