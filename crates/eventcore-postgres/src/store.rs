@@ -27,10 +27,12 @@ use crate::{
 
 /// The production event store: every guarantee of [`EventStore`] on PostgreSQL.
 ///
-/// * One append is one call of the `append_events` function: one round trip,
-///   one transaction, advisory locks on its streams in a fixed order,
-///   expectations checked after locking, events inserted with one
-///   multi-row `INSERT`.
+/// * One append is one statement: one round trip, one transaction. A
+///   single-stream append checks and bumps its stream row and inserts all
+///   its events in one SQL statement; a multi-stream append calls the
+///   `append_events` function, which locks every stream row (check-only
+///   ones too) in stream-id order before reading versions. Stream rows are
+///   the locks: no global lock, no SERIALIZABLE, no deadlocks.
 /// * The global position encodes the writing transaction's id, and `$all`
 ///   readers stop below the oldest transaction still running, so they never
 ///   skip an event that commits late (see `docs/adr/0001-global-order.md`).
