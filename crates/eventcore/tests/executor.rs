@@ -97,3 +97,94 @@ async fn cached_executions_read_only_new_events_and_decide_the_same() {
         "cached reads only what is new: {read_cached}"
     );
 }
+
+/// Reads an order, discovers from it which account to charge, and charges
+/// it: the account is only known after folding the order's events.
+struct ChargeOrder {
+    order: StreamId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the order names no account")]
+struct NoAccount;
+
+impl eventcore::Command for ChargeOrder {
+    type Event = AccountEvent;
+    type State = Option<StreamId>;
+    type Error = NoAccount;
+
+    fn read_streams(&self) -> Vec<StreamId> {
+        vec![self.order.clone()]
+    }
+
+    fn apply(
+        &self,
+        account: &mut Option<StreamId>,
+        event: &eventcore::RecordedEvent<AccountEvent>,
+    ) {
+        if let AccountEvent::Credited { from, .. } = &event.event
+            && event.stream_id == self.order
+        {
+            *account = StreamId::new(from).ok();
+        }
+    }
+
+    fn handle(
+        &self,
+        account: &Option<StreamId>,
+        decision: &mut eventcore::Decision<AccountEvent>,
+    ) -> Result<(), NoAccount> {
+        let account = account.clone().ok_or(NoAccount)?;
+        if !decision.has_read(&account) {
+            decision.read_also(account);
+            return Ok(());
+        }
+        decision.emit(
+            &account,
+            AccountEvent::Debited {
+                amount: 5,
+                to: self.order.to_string(),
+            },
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn commands_can_discover_streams_while_deciding() {
+    let store = InMemoryEventStore::new();
+    let order = StreamId::new("order-1").unwrap();
+    let account = StreamId::new("account-7").unwrap();
+    seed(
+        &store,
+        &order,
+        [AccountEvent::Credited {
+            amount: 0,
+            from: "account-7".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    seed(&store, &account, [AccountEvent::Deposited { amount: 50 }])
+        .await
+        .unwrap();
+    let executor = CommandExecutor::new(store.clone());
+    let outcome = executor
+        .execute(ChargeOrder {
+            order: order.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.events_written, 1);
+    assert_eq!(
+        store.stream_version(&account).await.unwrap(),
+        StreamVersion::new(2)
+    );
+
+    // The charge landed on the stream discovered while deciding.
+    let charged = store
+        .read_stream_to_end(&account, StreamVersion::new(2))
+        .await
+        .unwrap();
+    assert_eq!(charged[0].event_type, "Debited");
+}
