@@ -268,6 +268,13 @@ async fn read_all_pages(
 ) -> anyhow::Result<()> {
     let mut after = GlobalPosition::new(args.after);
     let mut remaining = args.limit;
+    // Everything committed before the command started is printed, even if a
+    // transaction elsewhere still holds the read horizon below it for a
+    // moment (see docs/adr/0001-global-order.md).
+    let head = store
+        .head_position()
+        .await
+        .context("cannot read the newest position")?;
     loop {
         let want = page_size(remaining);
         if want == 0 {
@@ -288,7 +295,7 @@ async fn read_all_pages(
             after = last.position;
         }
         if page.len() < want {
-            if !args.follow {
+            if !args.follow && after >= head {
                 return Ok(());
             }
             tokio::time::sleep(POLL_INTERVAL).await;
