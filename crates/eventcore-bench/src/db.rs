@@ -208,6 +208,25 @@ impl BenchDb {
         Ok(store)
     }
 
+    /// A second store on an existing `schema` with the default
+    /// configuration and a pool of at most `connections` (nothing kept
+    /// warm): what another process following the same events would open.
+    pub(crate) async fn plain_store(
+        &self,
+        schema: &str,
+        connections: u32,
+    ) -> anyhow::Result<PostgresEventStore> {
+        let config = PostgresConfigBuilder::new()
+            .database_url(&self.url)
+            .schema(schema)
+            .max_connections(connections)
+            .min_connections(1)
+            .build()?;
+        let store = PostgresEventStore::new(config).await?;
+        store.initialize().await?;
+        Ok(store)
+    }
+
     /// Opens `connections` pooled connections before timing starts, so the
     /// first measured operations do not pay for connects.
     pub(crate) async fn warm_pool(pool: &PgPool, connections: usize) -> anyhow::Result<()> {

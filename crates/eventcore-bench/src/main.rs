@@ -18,6 +18,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::bail;
 use clap::Parser;
+use eventcore::RetryPolicy;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -43,7 +44,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     markdown: Option<PathBuf>,
 
-    /// Run only these scenarios (comma-separated: A, A-cmd, B, C, D, E, G).
+    /// Run only these scenarios (comma-separated: A, A-cmd, B, C, D, E, F, G).
     #[arg(long, value_delimiter = ',', value_name = "SCENARIO,...")]
     only: Vec<String>,
 
@@ -54,6 +55,28 @@ struct Args {
     /// Skip the pgbench ceiling.
     #[arg(long)]
     no_ceiling: bool,
+
+    /// The executor's retry policy in D: attempts, base delay and delay cap
+    /// in ms (default 200,5,20).
+    #[arg(long, value_name = "ATTEMPTS,BASE_MS,MAX_MS", value_parser = parse_retry)]
+    d_retry: Option<RetryPolicy>,
+}
+
+/// `ATTEMPTS,BASE_MS,MAX_MS`, e.g. `200,5,20`.
+fn parse_retry(s: &str) -> Result<RetryPolicy, String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [attempts, base, max] = parts[..] else {
+        return Err("expected ATTEMPTS,BASE_MS,MAX_MS".into());
+    };
+    let attempts: u32 = attempts.parse().map_err(|e| format!("attempts: {e}"))?;
+    let ms = |x: &str, what: &str| -> Result<Duration, String> {
+        let v: f64 = x.parse().map_err(|e| format!("{what}: {e}"))?;
+        Duration::try_from_secs_f64(v / 1000.0).map_err(|e| format!("{what}: {e}"))
+    };
+    Ok(RetryPolicy::new()
+        .max_attempts(attempts)
+        .base_delay(ms(base, "base delay")?)
+        .max_delay(ms(max, "max delay")?))
 }
 
 fn selected(only: &[String]) -> anyhow::Result<Vec<Scenario>> {
@@ -145,6 +168,9 @@ async fn main() -> anyhow::Result<()> {
         timing,
         db,
         ceiling,
+        d_retry: args
+            .d_retry
+            .unwrap_or_else(scenarios::command::hot_stream_retry),
     };
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = Vec::new();
@@ -177,4 +203,23 @@ async fn main() -> anyhow::Result<()> {
         bail!("scenarios failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_retry_policy() {
+        let p = parse_retry("200, 5, 20").unwrap();
+        assert_eq!(p.max_attempts, 200);
+        assert_eq!(p.base_delay, Duration::from_millis(5));
+        assert_eq!(p.max_delay, Duration::from_millis(20));
+        assert_eq!(
+            parse_retry("10,0.5,1").unwrap().base_delay,
+            Duration::from_micros(500)
+        );
+        assert!(parse_retry("10,1").is_err());
+        assert!(parse_retry("x,1,2").is_err());
+    }
 }

@@ -7,9 +7,11 @@
 //! parks a connection here when an operation completed cleanly and takes it
 //! again for the next one. Connections stay checked out of the sqlx pool
 //! while parked, so they count against `max_connections`; a reaper hands
-//! back any connection idle for more than [`IDLE_RETURN`] (so your own
-//! `pool().acquire()` calls are never starved by a quiet store) and any
-//! parked longer than [`MAX_PARKED`] (so sqlx's `max_lifetime` applies).
+//! back any connection idle for more than [`IDLE_RETURN`], and every
+//! connection goes back after [`MAX_PARKED`] however busy (so sqlx's
+//! `max_lifetime` applies, and your own `pool().acquire()` calls wait at
+//! most about that long even while the store keeps every connection busy).
+//! The store's background work (NOTIFY, LISTEN) has connections of its own.
 //!
 //! A connection whose operation did not finish (a cancelled future, an I/O
 //! error, a fatal server error) is never parked: it goes back to sqlx,
@@ -27,8 +29,10 @@ use crate::error::{db_error_parts, sqlstate};
 
 /// Parked connections idle longer than this go back to the sqlx pool.
 pub(crate) const IDLE_RETURN: Duration = Duration::from_millis(200);
-/// Connections parked (in use or idle) longer than this go back too.
-pub(crate) const MAX_PARKED: Duration = Duration::from_secs(60);
+/// Connections kept (in use or parked) longer than this go back too, so a
+/// caller waiting in the sqlx pool gets one within this long even while
+/// the store is busy.
+pub(crate) const MAX_PARKED: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub(crate) struct ConnCache {

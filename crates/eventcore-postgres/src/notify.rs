@@ -105,8 +105,20 @@ impl Drop for Notifier {
     }
 }
 
+/// A one-connection pool with `pool`'s connect options, opened lazily.
+fn dedicated(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// One NOTIFY per burst of appends, at most one per `interval`.
 async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval: Duration) {
+    // A connection of its own: under load every pool connection may be
+    // busy, and a wake-up that waits for one arrives too late to matter.
+    let pool = dedicated(&pool);
     loop {
         let Some(poke) = poke.upgrade() else { return };
         poke.notified().await;
@@ -126,11 +138,7 @@ async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval
 /// connection of its own (it would otherwise pin one of the pool's). Exits
 /// when no subscriber is left; the next subscriber starts it again.
 async fn listen_loop(pool: PgPool, signal: watch::Sender<()>, channel: String) {
-    let own = PgPoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with((*pool.connect_options()).clone());
+    let own = dedicated(&pool);
     drop(pool);
     let mut listener: Option<PgListener> = None;
     loop {

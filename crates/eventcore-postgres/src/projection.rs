@@ -67,12 +67,13 @@ impl CheckpointStore for PostgresCheckpointStore {
     async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error> {
         let s = &self.store;
         s.with_retry("load checkpoint", || async {
-            let position: Option<i64> =
-                sqlx::query_scalar(sql::sql(&s.inner.sql.select_checkpoint))
-                    .bind(projection)
-                    .fetch_optional(s.pool())
-                    .await
-                    .map_err(|e| s.map_err("load checkpoint", e))?;
+            let mut conn = s.acquire("load checkpoint").await?;
+            let position = sqlx::query_scalar(sql::sql(&s.inner.sql.select_checkpoint))
+                .bind(projection)
+                .fetch_optional(&mut *conn)
+                .await;
+            conn.finished(&position);
+            let position: Option<i64> = position.map_err(|e| s.map_err("load checkpoint", e))?;
             Ok(position.map(|p| GlobalPosition::new(p as u64)))
         })
         .await

@@ -662,10 +662,12 @@ impl EventStore for PostgresEventStore {
 
     async fn head_position(&self) -> Result<GlobalPosition, Error> {
         self.with_retry("head_position", || async {
-            let head: Option<i64> = sqlx::query_scalar(sql(&self.inner.sql.select_head_position))
-                .fetch_one(self.pool())
-                .await
-                .map_err(|e| self.map_err("head_position", e))?;
+            let mut conn = self.acquire("head_position").await?;
+            let head = sqlx::query_scalar(sql(&self.inner.sql.select_head_position))
+                .fetch_one(&mut *conn)
+                .await;
+            conn.finished(&head);
+            let head: Option<i64> = head.map_err(|e| self.map_err("head_position", e))?;
             Ok(GlobalPosition::new(head.unwrap_or(0) as u64))
         })
         .await

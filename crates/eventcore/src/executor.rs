@@ -211,7 +211,7 @@ impl<S: EventStore> CommandExecutor<S> {
                         .all(|(s, v)| snapshot.versions.get(s).is_some_and(|n| n >= v))
                 });
             if newer {
-                if entries.len() >= STATE_CACHE_CAPACITY {
+                if entries.len() >= STATE_CACHE_CAPACITY && !entries.contains_key(&key) {
                     entries.clear();
                 }
                 entries.insert(key, Box::new(snapshot.clone()));

@@ -136,6 +136,7 @@ where
         buffer: VecDeque::new(),
         options,
         failures: 0,
+        caught_up: false,
         lagging: 0,
     };
     futures::stream::unfold(state, |mut state| async move {
@@ -166,6 +167,8 @@ struct State<S> {
     /// The store's commit signal, if it has one; `None` means pure polling.
     signal: Option<watch::Receiver<()>>,
     failures: u32,
+    /// The last read returned a short page.
+    caught_up: bool,
     /// Empty reads in a row since a wake-up: the new commit is not readable
     /// yet because an older transaction is still open, so look again soon.
     lagging: u32,
@@ -179,6 +182,12 @@ impl<S: EventStore> State<S> {
         loop {
             if let Some(event) = self.buffer.pop_front() {
                 return Ok(event);
+            }
+            // A short page means we were caught up: wait for news before
+            // reading again instead of paying for an empty read.
+            if self.caught_up {
+                self.caught_up = false;
+                self.lagging = u32::from(self.wait().await);
             }
             // Mark the signal seen *before* reading, so a commit that lands
             // between the read and the wait still wakes us.
@@ -203,6 +212,7 @@ impl<S: EventStore> State<S> {
                 Ok(page) => {
                     self.failures = 0;
                     self.lagging = 0;
+                    self.caught_up = page.len() < self.options.batch_size;
                     if let Some(last) = page.last() {
                         self.cursor = last.position;
                     }

@@ -1,10 +1,17 @@
 //! A and B: plain `EventStore::append`, the version read first and expected
 //! exactly, like the ceiling scripts A_append1 and B_append10.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use eventcore::{
-    AppendRequest, Error, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId,
+    AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
+    NewEvent, StreamId,
 };
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
@@ -12,6 +19,17 @@ use super::{
     Ctx, Measured, OrderPlaced, Outcome, Timing, Worker, close, drive, seed_order, write_streams,
 };
 use crate::{db::Script, report::Row};
+
+/// What the writers of scenario F note after each successful append: each
+/// event's id, the append's last global position, and when it returned.
+#[derive(Debug, Default)]
+pub(crate) struct Stamps {
+    pub(crate) log: Mutex<Vec<(EventId, GlobalPosition, Instant)>>,
+    /// The highest position any append has returned so far.
+    pub(crate) high: AtomicU64,
+}
+
+pub(crate) type StampLog = Arc<Stamps>;
 
 /// Picks a random stream, reads its version, appends `per_append` events
 /// expecting exactly that version. A conflict is counted, not retried.
@@ -21,6 +39,7 @@ pub(crate) struct AppendWorker<S> {
     per_append: usize,
     rng: SmallRng,
     seq: u64,
+    stamps: Option<StampLog>,
 }
 
 impl<S: EventStore + Clone + 'static> AppendWorker<S> {
@@ -31,7 +50,15 @@ impl<S: EventStore + Clone + 'static> AppendWorker<S> {
             per_append,
             rng: SmallRng::seed_from_u64(0xA0 + id as u64),
             seq: (id as u64) << 32,
+            stamps: None,
         }
+    }
+
+    /// Also records, right after each successful append returns, its events
+    /// in `log` (scenario F).
+    pub(crate) fn stamped(mut self, log: StampLog) -> Self {
+        self.stamps = Some(log);
+        self
     }
 }
 
@@ -47,9 +74,23 @@ impl<S: EventStore + Clone + 'static> Worker for AppendWorker<S> {
                 EventMetadata::new(),
             )?);
         }
+        let ids: Vec<EventId> = match self.stamps {
+            Some(_) => events.iter().map(|e| e.event_id).collect(),
+            None => Vec::new(),
+        };
         let request =
             AppendRequest::new().append(stream.clone(), ExpectedVersion::Exact(version), events);
-        match self.store.append(request).await {
+        let result = self.store.append(request).await;
+        if let (Ok(outcome), Some(stamps)) = (&result, &self.stamps) {
+            let returned = Instant::now();
+            let last = outcome
+                .positions
+                .map_or(GlobalPosition::START, |(_, last)| last);
+            stamps.high.fetch_max(last.get(), Ordering::Relaxed);
+            let mut log = stamps.log.lock().unwrap_or_else(|e| e.into_inner());
+            log.extend(ids.into_iter().map(|id| (id, last, returned)));
+        }
+        match result {
             Ok(_) => Ok(Outcome::Ok {
                 events: self.per_append as u64,
                 retries: 0,

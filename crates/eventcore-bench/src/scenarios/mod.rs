@@ -1,17 +1,17 @@
 //! The scenarios, the registry that lists them, and the machinery they
 //! share: the timed worker loop, the event payload, seeding.
 //!
-//! Adding a scenario (F, subscription latency, is the next one): write
-//! `scenarios/<family>.rs` with an `async fn run(ctx: &mut Ctx) ->
-//! anyhow::Result<Vec<Row>>`, add a variant to [`Scenario`] and to
-//! [`Scenario::ALL`], and fill in its arms of `key`, `title`,
-//! `needs_postgres` and `run`. `--only`, the tables and the JSON pick it up
+//! Adding a scenario: write `scenarios/<family>.rs` with an
+//! `async fn run(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>>`, add a variant
+//! to [`Scenario`] and to [`Scenario::ALL`], and fill in its arms of `key`,
+//! `title`, `needs_postgres` and `run`. `--only`, the tables and the JSON pick it up
 //! from there.
 
 pub(crate) mod append;
 pub(crate) mod command;
 pub(crate) mod memory;
 pub(crate) mod read;
+pub(crate) mod subscription;
 
 use std::{
     future::Future,
@@ -21,7 +21,8 @@ use std::{
 
 use anyhow::Context as _;
 use eventcore::{
-    AppendRequest, Event, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId,
+    AppendRequest, Event, EventMetadata, EventStore, ExpectedVersion, NewEvent, RetryPolicy,
+    StreamId,
 };
 use eventcore_postgres::PostgresEventStore;
 use hdrhistogram::Histogram;
@@ -48,7 +49,9 @@ pub(crate) enum Scenario {
     D,
     /// Stream and `$all` reads over a large store.
     E,
-    // F (subscription latency: append to delivery, p50/p99) goes here.
+    /// Subscription latency (append to delivery) under A's load, and what
+    /// the subscriber costs the writers.
+    F,
     /// The write scenarios on the in-memory store.
     G,
 }
@@ -62,6 +65,7 @@ impl Scenario {
         Scenario::C,
         Scenario::D,
         Scenario::E,
+        Scenario::F,
         Scenario::G,
     ];
 
@@ -74,6 +78,7 @@ impl Scenario {
             Scenario::C => "C",
             Scenario::D => "D",
             Scenario::E => "E",
+            Scenario::F => "F",
             Scenario::G => "G",
         }
     }
@@ -86,6 +91,7 @@ impl Scenario {
             Scenario::C => "C: 2-stream atomic transfer through CommandExecutor",
             Scenario::D => "D: one hot stream, every writer on it",
             Scenario::E => "E: reads (read_stream of 100, read_all pages of 1,000)",
+            Scenario::F => "F: subscription latency, append to delivery, under A with 16 writers",
             Scenario::G => "G: write scenarios on InMemoryEventStore (no ceiling)",
         }
     }
@@ -111,6 +117,7 @@ impl Scenario {
             Scenario::C => command::run_c(ctx).await,
             Scenario::D => command::run_d(ctx).await,
             Scenario::E => read::run_e(ctx).await,
+            Scenario::F => subscription::run_f(ctx).await,
             Scenario::G => memory::run_g(ctx).await,
         }
     }
@@ -131,6 +138,9 @@ pub(crate) struct Ctx {
     pub(crate) db: Option<BenchDb>,
     /// `None` without pgbench or with `--no-ceiling`.
     pub(crate) ceiling: Option<Ceiling>,
+    /// The executor's retry policy in D (`--d-retry`, else
+    /// [`command::hot_stream_retry`]).
+    pub(crate) d_retry: RetryPolicy,
 }
 
 impl Ctx {
@@ -201,6 +211,8 @@ pub(crate) struct Measured {
     pub(crate) events: u64,
     pub(crate) conflicts: u64,
     pub(crate) retries: u64,
+    /// Most retries one successful operation needed.
+    pub(crate) max_retries: u64,
     pub(crate) errors: u64,
     pub(crate) first_error: Option<String>,
     /// Successful operations of each worker (starvation check).
@@ -223,6 +235,7 @@ impl Measured {
             events: 0,
             conflicts: 0,
             retries: 0,
+            max_retries: 0,
             errors: 0,
             first_error: None,
             per_worker_ops: Vec::new(),
@@ -234,7 +247,16 @@ impl Measured {
 /// Runs every worker concurrently: a warm-up, then `timing.measure` during
 /// which every operation that completes counts.
 pub(crate) async fn drive<W: Worker>(workers: Vec<W>, timing: Timing) -> anyhow::Result<Measured> {
-    let start = Instant::now() + Duration::from_millis(20);
+    drive_from(workers, timing, Instant::now() + Duration::from_millis(20)).await
+}
+
+/// [`drive`] with the warm-up starting at `start`: the measured window is
+/// `start + warmup .. start + warmup + measure`.
+pub(crate) async fn drive_from<W: Worker>(
+    workers: Vec<W>,
+    timing: Timing,
+    start: Instant,
+) -> anyhow::Result<Measured> {
     let measure_from = start + timing.warmup;
     let until = measure_from + timing.measure;
     let tasks: Vec<_> = workers
@@ -260,6 +282,7 @@ pub(crate) async fn drive<W: Worker>(workers: Vec<W>, timing: Timing) -> anyhow:
                             m.ops += 1;
                             m.events += events;
                             m.retries += retries;
+                            m.max_retries = m.max_retries.max(retries);
                             let us = (ended - began).as_micros() as u64;
                             m.hist.saturating_record(us.max(1));
                         }
@@ -289,6 +312,7 @@ pub(crate) async fn drive<W: Worker>(workers: Vec<W>, timing: Timing) -> anyhow:
         total.events += m.events;
         total.conflicts += m.conflicts;
         total.retries += m.retries;
+        total.max_retries = total.max_retries.max(m.max_retries);
         total.errors += m.errors;
         if total.first_error.is_none() {
             total.first_error = m.first_error;
