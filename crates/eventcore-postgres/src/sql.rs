@@ -83,15 +83,15 @@ pub(crate) const READ_STREAM_FORWARD: &str = concat!(
      ORDER BY stream_version LIMIT $3"
 );
 
-/// Several streams at once: `$1` stream ids, `$2` first version of each
-/// (inclusive), `$3` limit. Rows come grouped by request order, then by
-/// version.
+/// Several streams at once: `$1` stream ids, `$2` lowest first version
+/// among them, `$3` limit. The client drops rows below each stream's own
+/// first version; a plain `= ANY` index scan plans far cheaper than joining
+/// an `unnest` of per-stream versions.
 pub(crate) const READ_STREAMS_FORWARD: &str = concat!(
     "SELECT ",
     event_columns!(),
-    " FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(s, v, i) \
-     JOIN {schema}.events ON stream_id = r.s AND stream_version >= r.v \
-     ORDER BY r.i, stream_version LIMIT $3"
+    " FROM {schema}.events WHERE stream_id = ANY($1) AND stream_version >= $2 \
+     ORDER BY stream_id, stream_version LIMIT $3"
 );
 
 /// `$1` position to read after (exclusive), `$2` limit.

@@ -615,13 +615,18 @@ impl EventStore for PostgresEventStore {
     ) -> Result<Vec<Vec<StoredEvent>>, Error> {
         /// One round trip covers this many events; longer histories page.
         const BATCH: usize = 5000;
+        // One stream (most commands): the plain per-stream read, whose plan
+        // is simpler than the multi-stream join.
+        if let [(stream, from)] = streams {
+            return Ok(vec![self.read_stream_to_end(stream, *from).await?]);
+        }
         let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
-        let from: Vec<i64> = streams.iter().map(|(_, v)| to_i64(v.get())).collect();
+        let lowest = streams.iter().map(|(_, v)| v.get()).min().unwrap_or(1);
         let events = self
             .with_retry("read_streams", || {
                 let query = sqlx::query(sql(&self.inner.sql.read_streams_forward))
                     .bind(&ids)
-                    .bind(&from)
+                    .bind(to_i64(lowest))
                     .bind(BATCH as i64);
                 self.fetch_events("read_streams", query)
             })
@@ -634,26 +639,13 @@ impl EventStore for PostgresEventStore {
             }
             return Ok(out);
         }
+        // Rows come grouped by stream in version order; each requested slot
+        // takes its stream's rows from its own first version on.
         let mut out: Vec<Vec<StoredEvent>> = vec![Vec::new(); streams.len()];
-        // Rows arrive grouped by request slot; a slot's group ends where the
-        // stream changes or its versions restart (the same stream twice).
-        let mut slot = 0;
         for event in events {
-            while slot < streams.len()
-                && (streams[slot].0 != event.stream_id
-                    || out[slot]
-                        .last()
-                        .is_some_and(|prev| prev.stream_version >= event.stream_version))
-            {
-                slot += 1;
-            }
-            match out.get_mut(slot) {
-                Some(group) => group.push(event),
-                None => {
-                    return Err(Error::CorruptRow {
-                        what: format!("stream '{}'", event.stream_id),
-                        reason: "multi-stream read returned rows out of order".into(),
-                    });
+            for (slot, (stream, from)) in streams.iter().enumerate() {
+                if *stream == event.stream_id && event.stream_version >= *from {
+                    out[slot].push(event.clone());
                 }
             }
         }
