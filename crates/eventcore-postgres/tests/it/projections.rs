@@ -7,7 +7,7 @@ use std::{
 };
 
 use eventcore::{
-    BoxError, EventFilter, EventStore, GlobalPosition, Projection, ProjectionRunner, RecordedEvent,
+    BoxError, EventFilter, GlobalPosition, Projection, ProjectionRunner, RecordedEvent,
     RunnerOptions, StreamId, SubscriptionOptions, subscribe,
     testing::{bank::AccountEvent, seed},
 };
@@ -38,31 +38,6 @@ async fn terminate(app: &str) -> i64 {
     .fetch_one(&admin)
     .await
     .unwrap()
-}
-
-async fn settled(store: &PostgresEventStore, prefix: &str, count: usize) -> Vec<GlobalPosition> {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let mut out = Vec::new();
-            let mut after = GlobalPosition::START;
-            loop {
-                let page = store.read_all(after, 1000).await.unwrap();
-                let Some(last) = page.last() else { break };
-                after = last.position;
-                out.extend(
-                    page.iter()
-                        .filter(|e| e.stream_id.as_str().starts_with(prefix))
-                        .map(|e| e.position),
-                );
-            }
-            if out.len() >= count {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("events became readable")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,7 +91,7 @@ async fn subscription_survives_terminated_backends() {
     eventcore::testing::assert_same_sequence(
         "every event once, in order, across the fault",
         &seen,
-        &settled(&store, "acct-sub", 20).await,
+        &eventcore::testing::settled_positions(&store, "acct-sub", 20).await,
     );
 }
 
@@ -189,7 +164,7 @@ async fn projection_follows_sixteen_writers() {
         }
     }))
     .await;
-    let expected = settled(&store, "load-", 400).await;
+    let expected = eventcore::testing::settled_positions(&store, "load-", 400).await;
     tokio::time::timeout(PATIENCE, async {
         while ledger.seen.lock().unwrap().len() < expected.len() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -281,7 +256,7 @@ async fn standby_takes_over_when_the_active_runner_dies() {
         result.is_err(),
         "the runner whose lease died reports it: {result:?}"
     );
-    let expected = settled(&standby_store, "load-takeover", 30).await;
+    let expected = eventcore::testing::settled_positions(&standby_store, "load-takeover", 30).await;
     tokio::time::timeout(PATIENCE, async {
         loop {
             let done = second.seen.lock().unwrap().last() == expected.last();

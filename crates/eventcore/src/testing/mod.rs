@@ -65,3 +65,37 @@ pub fn assert_same_sequence<T: PartialEq + std::fmt::Debug>(
         );
     }
 }
+
+/// Positions of the events whose stream id starts with `prefix`, in global
+/// order, once at least `count` of them are readable: `read_all` may hold
+/// fresh events back for a moment while older transactions elsewhere (other
+/// tests sharing the database) are open. Panics after 30 s.
+pub async fn settled_positions<S: EventStore + ?Sized>(
+    store: &S,
+    prefix: &str,
+    count: usize,
+) -> Vec<crate::GlobalPosition> {
+    let wait = async {
+        loop {
+            let mut out = Vec::new();
+            let mut after = crate::GlobalPosition::START;
+            loop {
+                let page = store.read_all(after, 1000).await.expect("read_all");
+                let Some(last) = page.last() else { break };
+                after = last.position;
+                out.extend(
+                    page.iter()
+                        .filter(|e| e.stream_id.as_str().starts_with(prefix))
+                        .map(|e| e.position),
+                );
+            }
+            if out.len() >= count {
+                return out;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+        .await
+        .expect("events became readable")
+}

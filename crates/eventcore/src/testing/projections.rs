@@ -285,37 +285,6 @@ fn fast() -> RunnerOptions {
     }
 }
 
-/// Positions of the category's events, once all `count` are readable
-/// (concurrent transactions elsewhere can hold the read horizon back).
-async fn positions_of<S: EventStore + ?Sized>(
-    store: &S,
-    cat: &str,
-    count: usize,
-) -> Vec<GlobalPosition> {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let mut out = Vec::new();
-            let mut after = GlobalPosition::START;
-            loop {
-                let page = store.read_all(after, 1000).await.unwrap();
-                let Some(last) = page.last() else { break };
-                after = last.position;
-                out.extend(
-                    page.iter()
-                        .filter(|e| e.stream_id.as_str().starts_with(cat))
-                        .map(|e| e.position),
-                );
-            }
-            if out.len() >= count {
-                return out;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("all events became readable")
-}
-
 /// A runner that dies mid-stream (its task dropped, no graceful shutdown)
 /// is replaced by a second one that resumes from the checkpoint: nothing is
 /// lost, and only events after the last checkpoint are seen twice.
@@ -330,7 +299,7 @@ where
             .await
             .unwrap();
     }
-    let all = positions_of(&store, &cat, 40).await;
+    let all = super::settled_positions(&store, &cat, 40).await;
     let mut first = Recorder::new(&cat);
     first.hang_after = Some(23);
     let seen_first = first.seen.clone();
@@ -462,7 +431,7 @@ where
     )
     .await
     .unwrap();
-    let positions = positions_of(&store, &cat, 4).await;
+    let positions = super::settled_positions(&store, &cat, 4).await;
 
     let mut skipping = Recorder::new(&cat);
     skipping.name = format!("skip-{cat}");
