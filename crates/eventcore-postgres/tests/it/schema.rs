@@ -4,7 +4,7 @@ use eventcore::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamId};
 use eventcore_postgres::{APPEND_ONLY_SQLSTATE, PostgresEventStore, SCHEMA_VERSION};
 use sqlx::AssertSqlSafe;
 
-use crate::support::{config, fresh_store, store_with};
+use crate::support::{config, fresh_store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_initializations_agree() {
@@ -147,5 +147,4 @@ async fn health_reports_schema_state() {
     assert_eq!(after.schema_version, Some(SCHEMA_VERSION));
     assert!(after.read_horizon.is_some());
     assert!(after.database_latency.as_secs() < 5);
-    let _ = store_with; // keep the helper in use across modules
 }
