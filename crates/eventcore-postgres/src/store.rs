@@ -81,6 +81,20 @@ struct AppendParams<'a> {
 }
 
 impl<'a> AppendParams<'a> {
+    /// Binds the per-event columns, the last five parameters of both
+    /// append statements.
+    fn bind_events<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.data)
+            .bind(&self.metadata)
+    }
+
     fn new(request: &'a AppendRequest) -> Self {
         let n = request.event_count();
         let mut p = AppendParams {
@@ -305,17 +319,11 @@ impl PostgresEventStore {
             ExpectedVersion::StreamExists => &self.inner.sql.append_to_existing_stream,
             _ => &self.inner.sql.append_to_new_stream,
         };
-        let row = sqlx::query(sql(statement))
+        let query = sqlx::query(sql(statement))
             .bind(p.streams[0])
             .bind(p.expected[0])
-            .bind(n)
-            .bind(&p.event_ids)
-            .bind(&p.event_types)
-            .bind(&p.schema_versions)
-            .bind(&p.data)
-            .bind(&p.metadata)
-            .fetch_one(&mut *conn)
-            .await?;
+            .bind(n);
+        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
         let version: Option<i64> = row.try_get(0)?;
         let first: Option<i64> = row.try_get(1)?;
         match (version, first) {
@@ -354,17 +362,11 @@ impl PostgresEventStore {
         request: &AppendRequest,
         p: &AppendParams<'_>,
     ) -> Result<Attempt, sqlx::Error> {
-        let row = sqlx::query(sql(&self.inner.sql.append_events))
+        let query = sqlx::query(sql(&self.inner.sql.append_events))
             .bind(&p.streams)
             .bind(&p.expected)
-            .bind(&p.event_streams)
-            .bind(&p.event_ids)
-            .bind(&p.event_types)
-            .bind(&p.schema_versions)
-            .bind(&p.data)
-            .bind(&p.metadata)
-            .fetch_one(&mut *conn)
-            .await?;
+            .bind(&p.event_streams);
+        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
         let conflict_index: i32 = row.try_get(0)?;
         if conflict_index > 0 {
             let actual: i64 = row.try_get(1)?;
