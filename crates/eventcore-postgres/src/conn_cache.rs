@@ -25,7 +25,7 @@ use std::{
 
 use sqlx::{PgConnection, Postgres, pool::PoolConnection};
 
-use crate::error::{db_error_parts, sqlstate};
+use crate::error::connection_lost;
 
 /// Parked connections idle longer than this go back to the sqlx pool.
 pub(crate) const IDLE_RETURN: Duration = Duration::from_millis(200);
@@ -157,11 +157,7 @@ impl Conn {
     pub(crate) fn finished<T>(&mut self, result: &Result<T, sqlx::Error>) {
         self.clean = match result {
             Ok(_) => true,
-            Err(e @ sqlx::Error::Database(_)) => !db_error_parts(e).is_some_and(|(code, _)| {
-                code == sqlstate::ADMIN_SHUTDOWN
-                    || code == sqlstate::CRASH_SHUTDOWN
-                    || code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
-            }),
+            Err(e @ sqlx::Error::Database(_)) => !connection_lost(e),
             Err(_) => false,
         };
     }

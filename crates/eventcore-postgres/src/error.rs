@@ -98,6 +98,23 @@ pub(crate) fn db_error_parts(e: &sqlx::Error) -> Option<(String, Option<String>)
     }
 }
 
+/// Whether a SQLSTATE says the server ended the session: terminated,
+/// crashed, or the connection itself failed.
+pub(crate) fn ends_session(code: &str) -> bool {
+    code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+        || code == sqlstate::ADMIN_SHUTDOWN
+        || code == sqlstate::CRASH_SHUTDOWN
+}
+
+/// Whether `e` means the connection it happened on is gone.
+pub(crate) fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(_) => db_error_parts(e).is_some_and(|(code, _)| ends_session(&code)),
+        _ => false,
+    }
+}
+
 /// Maps a sqlx error onto the core error by SQLSTATE and error kind.
 pub(crate) fn map_sqlx(
     operation: &'static str,
@@ -106,13 +123,10 @@ pub(crate) fn map_sqlx(
 ) -> eventcore::Error {
     use eventcore::Error as E;
     let transient_db = |code: &str| {
-        code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+        ends_session(code)
             || matches!(
                 code,
-                sqlstate::ADMIN_SHUTDOWN
-                    | sqlstate::CRASH_SHUTDOWN
-                    | sqlstate::CANNOT_CONNECT_NOW
-                    | sqlstate::TOO_MANY_CONNECTIONS
+                sqlstate::CANNOT_CONNECT_NOW | sqlstate::TOO_MANY_CONNECTIONS
             )
     };
     match &e {

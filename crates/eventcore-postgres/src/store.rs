@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     PostgresConfig, PostgresError,
     conn_cache::{Conn, ConnCache},
-    error::{constraint, db_error_parts, map_sqlx, sqlstate},
+    error::{connection_lost, constraint, db_error_parts, map_sqlx, sqlstate},
     metrics::PoolStats,
     notify::Notifier,
     sql::{Statements, sql},
@@ -512,14 +512,9 @@ fn is_stale_connection(e: &Error) -> bool {
     let Error::Unavailable { source, .. } = e else {
         return false;
     };
-    match source.downcast_ref::<sqlx::Error>() {
-        Some(sqlx::Error::Io(_)) => true,
-        Some(db @ sqlx::Error::Database(_)) => db_error_parts(db).is_some_and(|(code, _)| {
-            code == sqlstate::ADMIN_SHUTDOWN
-                || code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
-        }),
-        _ => false,
-    }
+    source
+        .downcast_ref::<sqlx::Error>()
+        .is_some_and(connection_lost)
 }
 
 /// Positions and versions travel as BIGINT; larger values cannot be stored.
@@ -635,19 +630,27 @@ impl EventStore for PostgresEventStore {
             .await?;
         if events.len() == BATCH {
             // A long history: page through each stream instead.
-            let mut out = Vec::with_capacity(streams.len());
-            for (stream, from) in streams {
-                out.push(self.read_stream_to_end(stream, *from).await?);
-            }
-            return Ok(out);
+            return eventcore::read_each_stream(self, streams).await;
         }
         // Rows come grouped by stream in version order; each requested slot
-        // takes its stream's rows from its own first version on.
+        // takes its stream's rows from its own first version on. A stream
+        // requested once (the usual case) gets its rows moved, not copied.
         let mut out: Vec<Vec<StoredEvent>> = vec![Vec::new(); streams.len()];
         for event in events {
-            for (slot, (stream, from)) in streams.iter().enumerate() {
-                if *stream == event.stream_id && event.stream_version >= *from {
+            let mut slots = streams
+                .iter()
+                .enumerate()
+                .filter(|(_, (stream, from))| {
+                    *stream == event.stream_id && event.stream_version >= *from
+                })
+                .map(|(slot, _)| slot)
+                .peekable();
+            while let Some(slot) = slots.next() {
+                if slots.peek().is_some() {
                     out[slot].push(event.clone());
+                } else {
+                    out[slot].push(event);
+                    break;
                 }
             }
         }

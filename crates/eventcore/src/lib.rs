@@ -127,5 +127,5 @@ pub use projection::{
     ProjectionRunner, RunSummary, RunnerOptions, SkippedEvent,
 };
 pub use retry::RetryPolicy;
-pub use store::{DEFAULT_READ_PAGE, EventStore};
+pub use store::{DEFAULT_READ_PAGE, EventStore, read_each_stream};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};

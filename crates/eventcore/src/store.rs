@@ -59,11 +59,7 @@ pub trait EventStore: Send + Sync {
         &self,
         streams: &[(StreamId, StreamVersion)],
     ) -> Result<Vec<Vec<StoredEvent>>, Error> {
-        let mut out = Vec::with_capacity(streams.len());
-        for (stream, from) in streams {
-            out.push(self.read_stream_to_end(stream, *from).await?);
-        }
-        Ok(out)
+        read_each_stream(self, streams).await
     }
 
     /// The position of the newest committed event (`START` if none). Events
@@ -109,6 +105,19 @@ pub trait EventStore: Send + Sync {
             }
         }
     }
+}
+
+/// [`EventStore::read_streams_to_end`] done one stream after another: the
+/// default, and a fallback for stores whose batched read hits its limit.
+pub async fn read_each_stream<S: EventStore + ?Sized>(
+    store: &S,
+    streams: &[(StreamId, StreamVersion)],
+) -> Result<Vec<Vec<StoredEvent>>, Error> {
+    let mut out = Vec::with_capacity(streams.len());
+    for (stream, from) in streams {
+        out.push(store.read_stream_to_end(stream, *from).await?);
+    }
+    Ok(out)
 }
 
 /// Forwards every method to the pointee, so `&S`, `Arc<S>` and `Box<S>` are

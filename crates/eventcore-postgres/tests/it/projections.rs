@@ -56,16 +56,7 @@ async fn subscription_survives_terminated_backends() {
     .await
     .unwrap();
     let mut seen = Vec::new();
-    while seen.len() < 10 {
-        seen.push(
-            tokio::time::timeout(PATIENCE, live.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap()
-                .position,
-        );
-    }
+    take_positions(&mut live, &mut seen, 10).await;
     // Kill every connection of this store: pool members and the LISTEN one.
     assert!(
         terminate(&app).await >= 1,
@@ -78,21 +69,39 @@ async fn subscription_survives_terminated_backends() {
     )
     .await
     .unwrap();
-    while seen.len() < 20 {
-        seen.push(
-            tokio::time::timeout(PATIENCE, live.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap()
-                .position,
-        );
-    }
+    take_positions(&mut live, &mut seen, 20).await;
     eventcore::testing::assert_same_sequence(
         "every event once, in order, across the fault",
         &seen,
         &eventcore::testing::settled_positions(&store, "acct-sub", 20).await,
     );
+}
+
+/// Waits until `done()` holds, polling; panics with `what` after PATIENCE.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting: {what}"));
+}
+
+/// Takes events from `live` until `seen` holds `count` positions.
+async fn take_positions(
+    live: &mut (impl futures::Stream<Item = Result<eventcore::StoredEvent, eventcore::Error>> + Unpin),
+    seen: &mut Vec<GlobalPosition>,
+    count: usize,
+) {
+    while seen.len() < count {
+        let event = tokio::time::timeout(PATIENCE, live.next())
+            .await
+            .expect("delivered in time")
+            .expect("subscriptions never end")
+            .expect("no error");
+        seen.push(event.position);
+    }
 }
 
 /// Records the positions it applies.
@@ -165,13 +174,10 @@ async fn projection_follows_sixteen_writers() {
     }))
     .await;
     let expected = eventcore::testing::settled_positions(&store, "load-", 400).await;
-    tokio::time::timeout(PATIENCE, async {
-        while ledger.seen.lock().unwrap().len() < expected.len() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually("the projection caught up", || {
+        ledger.seen.lock().unwrap().len() >= expected.len()
     })
-    .await
-    .expect("the projection caught up");
+    .await;
     stop.send(()).unwrap();
     let summary = runner.await.unwrap().unwrap();
     eventcore::testing::assert_same_sequence(
@@ -211,13 +217,10 @@ async fn standby_takes_over_when_the_active_runner_dies() {
             runner.run_continuous(futures::future::pending()).await
         })
     };
-    tokio::time::timeout(PATIENCE, async {
-        while first.seen.lock().unwrap().len() < 20 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually("active runner caught up", || {
+        first.seen.lock().unwrap().len() >= 20
     })
-    .await
-    .expect("active runner caught up");
+    .await;
 
     let second = Ledger {
         name: "takeover".into(),
@@ -257,17 +260,10 @@ async fn standby_takes_over_when_the_active_runner_dies() {
         "the runner whose lease died reports it: {result:?}"
     );
     let expected = eventcore::testing::settled_positions(&standby_store, "load-takeover", 30).await;
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let done = second.seen.lock().unwrap().last() == expected.last();
-            if done {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually("the standby took over and caught up", || {
+        second.seen.lock().unwrap().last() == expected.last()
     })
-    .await
-    .expect("the standby took over and caught up");
+    .await;
     standby.abort();
     let mut union: Vec<_> = first
         .seen
