@@ -215,6 +215,17 @@ impl AccountState {
         self.events += 1;
     }
 
+    /// `Ok` if the account is open, else the `NotOpen` refusal for it.
+    fn require_open(&self, account: &AccountId) -> Result<(), BankError> {
+        if self.is_open() {
+            Ok(())
+        } else {
+            Err(BankError::NotOpen {
+                account: account.clone(),
+            })
+        }
+    }
+
     /// Whether `amount` can leave the account without overdrawing it.
     fn covers(&self, amount: u64) -> bool {
         self.balance >= i128::from(amount)
@@ -340,11 +351,7 @@ impl Command for Deposit {
         if self.amount == 0 {
             return Err(BankError::ZeroAmount);
         }
-        if !state.is_open() {
-            return Err(BankError::NotOpen {
-                account: self.account.clone(),
-            });
-        }
+        state.require_open(&self.account)?;
         d.emit(
             self.account.stream(),
             AccountEvent::Deposited {
@@ -385,11 +392,7 @@ impl Command for Withdraw {
         if self.amount == 0 {
             return Err(BankError::ZeroAmount);
         }
-        if !state.is_open() {
-            return Err(BankError::NotOpen {
-                account: self.account.clone(),
-            });
-        }
+        state.require_open(&self.account)?;
         if !state.covers(self.amount) {
             return Err(BankError::InsufficientFunds {
                 account: self.account.clone(),
@@ -473,13 +476,8 @@ impl Command for Transfer {
         if self.amount == 0 {
             return Err(BankError::ZeroAmount);
         }
-        for (account, folded) in [(&self.from, &state.from), (&self.to, &state.to)] {
-            if !folded.is_open() {
-                return Err(BankError::NotOpen {
-                    account: account.clone(),
-                });
-            }
-        }
+        state.from.require_open(&self.from)?;
+        state.to.require_open(&self.to)?;
         if !state.from.covers(self.amount) {
             return Err(BankError::InsufficientFunds {
                 account: self.from.clone(),
