@@ -28,10 +28,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "projections",
         sql: include_str!("../migrations/0002_projections.sql"),
     },
+    Migration {
+        version: 3,
+        name: "lean_write_path",
+        sql: include_str!("../migrations/0003_lean_write_path.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 impl PostgresEventStore {
     /// Creates the schema or migrates it to [`SCHEMA_VERSION`]. Idempotent,

@@ -20,11 +20,56 @@ macro_rules! event_columns {
 pub(crate) const APPEND_EVENTS: &str = "SELECT conflict_index, actual_version, base_position, versions, id_seen \
      FROM {schema}.append_events($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// The tail shared by the single-stream statements: insert the events
-/// numbered from the version CTE `v`, report version and first position.
-macro_rules! append_to_stream_tail {
+/// The head of the single-stream statements for expectations that allow a
+/// new stream (any, no stream, exact 0): CTE `v` creates or bumps the stream
+/// row by `$3` events and yields its new version.
+///
+/// The stream row is the lock: `ON CONFLICT DO UPDATE` waits for a competing
+/// writer, then re-checks its condition against the committed row. A stale
+/// expectation matches no row, `v` is empty and nothing is inserted.
+macro_rules! new_stream_head {
     () => {
-        "), appended AS ( \
+        "WITH v AS ( \
+           INSERT INTO {schema}.event_streams AS es (stream_id, version) VALUES ($1, $3::bigint) \
+           ON CONFLICT (stream_id) DO UPDATE SET version = es.version + $3::bigint, updated_at = now() \
+           WHERE $2::bigint = -1 OR es.version = 0 \
+           RETURNING es.version) "
+    };
+}
+
+/// The head for expectations that need the stream to exist (exact n > 0,
+/// stream exists; `$2` is n or -3). `UPDATE` in READ COMMITTED waits for a
+/// competing writer and re-evaluates its `WHERE` on the committed row, so a
+/// stale expectation updates nothing and `v` is empty.
+macro_rules! existing_stream_head {
+    () => {
+        "WITH v AS ( \
+           UPDATE {schema}.event_streams es SET version = es.version + $3::bigint, updated_at = now() \
+           WHERE es.stream_id = $1 AND (($2::bigint = -3 AND es.version > 0) OR es.version = $2::bigint) \
+           RETURNING es.version) "
+    };
+}
+
+/// One event: plain scalar parameters and the insert as the main statement,
+/// so the plan is a bare insert over the CTE (no unnest, no aggregate).
+/// `$4..$8` id, type, schema version, data, metadata. Returns the event's
+/// position and version, or no row on a failed expectation.
+macro_rules! insert_one_tail {
+    () => {
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
+                                     event_type, schema_version, event_data, metadata) \
+         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $4, $1, v.version, $5, $6, $7, $8 \
+         FROM v \
+         RETURNING global_position, stream_version"
+    };
+}
+
+/// Several events: `$4..$8` per-event arrays, numbered from the version CTE
+/// `v`. Returns the new version and the first position, both NULL on a
+/// failed expectation.
+macro_rules! insert_many_tail {
+    () => {
+        ", appended AS ( \
            INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
                                         event_type, schema_version, event_data, metadata) \
            SELECT (pg_current_xact_id()::text::bigint << 20) + e.n, e.id, $1, \
@@ -38,37 +83,20 @@ macro_rules! append_to_stream_tail {
     };
 }
 
-/// The single-stream fast path for expectations that allow a new stream
-/// (any, no stream, exact 0): check, bump and insert in one statement.
-///
-/// `$1` stream id, `$2` expectation (-1 any, -2 no stream, 0), `$3` number
-/// of events, `$4..$8` per-event ids, types, schema versions, data, metadata.
-///
-/// The stream row is the lock: `ON CONFLICT DO UPDATE` waits for a competing
-/// writer, then re-checks its condition against the committed row. A stale
-/// expectation matches no row: `version` is NULL, nothing was written, and
-/// the client reads the actual version for the conflict error.
-pub(crate) const APPEND_TO_NEW_STREAM: &str = concat!(
-    "WITH v AS ( \
-       INSERT INTO {schema}.event_streams AS es (stream_id, version) VALUES ($1, $3::bigint) \
-       ON CONFLICT (stream_id) DO UPDATE SET version = es.version + $3::bigint, updated_at = now() \
-       WHERE $2::bigint = -1 OR es.version = 0 \
-       RETURNING es.version ",
-    append_to_stream_tail!()
-);
+// The single-stream fast paths: check, bump and insert in one statement.
+// `$1` stream id, `$2` expectation (-1 any, -2 no stream, -3 stream exists,
+// n exact), `$3` number of events; the events as described at the tails.
 
-/// The single-stream fast path for expectations that need the stream to
-/// exist (exact n > 0, stream exists). Parameters as
-/// [`APPEND_TO_NEW_STREAM`], `$2` being n or -3. `UPDATE` in READ COMMITTED
-/// waits for a competing writer and re-evaluates its `WHERE` on the
-/// committed row, so a stale expectation updates nothing.
-pub(crate) const APPEND_TO_EXISTING_STREAM: &str = concat!(
-    "WITH v AS ( \
-       UPDATE {schema}.event_streams es SET version = es.version + $3::bigint, updated_at = now() \
-       WHERE es.stream_id = $1 AND (($2::bigint = -3 AND es.version > 0) OR es.version = $2::bigint) \
-       RETURNING es.version ",
-    append_to_stream_tail!()
-);
+/// One event on a stream that may be new.
+pub(crate) const APPEND_ONE_TO_NEW_STREAM: &str = concat!(new_stream_head!(), insert_one_tail!());
+/// One event on a stream that must exist.
+pub(crate) const APPEND_ONE_TO_EXISTING_STREAM: &str =
+    concat!(existing_stream_head!(), insert_one_tail!());
+/// Several events on a stream that may be new.
+pub(crate) const APPEND_TO_NEW_STREAM: &str = concat!(new_stream_head!(), insert_many_tail!());
+/// Several events on a stream that must exist.
+pub(crate) const APPEND_TO_EXISTING_STREAM: &str =
+    concat!(existing_stream_head!(), insert_many_tail!());
 
 /// After a fast-path conflict: `$1` stream id, `$2` the append's event ids.
 /// The stream's version, and whether any id is already stored (a re-send).
@@ -190,6 +218,8 @@ pub(crate) const TRY_LOCK_PROJECTION: &str = "SELECT pg_try_advisory_lock(hashte
 pub(crate) struct Statements {
     // Arc<str>: handing a statement to sqlx is a reference-count bump.
     pub(crate) append_events: Arc<str>,
+    pub(crate) append_one_to_new_stream: Arc<str>,
+    pub(crate) append_one_to_existing_stream: Arc<str>,
     pub(crate) append_to_new_stream: Arc<str>,
     pub(crate) append_to_existing_stream: Arc<str>,
     pub(crate) select_conflict_state: Arc<str>,
@@ -218,6 +248,8 @@ impl Statements {
         let fill = |template: &str| Arc::from(template.replace("{schema}", schema));
         Self {
             append_events: fill(APPEND_EVENTS),
+            append_one_to_new_stream: fill(APPEND_ONE_TO_NEW_STREAM),
+            append_one_to_existing_stream: fill(APPEND_ONE_TO_EXISTING_STREAM),
             append_to_new_stream: fill(APPEND_TO_NEW_STREAM),
             append_to_existing_stream: fill(APPEND_TO_EXISTING_STREAM),
             select_conflict_state: fill(SELECT_CONFLICT_STATE),

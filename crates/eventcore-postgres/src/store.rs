@@ -312,21 +312,48 @@ impl PostgresEventStore {
     ) -> Result<Attempt, sqlx::Error> {
         let stream = &request.streams()[0];
         let n = p.event_ids.len() as i64;
-        let statement = match stream.expected {
-            ExpectedVersion::Exact(v) if v > StreamVersion::NONE => {
-                &self.inner.sql.append_to_existing_stream
-            }
-            ExpectedVersion::StreamExists => &self.inner.sql.append_to_existing_stream,
-            _ => &self.inner.sql.append_to_new_stream,
+        let existing = match stream.expected {
+            ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
+            ExpectedVersion::StreamExists => true,
+            ExpectedVersion::Any | ExpectedVersion::NoStream => false,
         };
-        let query = sqlx::query(sql(statement))
-            .bind(p.streams[0])
-            .bind(p.expected[0])
-            .bind(n);
-        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
-        let version: Option<i64> = row.try_get(0)?;
-        let first: Option<i64> = row.try_get(1)?;
-        match (version, first) {
+        let s = &self.inner.sql;
+        // (new version, first position); both None on a failed expectation.
+        let written: (Option<i64>, Option<i64>) = if n == 1 {
+            let statement = if existing {
+                &s.append_one_to_existing_stream
+            } else {
+                &s.append_one_to_new_stream
+            };
+            let row = sqlx::query(sql(statement))
+                .bind(p.streams[0])
+                .bind(p.expected[0])
+                .bind(n)
+                .bind(p.event_ids[0])
+                .bind(p.event_types[0])
+                .bind(p.schema_versions[0])
+                .bind(&p.data[0])
+                .bind(&p.metadata[0])
+                .fetch_optional(&mut *conn)
+                .await?;
+            match row {
+                Some(row) => (Some(row.try_get(1)?), Some(row.try_get(0)?)),
+                None => (None, None),
+            }
+        } else {
+            let statement = if existing {
+                &s.append_to_existing_stream
+            } else {
+                &s.append_to_new_stream
+            };
+            let query = sqlx::query(sql(statement))
+                .bind(p.streams[0])
+                .bind(p.expected[0])
+                .bind(n);
+            let row = p.bind_events(query).fetch_one(&mut *conn).await?;
+            (row.try_get(0)?, row.try_get(1)?)
+        };
+        match written {
             (Some(version), Some(first)) => Ok(Attempt::Written(AppendOutcome {
                 stream_versions: BTreeMap::from([(
                     stream.stream_id.clone(),
