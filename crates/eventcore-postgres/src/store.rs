@@ -332,8 +332,8 @@ impl PostgresEventStore {
                 .bind(p.event_ids[0])
                 .bind(p.event_types[0])
                 .bind(p.schema_versions[0])
-                .bind(&p.data[0])
-                .bind(&p.metadata[0])
+                .bind(p.data[0])
+                .bind(p.metadata[0])
                 .fetch_optional(&mut *conn)
                 .await?;
             match row {
