@@ -27,12 +27,12 @@ use crate::{
 
 /// The production event store: every guarantee of [`EventStore`] on PostgreSQL.
 ///
-/// * One append is one statement: one round trip, one transaction. A
-///   single-stream append checks and bumps its stream row and inserts all
-///   its events in one SQL statement; a multi-stream append calls the
-///   `append_events` function, which locks every stream row (check-only
-///   ones too) in stream-id order before reading versions. Stream rows are
-///   the locks: no global lock, no SERIALIZABLE, no deadlocks.
+/// * A single-stream append is one statement: one round trip, one
+///   transaction that checks and bumps its stream row and inserts all its
+///   events. A multi-stream append runs that statement per stream (and
+///   locks each check-only stream's row) in stream-id order inside one
+///   transaction. Stream rows are the locks: no global lock, no
+///   SERIALIZABLE, no deadlocks.
 /// * The global position encodes the writing transaction's id, and `$all`
 ///   readers stop below the oldest transaction still running, so they never
 ///   skip an event that commits late (see `docs/adr/0001-global-order.md`).
@@ -72,7 +72,6 @@ enum Attempt {
 struct AppendParams<'a> {
     streams: Vec<&'a str>,
     expected: Vec<i64>,
-    event_streams: Vec<&'a str>,
     event_ids: Vec<Uuid>,
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
@@ -81,26 +80,11 @@ struct AppendParams<'a> {
 }
 
 impl<'a> AppendParams<'a> {
-    /// Binds the per-event columns, the last five parameters of both
-    /// append statements.
-    fn bind_events<'q>(
-        &'q self,
-        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(&self.event_ids)
-            .bind(&self.event_types)
-            .bind(&self.schema_versions)
-            .bind(&self.data)
-            .bind(&self.metadata)
-    }
-
     fn new(request: &'a AppendRequest) -> Self {
         let n = request.event_count();
         let mut p = AppendParams {
             streams: Vec::with_capacity(request.streams().len()),
             expected: Vec::with_capacity(request.streams().len()),
-            event_streams: Vec::with_capacity(n),
             event_ids: Vec::with_capacity(n),
             event_types: Vec::with_capacity(n),
             schema_versions: Vec::with_capacity(n),
@@ -116,7 +100,6 @@ impl<'a> AppendParams<'a> {
                 ExpectedVersion::Exact(v) => v.get() as i64,
             });
             for e in &s.events {
-                p.event_streams.push(s.stream_id.as_str());
                 p.event_ids.push(e.event_id.as_uuid());
                 p.event_types.push(&e.event_type);
                 p.schema_versions.push(e.schema_version as i32);
@@ -251,7 +234,7 @@ impl PostgresEventStore {
         let attempt = if request.streams().len() == 1 && !p.event_ids.is_empty() {
             self.append_to_stream(&mut conn, request, p).await
         } else {
-            self.append_events(&mut conn, request, p).await
+            self.append_to_streams(&mut conn, request, p).await
         };
         conn.finished(&attempt);
         match attempt {
@@ -303,7 +286,8 @@ impl PostgresEventStore {
         }
     }
 
-    /// The one-statement path for the common case: events for one stream.
+    /// The common case, events for one stream: one statement, which is its
+    /// own transaction.
     async fn append_to_stream(
         &self,
         conn: &mut PgConnection,
@@ -312,49 +296,8 @@ impl PostgresEventStore {
     ) -> Result<Attempt, sqlx::Error> {
         let stream = &request.streams()[0];
         let n = p.event_ids.len() as i64;
-        let existing = match stream.expected {
-            ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
-            ExpectedVersion::StreamExists => true,
-            ExpectedVersion::Any | ExpectedVersion::NoStream => false,
-        };
-        let s = &self.inner.sql;
-        // (new version, first position); both None on a failed expectation.
-        let written: (Option<i64>, Option<i64>) = if n == 1 {
-            let statement = if existing {
-                &s.append_one_to_existing_stream
-            } else {
-                &s.append_one_to_new_stream
-            };
-            let row = sqlx::query(sql(statement))
-                .bind(p.streams[0])
-                .bind(p.expected[0])
-                .bind(n)
-                .bind(p.event_ids[0])
-                .bind(p.event_types[0])
-                .bind(p.schema_versions[0])
-                .bind(p.data[0])
-                .bind(p.metadata[0])
-                .fetch_optional(&mut *conn)
-                .await?;
-            match row {
-                Some(row) => (Some(row.try_get(1)?), Some(row.try_get(0)?)),
-                None => (None, None),
-            }
-        } else {
-            let statement = if existing {
-                &s.append_to_existing_stream
-            } else {
-                &s.append_to_new_stream
-            };
-            let query = sqlx::query(sql(statement))
-                .bind(p.streams[0])
-                .bind(p.expected[0])
-                .bind(n);
-            let row = p.bind_events(query).fetch_one(&mut *conn).await?;
-            (row.try_get(0)?, row.try_get(1)?)
-        };
-        match written {
-            (Some(version), Some(first)) => Ok(Attempt::Written(AppendOutcome {
+        match self.write_stream(conn, request, p, 0, 0).await? {
+            Some((version, first)) => Ok(Attempt::Written(AppendOutcome {
                 stream_versions: BTreeMap::from([(
                     stream.stream_id.clone(),
                     StreamVersion::new(version as u64),
@@ -365,67 +308,160 @@ impl PostgresEventStore {
                 )),
                 replayed: false,
             })),
-            _ => {
-                let row = sqlx::query(sql(&self.inner.sql.select_conflict_state))
-                    .bind(p.streams[0])
-                    .bind(&p.event_ids)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                let actual: i64 = row.try_get(0)?;
-                Ok(Attempt::Conflict {
-                    index: 0,
-                    actual: actual as u64,
-                    id_seen: row.try_get(1)?,
-                })
-            }
+            None => self.conflict_at(conn, p, 0).await,
         }
     }
 
-    /// The general path: several streams and check-only streams, through the
-    /// `append_events` function.
-    async fn append_events(
+    /// Several streams, or check-only ones: one transaction that takes each
+    /// stream's row lock in stream-id order (one global order, so no
+    /// deadlocks) with the same per-stream statement as the one-stream path;
+    /// the first failed expectation rolls everything back.
+    async fn append_to_streams(
         &self,
         conn: &mut PgConnection,
         request: &AppendRequest,
         p: &AppendParams<'_>,
     ) -> Result<Attempt, sqlx::Error> {
-        let query = sqlx::query(sql(&self.inner.sql.append_events))
-            .bind(&p.streams)
-            .bind(&p.expected)
-            .bind(&p.event_streams);
-        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
-        let conflict_index: i32 = row.try_get(0)?;
-        if conflict_index > 0 {
-            let actual: i64 = row.try_get(1)?;
-            let id_seen: Option<bool> = row.try_get(4)?;
-            return Ok(Attempt::Conflict {
-                index: conflict_index as usize - 1,
-                actual: actual as u64,
-                id_seen: id_seen == Some(true),
-            });
+        let streams = request.streams();
+        // Positions follow the request's order whatever the lock order.
+        let mut offsets = Vec::with_capacity(streams.len());
+        let mut events_before = 0;
+        for s in streams {
+            offsets.push(events_before);
+            events_before += s.events.len();
         }
-        let base: Option<i64> = row.try_get(2)?;
-        let versions: Vec<i64> = row.try_get(3)?;
+        let mut order: Vec<usize> = (0..streams.len()).collect();
+        order.sort_unstable_by_key(|&i| streams[i].stream_id.as_str());
+
         let mut outcome = AppendOutcome {
             stream_versions: BTreeMap::new(),
             positions: None,
             replayed: false,
         };
-        for (s, v) in request.streams().iter().zip(versions) {
-            if !s.events.is_empty() {
-                outcome
-                    .stream_versions
-                    .insert(s.stream_id.clone(), StreamVersion::new(v as u64));
+        let mut tx = conn.begin().await?;
+        for i in order {
+            let s = &streams[i];
+            let written = if s.events.is_empty() {
+                let version: i64 = sqlx::query_scalar(sql(&self.inner.sql.lock_stream))
+                    .bind(p.streams[i])
+                    .fetch_one(&mut *tx)
+                    .await?;
+                s.expected
+                    .is_met_by(StreamVersion::new(version as u64))
+                    .then_some(None)
+            } else {
+                self.write_stream(&mut tx, request, p, i, offsets[i])
+                    .await?
+                    .map(Some)
+            };
+            match written {
+                None => {
+                    tx.rollback().await?;
+                    return self.conflict_at(conn, p, i).await;
+                }
+                Some(None) => {}
+                Some(Some((version, first))) => {
+                    outcome
+                        .stream_versions
+                        .insert(s.stream_id.clone(), StreamVersion::new(version as u64));
+                    let base = first as u64 - offsets[i] as u64 - 1;
+                    outcome.positions = Some((
+                        GlobalPosition::new(base + 1),
+                        GlobalPosition::new(base + events_before as u64),
+                    ));
+                }
             }
         }
-        if let Some(base) = base {
-            let n = p.event_ids.len() as u64;
-            outcome.positions = Some((
-                GlobalPosition::new(base as u64 + 1),
-                GlobalPosition::new(base as u64 + n),
-            ));
-        }
+        tx.commit().await?;
         Ok(Attempt::Written(outcome))
+    }
+
+    /// Writes the events of stream `index` (the first `offset` events of the
+    /// append precede them) with its one statement. Returns the stream's new
+    /// version and the first event's position, or `None` if its expectation
+    /// failed and nothing was written.
+    async fn write_stream(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+        index: usize,
+        offset: usize,
+    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
+        let stream = &request.streams()[index];
+        let n = stream.events.len();
+        let existing = match stream.expected {
+            ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
+            ExpectedVersion::StreamExists => true,
+            ExpectedVersion::Any | ExpectedVersion::NoStream => false,
+        };
+        let s = &self.inner.sql;
+        if n == 1 {
+            let statement = if existing {
+                &s.append_one_to_existing_stream
+            } else {
+                &s.append_one_to_new_stream
+            };
+            let row = sqlx::query(sql(statement))
+                .bind(p.streams[index])
+                .bind(p.expected[index])
+                .bind(1_i64)
+                .bind(p.event_ids[offset])
+                .bind(p.event_types[offset])
+                .bind(p.schema_versions[offset])
+                .bind(p.data[offset])
+                .bind(p.metadata[offset])
+                .bind(offset as i64)
+                .fetch_optional(&mut *conn)
+                .await?;
+            return match row {
+                Some(row) => Ok(Some((row.try_get(1)?, row.try_get(0)?))),
+                None => Ok(None),
+            };
+        }
+        let statement = if existing {
+            &s.append_to_existing_stream
+        } else {
+            &s.append_to_new_stream
+        };
+        let events = offset..offset + n;
+        let row = sqlx::query(sql(statement))
+            .bind(p.streams[index])
+            .bind(p.expected[index])
+            .bind(n as i64)
+            .bind(&p.event_ids[events.clone()])
+            .bind(&p.event_types[events.clone()])
+            .bind(&p.schema_versions[events.clone()])
+            .bind(&p.data[events.clone()])
+            .bind(&p.metadata[events])
+            .bind(offset as i64)
+            .fetch_one(&mut *conn)
+            .await?;
+        let version: Option<i64> = row.try_get(0)?;
+        let first: Option<i64> = row.try_get(1)?;
+        Ok(version.zip(first))
+    }
+
+    /// After stream `index` failed its expectation (nothing written, no
+    /// transaction open): its actual version, and whether any of the
+    /// append's ids is already stored (a re-send).
+    async fn conflict_at(
+        &self,
+        conn: &mut PgConnection,
+        p: &AppendParams<'_>,
+        index: usize,
+    ) -> Result<Attempt, sqlx::Error> {
+        let row = sqlx::query(sql(&self.inner.sql.select_conflict_state))
+            .bind(p.streams[index])
+            .bind(&p.event_ids)
+            .fetch_one(&mut *conn)
+            .await?;
+        let actual: i64 = row.try_get(0)?;
+        Ok(Attempt::Conflict {
+            index,
+            actual: actual as u64,
+            id_seen: row.try_get(1)?,
+        })
     }
 
     /// The original outcome if every event of `request` is already stored on

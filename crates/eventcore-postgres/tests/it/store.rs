@@ -177,16 +177,18 @@ async fn late_commits_are_never_skipped() {
     let before = store.append(one(&early, "Before")).await.unwrap();
     let start = before.positions.unwrap().1;
 
-    // Open a transaction that appends through the store's own function but
+    // Open a transaction that appends the way the store's statements do but
     // does not commit yet: it holds the smaller transaction id.
     let mut slow = sqlx::PgConnection::connect(database_url()).await.unwrap();
     let mut tx = slow.begin().await.unwrap();
     let event = NewEvent::raw("Slow", serde_json::json!({}));
     sqlx::query(AssertSqlSafe(format!(
-        "SELECT * FROM {schema}.append_events(ARRAY['late'], ARRAY[-1]::bigint[], ARRAY['late'], $1, ARRAY['Slow'], ARRAY[1], ARRAY['{{}}'::jsonb], $2)"
+        "WITH v AS (INSERT INTO {schema}.event_streams (stream_id, version) VALUES ('late', 1) RETURNING version) \
+         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
+         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $1, 'late', v.version, 'Slow', 1, '{{}}', $2 FROM v"
     )))
-    .bind(vec![event.event_id.as_uuid()])
-    .bind(vec![serde_json::to_value(&event.metadata).unwrap()])
+    .bind(event.event_id.as_uuid())
+    .bind(serde_json::to_value(&event.metadata).unwrap())
     .execute(&mut *tx)
     .await
     .unwrap();
