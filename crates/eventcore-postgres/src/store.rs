@@ -530,41 +530,61 @@ impl PostgresEventStore {
         let rows = query.fetch_all(&mut *conn).await;
         conn.finished(&rows);
         let rows = rows.map_err(|e| self.map_err(operation, e))?;
+        let mut last_stream = None;
         rows.iter()
-            .map(|row| decode_row(row, |e| self.map_err(operation, e)))
+            .map(|row| decode_row(row, &mut last_stream, |e| self.map_err(operation, e)))
             .collect()
     }
 }
 
 /// Turns a row of `event_columns!()` into a [`StoredEvent`]; a row whose
 /// stored values break the model (bad id, metadata of the wrong shape) is
-/// [`Error::CorruptRow`] naming it.
-fn decode_row(row: &PgRow, map: impl Fn(sqlx::Error) -> Error) -> Result<StoredEvent, Error> {
+/// [`Error::CorruptRow`] naming it. `last_stream` carries the previous
+/// row's stream id: rows of one stream share it instead of each allocating
+/// and validating its own.
+fn decode_row(
+    row: &PgRow,
+    last_stream: &mut Option<StreamId>,
+    map: impl Fn(sqlx::Error) -> Error,
+) -> Result<StoredEvent, Error> {
     let position: i64 = row.try_get(0).map_err(&map)?;
     let event_id: Uuid = row.try_get(1).map_err(&map)?;
-    let stream_id: String = row.try_get(2).map_err(&map)?;
+    let stream_id: &str = row.try_get(2).map_err(&map)?;
     let stream_version: i64 = row.try_get(3).map_err(&map)?;
     let event_type: String = row.try_get(4).map_err(&map)?;
     let schema_version: i32 = row.try_get(5).map_err(&map)?;
-    // Both stay JSON text until someone asks for a type: no tree is built.
+    // The payload stays JSON text until someone asks for a type: no tree
+    // is built. Metadata is parsed once, straight from the column.
     let Json(data): Json<Box<RawValue>> = row.try_get(6).map_err(&map)?;
-    let Json(metadata): Json<Box<RawValue>> = row.try_get(7).map_err(&map)?;
+    let metadata: Result<Json<EventMetadata>, _> = row.try_get(7);
     let recorded_at = row.try_get(8).map_err(&map)?;
-    let what = || format!("stream '{stream_id}' version {stream_version} at position {position}");
     let corrupt = |reason: String| Error::CorruptRow {
-        what: what(),
+        what: format!("stream '{stream_id}' version {stream_version} at position {position}"),
         reason,
+    };
+    let stream = match last_stream {
+        Some(s) if s.as_str() == stream_id => s.clone(),
+        _ => {
+            let s = StreamId::new(stream_id).map_err(|e| corrupt(e.to_string()))?;
+            *last_stream = Some(s.clone());
+            s
+        }
     };
     Ok(StoredEvent {
         event_id: EventId::from_uuid(event_id).map_err(|e| corrupt(e.to_string()))?,
-        stream_id: StreamId::new(&stream_id).map_err(|e| corrupt(e.to_string()))?,
+        stream_id: stream,
         stream_version: StreamVersion::new(stream_version as u64),
         position: GlobalPosition::new(position as u64),
         event_type,
         schema_version: schema_version as u32,
         data: EventData::from(data),
-        metadata: serde_json::from_str(metadata.get())
-            .map_err(|e| corrupt(format!("metadata does not decode: {e}")))?,
+        metadata: match metadata {
+            Ok(Json(m)) => m,
+            Err(sqlx::Error::ColumnDecode { source, .. }) => {
+                return Err(corrupt(format!("metadata does not decode: {source}")));
+            }
+            Err(e) => return Err(map(e)),
+        },
         recorded_at,
     })
 }

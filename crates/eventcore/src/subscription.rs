@@ -181,12 +181,14 @@ struct State<S> {
     failures: u32,
     /// The last read returned a short page.
     caught_up: bool,
-    /// Empty reads in a row since a wake-up: the new commit is not readable
-    /// yet because an older transaction is still open, so look again soon.
+    /// Empty reads in a row since a wake-up or since finding committed
+    /// events not readable yet (an older transaction is still open): look
+    /// again soon.
     lagging: u32,
 }
 
-/// Short re-reads after a wake-up before falling back to waiting.
+/// Short re-reads after a wake-up (250 us doubling up to 64 ms) before
+/// falling back to waiting.
 const MAX_LAGGING_READS: u32 = 8;
 
 impl<S: EventStore> State<S> {
@@ -213,10 +215,19 @@ impl<S: EventStore> State<S> {
             {
                 Ok(page) if page.is_empty() => {
                     self.failures = 0;
-                    if (1..=MAX_LAGGING_READS).contains(&self.lagging) {
-                        let delay = Duration::from_micros(250 << self.lagging);
+                    // Committed events may sit behind an older transaction
+                    // that is still open. Nobody signals when it ends, so
+                    // look again soon rather than waiting for the next
+                    // commit (which, on a quiet store, may never come):
+                    // first a few short re-reads after a wake-up, then, for
+                    // as long as the head is ahead of us, every 64 ms.
+                    let retry = (1..MAX_LAGGING_READS).contains(&self.lagging)
+                        || matches!(self.store.head_position().await, Ok(h) if h > self.cursor);
+                    if retry {
+                        let step = self.lagging.clamp(1, MAX_LAGGING_READS);
+                        let delay = Duration::from_micros(250 << step);
                         tokio::time::sleep(delay.min(self.options.poll_interval)).await;
-                        self.lagging += 1;
+                        self.lagging = (step + 1).min(MAX_LAGGING_READS);
                     } else {
                         self.lagging = u32::from(self.wait().await);
                     }

@@ -13,6 +13,7 @@ use eventcore::{
 };
 use eventcore_postgres::{PostgresCheckpointStore, PostgresEventStore};
 use futures::StreamExt;
+use sqlx::Connection;
 
 use crate::support::{config, database_url, store_with};
 
@@ -313,4 +314,57 @@ async fn wakeups_cross_processes_by_notify_or_polling() {
             started.elapsed()
         );
     }
+}
+
+/// An event that commits while an older transaction is open is not
+/// readable until that transaction ends, and nobody signals when it does.
+/// A subscriber that found it hidden must look again on its own instead of
+/// waiting for the next commit or its (here 20 s) poll interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_hidden_behind_an_open_transaction_are_delivered_when_it_ends() {
+    let writer = store_with(config().notify_interval(None).build().unwrap()).await;
+    let schema = writer.config().schema.clone();
+    let reader = store_with(
+        config()
+            .schema(&schema)
+            .notify_interval(None)
+            .build()
+            .unwrap(),
+    )
+    .await;
+
+    // An open transaction with an id: it holds every reader's horizon.
+    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let account = StreamId::new("acct-hidden").unwrap();
+    seed(&writer, &account, [AccountEvent::Deposited { amount: 1 }])
+        .await
+        .unwrap();
+    let mut live = Box::pin(subscribe(
+        reader.clone(),
+        SubscriptionOptions::default().poll_interval(Duration::from_secs(20)),
+    ));
+    let next = tokio::spawn(async move { live.next().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!next.is_finished(), "hidden behind the open transaction");
+
+    let released = std::time::Instant::now();
+    tx.commit().await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("delivered long before the 20 s poll interval")
+        .unwrap()
+        .expect("the subscription goes on")
+        .unwrap();
+    assert_eq!(event.stream_id, account);
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "took {:?} after the horizon moved",
+        released.elapsed()
+    );
 }
