@@ -547,17 +547,19 @@ fn decode_row(
     last_stream: &mut Option<StreamId>,
     map: impl Fn(sqlx::Error) -> Error,
 ) -> Result<StoredEvent, Error> {
-    let position: i64 = row.try_get(0).map_err(&map)?;
-    let event_id: Uuid = row.try_get(1).map_err(&map)?;
-    let stream_id: &str = row.try_get(2).map_err(&map)?;
-    let stream_version: i64 = row.try_get(3).map_err(&map)?;
-    let event_type: String = row.try_get(4).map_err(&map)?;
-    let schema_version: i32 = row.try_get(5).map_err(&map)?;
+    // Unchecked: the columns are ours (`event_columns!()`), so sqlx's
+    // per-column type check is skipped; values are still decoded and checked.
+    let position: i64 = row.try_get_unchecked(0).map_err(&map)?;
+    let event_id: Uuid = row.try_get_unchecked(1).map_err(&map)?;
+    let stream_id: &str = row.try_get_unchecked(2).map_err(&map)?;
+    let stream_version: i64 = row.try_get_unchecked(3).map_err(&map)?;
+    let event_type: String = row.try_get_unchecked(4).map_err(&map)?;
+    let schema_version: i32 = row.try_get_unchecked(5).map_err(&map)?;
     // The payload stays JSON text until someone asks for a type: no tree
     // is built. Metadata is parsed once, straight from the column.
-    let Json(data): Json<Box<RawValue>> = row.try_get(6).map_err(&map)?;
-    let metadata: Result<Json<EventMetadata>, _> = row.try_get(7);
-    let recorded_at = row.try_get(8).map_err(&map)?;
+    let Json(data): Json<Box<RawValue>> = row.try_get_unchecked(6).map_err(&map)?;
+    let metadata: Result<Json<EventMetadata>, _> = row.try_get_unchecked(7);
+    let recorded_at = row.try_get_unchecked(8).map_err(&map)?;
     let corrupt = |reason: String| Error::CorruptRow {
         what: format!("stream '{stream_id}' version {stream_version} at position {position}"),
         reason,

@@ -131,10 +131,58 @@ pub struct EventMetadata {
     pub causation_id: Option<Uuid>,
     /// When the event was created by the writer (the store also records its
     /// own commit-side timestamp in [`StoredEvent::recorded_at`]).
+    #[serde(deserialize_with = "timestamp::deserialize")]
     pub occurred_at: DateTime<Utc>,
     /// Free-form user metadata (user id, tenant, request path, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub custom: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reading metadata back: every stored event carries a timestamp, and
+/// chrono's general RFC 3339 parser was a fifth of the client's time in
+/// `$all` reads. The form chrono writes for UTC (`2026-11-28T19:29:26.123Z`,
+/// 0 to 9 fraction digits) is parsed directly; anything else (offsets,
+/// other spellings) goes to chrono.
+mod timestamp {
+    use chrono::{DateTime, NaiveDate, Utc};
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if let Some(t) = parse_utc(&text) {
+            return Ok(t);
+        }
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(D::Error::custom)
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z`, or `None`.
+    pub(super) fn parse_utc(text: &str) -> Option<DateTime<Utc>> {
+        let b = text.as_bytes();
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+            return None;
+        }
+        if b[16] != b':' || *b.last()? != b'Z' {
+            return None;
+        }
+        let num = |r: std::ops::Range<usize>| -> Option<u32> {
+            b[r].iter().try_fold(0_u32, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let fraction = &b[19..b.len() - 1];
+        let nanos = match fraction {
+            [] => 0,
+            [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+                num(20..20 + digits.len())? * 10_u32.pow(9 - digits.len() as u32)
+            }
+            _ => return None,
+        };
+        let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+        let time = date.and_hms_nano_opt(num(11..13)?, num(14..16)?, num(17..19)?, nanos)?;
+        Some(time.and_utc())
+    }
 }
 
 impl Default for EventMetadata {
@@ -297,4 +345,60 @@ pub struct RecordedEvent<E> {
     pub metadata: EventMetadata,
     /// When the store recorded it.
     pub recorded_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, TimeZone, Utc};
+
+    use super::{EventMetadata, timestamp::parse_utc};
+
+    fn round_trip(t: DateTime<Utc>) -> DateTime<Utc> {
+        let mut m = EventMetadata::new();
+        m.occurred_at = t;
+        let json = serde_json::to_string(&m).unwrap();
+        serde_json::from_str::<EventMetadata>(&json)
+            .unwrap()
+            .occurred_at
+    }
+
+    #[test]
+    fn timestamps_read_back_exactly() {
+        let base = Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 59).unwrap();
+        for nanos in [0, 1, 10, 123_000_000, 123_456_000, 999_999_999] {
+            let t = base + Duration::nanoseconds(nanos);
+            assert_eq!(round_trip(t), t, "{t:?}");
+            assert_eq!(parse_utc(&format!("{t:?}")), Some(t), "fast path for {t:?}");
+        }
+        let now = Utc::now();
+        assert_eq!(round_trip(now), now);
+    }
+
+    #[test]
+    fn other_spellings_fall_back_to_chrono_and_nonsense_is_an_error() {
+        let json = |ts: &str| {
+            format!(
+                r#"{{"correlation_id":"0190e1a4-7b5c-7d3e-8f00-000000000001","occurred_at":"{ts}"}}"#
+            )
+        };
+        let with_offset: EventMetadata =
+            serde_json::from_str(&json("2024-03-01T02:00:00+02:00")).unwrap();
+        assert_eq!(
+            with_offset.occurred_at,
+            Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(parse_utc("2024-03-01T02:00:00+02:00"), None);
+        for bad in [
+            "2024-02-30T00:00:00Z",
+            "2024-03-01T24:00:00Z",
+            "2024-03-01T00:00:00.Z",
+            "yesterday",
+        ] {
+            assert!(parse_utc(bad).is_none(), "{bad}");
+            assert!(
+                serde_json::from_str::<EventMetadata>(&json(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }
