@@ -6,7 +6,7 @@
 //! faster than appends), with everything made the way `append_events` makes
 //! it: one transaction per batch, `global_position = xid8 << 20 + index`,
 //! UUIDv7-shaped event ids, metadata that decodes as `EventMetadata`. It is
-//! kept between runs (schema `bench_read_<size>_v<schema version>`).
+//! kept between runs (schema `bench_read_<size>_v<schema version>_m2`).
 
 use std::sync::Arc;
 
@@ -165,7 +165,9 @@ BEGIN
         SELECT base + (s - lo) * {READ_STREAM_LEN} + v,
                overlay(gen_random_uuid()::text PLACING '7' FROM 15 FOR 1)::uuid,
                'stream-' || s, v, 'OrderPlaced', 1, '{payload}'::jsonb,
-               jsonb_build_object('correlation_id', gen_random_uuid(), 'occurred_at', now())
+               jsonb_build_object('correlation_id', gen_random_uuid(),
+                                  'occurred_at', replace(to_char(clock_timestamp() AT TIME ZONE 'UTC',
+                                                                 'YYYY-MM-DD HH24:MI:SS.US'), ' ', 'T') || 'Z')
         FROM generate_series(lo, hi) s, generate_series(1, {READ_STREAM_LEN}) v
         ORDER BY s, v;
         INSERT INTO {schema}.event_streams (stream_id, version)
@@ -204,7 +206,8 @@ pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     };
     let readers_list: &[usize] = if ctx.quick { &[16] } else { &[1, 16] };
     let max_readers = readers_list.iter().copied().max().unwrap_or(1);
-    let schema = format!("bench_read_{label}_v{SCHEMA_VERSION}");
+    // `_m2`: metadata timestamps spelled as the library writes them.
+    let schema = format!("bench_read_{label}_v{SCHEMA_VERSION}_m2");
     let ceiling_schema = format!("ceiling_read_{label}");
     let streams = stream_ids("stream", events / READ_STREAM_LEN)?;
 
