@@ -23,6 +23,12 @@ pub(crate) mod sqlstate {
 /// `TRUNCATE` on the events table (see `migrations/0001_event_store.sql`).
 pub const APPEND_ONLY_SQLSTATE: &str = "EC001";
 
+/// SQLSTATE raised by `append_to_streams` when a stream's expected version
+/// does not hold (see `migrations/0003_lean_write_path.sql`). The store
+/// turns it into a [`eventcore::VersionConflict`] after reading the actual
+/// versions; should it escape, it is a transient abort.
+pub(crate) const CONFLICT_SQLSTATE: &str = "EC002";
+
 /// Constraint names from the migrations that map to domain errors.
 pub(crate) mod constraint {
     pub(crate) const EVENTS_EVENT_ID_KEY: &str = "events_event_id_key";
@@ -133,7 +139,9 @@ pub(crate) fn map_sqlx(
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
             match code.as_str() {
-                sqlstate::SERIALIZATION_FAILURE | sqlstate::DEADLOCK_DETECTED => E::Aborted {
+                sqlstate::SERIALIZATION_FAILURE
+                | sqlstate::DEADLOCK_DETECTED
+                | CONFLICT_SQLSTATE => E::Aborted {
                     operation,
                     source: Box::new(e),
                 },

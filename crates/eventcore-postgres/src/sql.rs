@@ -48,29 +48,27 @@ macro_rules! existing_stream_head {
 
 /// One event: plain scalar parameters and the insert as the main statement,
 /// so the plan is a bare insert over the CTE (no unnest, no aggregate).
-/// `$4..$8` id, type, schema version, data, metadata, `$9` the number of
-/// events before it in the append. Returns the event's position and
-/// version, or no row on a failed expectation.
+/// `$4..$8` id, type, schema version, data, metadata. Returns the event's
+/// position and version, or no row on a failed expectation.
 macro_rules! insert_one_tail {
     () => {
         "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
                                      event_type, schema_version, event_data, metadata) \
-         SELECT (pg_current_xact_id()::text::bigint << 20) + $9::bigint + 1, $4, $1, v.version, \
-                $5, $6, $7, $8 \
+         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $4, $1, v.version, $5, $6, $7, $8 \
          FROM v \
          RETURNING global_position, stream_version"
     };
 }
 
 /// Several events: `$4..$8` per-event arrays, numbered from the version CTE
-/// `v`; `$9` the number of events before them in the append. Returns the
-/// new version and the first position, both NULL on a failed expectation.
+/// `v`. Returns the new version and the first position, both NULL on a
+/// failed expectation.
 macro_rules! insert_many_tail {
     () => {
         ", appended AS ( \
            INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
                                         event_type, schema_version, event_data, metadata) \
-           SELECT (pg_current_xact_id()::text::bigint << 20) + $9::bigint + e.n, e.id, $1, \
+           SELECT (pg_current_xact_id()::text::bigint << 20) + e.n, e.id, $1, \
                   v.version - $3::bigint + e.n, e.t, e.sv, e.d, e.m \
            FROM v, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
                 WITH ORDINALITY AS e(id, t, sv, d, m, n) \
@@ -81,9 +79,9 @@ macro_rules! insert_many_tail {
     };
 }
 
-// One stream's part of an append: check, bump and insert in one statement.
-// A single-stream append is just this statement; a multi-stream append runs
-// it per stream, in stream-id order, inside one transaction.
+// The single-stream path: check, bump and insert in one statement (the
+// `append_to_streams` function runs the same per stream for multi-stream
+// appends).
 // `$1` stream id, `$2` expectation (-1 any, -2 no stream, -3 stream exists,
 // n exact), `$3` number of events; the events as described at the tails.
 
@@ -98,15 +96,19 @@ pub(crate) const APPEND_TO_NEW_STREAM: &str = concat!(new_stream_head!(), insert
 pub(crate) const APPEND_TO_EXISTING_STREAM: &str =
     concat!(existing_stream_head!(), insert_many_tail!());
 
-/// A stream a multi-stream append checks but does not write: `$1` stream id.
-/// Locks its row until commit and returns its version. A stream that does
-/// not exist gets a version-0 placeholder row, so there is always a row to
-/// lock: a concurrent creator waits instead of slipping past the check.
-/// (`DO UPDATE` rather than `DO NOTHING`: only it locks an existing row and
-/// returns it.)
-pub(crate) const LOCK_STREAM: &str = "INSERT INTO {schema}.event_streams AS es (stream_id, version) VALUES ($1, 0) \
-     ON CONFLICT (stream_id) DO UPDATE SET version = es.version \
-     RETURNING es.version";
+/// Several streams, or check-only ones: `$1..$9` as described at
+/// `append_to_streams` in migrations/0003_lean_write_path.sql.
+pub(crate) const APPEND_TO_STREAMS: &str = "SELECT base_position, versions \
+     FROM {schema}.append_to_streams($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// After `append_to_streams` raised a failed expectation: `$1` the
+/// request's streams, `$2` its event ids. Each stream's version (0 if it
+/// does not exist) in `$1`'s order, and whether any id is already stored.
+pub(crate) const SELECT_CONFLICT_STATES: &str = "SELECT \
+       (SELECT array_agg(coalesce(es.version, 0) ORDER BY s.i) \
+          FROM unnest($1::text[]) WITH ORDINALITY AS s(stream_id, i) \
+          LEFT JOIN {schema}.event_streams es ON es.stream_id = s.stream_id), \
+       EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = ANY ($2))";
 
 /// After a fast-path conflict: `$1` stream id, `$2` the append's event ids.
 /// The stream's version, and whether any id is already stored (a re-send).
@@ -231,7 +233,8 @@ pub(crate) struct Statements {
     pub(crate) append_one_to_existing_stream: Arc<str>,
     pub(crate) append_to_new_stream: Arc<str>,
     pub(crate) append_to_existing_stream: Arc<str>,
-    pub(crate) lock_stream: Arc<str>,
+    pub(crate) append_to_streams: Arc<str>,
+    pub(crate) select_conflict_states: Arc<str>,
     pub(crate) select_conflict_state: Arc<str>,
     pub(crate) read_stream_forward: Arc<str>,
     pub(crate) read_streams_forward: Arc<str>,
@@ -261,7 +264,8 @@ impl Statements {
             append_one_to_existing_stream: fill(APPEND_ONE_TO_EXISTING_STREAM),
             append_to_new_stream: fill(APPEND_TO_NEW_STREAM),
             append_to_existing_stream: fill(APPEND_TO_EXISTING_STREAM),
-            lock_stream: fill(LOCK_STREAM),
+            append_to_streams: fill(APPEND_TO_STREAMS),
+            select_conflict_states: fill(SELECT_CONFLICT_STATES),
             select_conflict_state: fill(SELECT_CONFLICT_STATE),
             read_stream_forward: fill(READ_STREAM_FORWARD),
             read_streams_forward: fill(READ_STREAMS_FORWARD),

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     PostgresConfig, PostgresError,
     conn_cache::{Conn, ConnCache},
-    error::{connection_lost, constraint, db_error_parts, map_sqlx, sqlstate},
+    error::{CONFLICT_SQLSTATE, connection_lost, constraint, db_error_parts, map_sqlx, sqlstate},
     metrics::PoolStats,
     notify::Notifier,
     sql::{Statements, sql},
@@ -27,12 +27,12 @@ use crate::{
 
 /// The production event store: every guarantee of [`EventStore`] on PostgreSQL.
 ///
-/// * A single-stream append is one statement: one round trip, one
-///   transaction that checks and bumps its stream row and inserts all its
-///   events. A multi-stream append runs that statement per stream (and
-///   locks each check-only stream's row) in stream-id order inside one
-///   transaction. Stream rows are the locks: no global lock, no
-///   SERIALIZABLE, no deadlocks.
+/// * One append is one round trip and one transaction. A single-stream
+///   append is one statement that checks and bumps its stream row and
+///   inserts its events; a multi-stream append calls the
+///   `append_to_streams` function, which runs that statement per stream
+///   (and locks each check-only stream's row) in stream-id order. Stream
+///   rows are the locks: no global lock, no SERIALIZABLE, no deadlocks.
 /// * The global position encodes the writing transaction's id, and `$all`
 ///   readers stop below the oldest transaction still running, so they never
 ///   skip an event that commits late (see `docs/adr/0001-global-order.md`).
@@ -296,7 +296,7 @@ impl PostgresEventStore {
     ) -> Result<Attempt, sqlx::Error> {
         let stream = &request.streams()[0];
         let n = p.event_ids.len() as i64;
-        match self.write_stream(conn, request, p, 0, 0).await? {
+        match self.write_stream(conn, request, p).await? {
             Some((version, first)) => Ok(Attempt::Written(AppendOutcome {
                 stream_versions: BTreeMap::from([(
                     stream.stream_id.clone(),
@@ -312,10 +312,12 @@ impl PostgresEventStore {
         }
     }
 
-    /// Several streams, or check-only ones: one transaction that takes each
-    /// stream's row lock in stream-id order (one global order, so no
-    /// deadlocks) with the same per-stream statement as the one-stream path;
-    /// the first failed expectation rolls everything back.
+    /// Several streams, or check-only ones: one call of the
+    /// `append_to_streams` function, which runs the one-stream statement for
+    /// each stream (and locks each check-only stream's row) in stream-id
+    /// order, so every writer takes row locks in one global order and none
+    /// deadlocks. A failed expectation rolls everything back (SQLSTATE
+    /// EC002); the actual versions are read afterwards.
     async fn append_to_streams(
         &self,
         conn: &mut PgConnection,
@@ -325,70 +327,105 @@ impl PostgresEventStore {
         let streams = request.streams();
         // Positions follow the request's order whatever the lock order.
         let mut offsets = Vec::with_capacity(streams.len());
-        let mut events_before = 0;
+        let mut total = 0_i32;
         for s in streams {
-            offsets.push(events_before);
-            events_before += s.events.len();
+            offsets.push(total);
+            total += s.events.len() as i32;
         }
         let mut order: Vec<usize> = (0..streams.len()).collect();
         order.sort_unstable_by_key(|&i| streams[i].stream_id.as_str());
-
+        let sorted_streams: Vec<&str> = order.iter().map(|&i| p.streams[i]).collect();
+        let sorted_expected: Vec<i64> = order.iter().map(|&i| p.expected[i]).collect();
+        let sorted_counts: Vec<i32> = order
+            .iter()
+            .map(|&i| streams[i].events.len() as i32)
+            .collect();
+        let sorted_offsets: Vec<i32> = order.iter().map(|&i| offsets[i]).collect();
+        let result = sqlx::query(sql(&self.inner.sql.append_to_streams))
+            .bind(&sorted_streams)
+            .bind(&sorted_expected)
+            .bind(&sorted_counts)
+            .bind(&sorted_offsets)
+            .bind(&p.event_ids)
+            .bind(&p.event_types)
+            .bind(&p.schema_versions)
+            .bind(&p.data)
+            .bind(&p.metadata)
+            .fetch_one(&mut *conn)
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(e) if db_error_parts(&e).is_some_and(|(code, _)| code == CONFLICT_SQLSTATE) => {
+                return self.conflict_among(conn, request, p, e).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let base: Option<i64> = row.try_get(0)?;
+        let versions: Vec<i64> = row.try_get(1)?;
         let mut outcome = AppendOutcome {
             stream_versions: BTreeMap::new(),
-            positions: None,
+            positions: base.map(|base| {
+                (
+                    GlobalPosition::new(base as u64 + 1),
+                    GlobalPosition::new(base as u64 + total as u64),
+                )
+            }),
             replayed: false,
         };
-        let mut tx = conn.begin().await?;
-        for i in order {
-            let s = &streams[i];
-            let written = if s.events.is_empty() {
-                let version: i64 = sqlx::query_scalar(sql(&self.inner.sql.lock_stream))
-                    .bind(p.streams[i])
-                    .fetch_one(&mut *tx)
-                    .await?;
-                s.expected
-                    .is_met_by(StreamVersion::new(version as u64))
-                    .then_some(None)
-            } else {
-                self.write_stream(&mut tx, request, p, i, offsets[i])
-                    .await?
-                    .map(Some)
-            };
-            match written {
-                None => {
-                    tx.rollback().await?;
-                    return self.conflict_at(conn, p, i).await;
-                }
-                Some(None) => {}
-                Some(Some((version, first))) => {
-                    outcome
-                        .stream_versions
-                        .insert(s.stream_id.clone(), StreamVersion::new(version as u64));
-                    let base = first as u64 - offsets[i] as u64 - 1;
-                    outcome.positions = Some((
-                        GlobalPosition::new(base + 1),
-                        GlobalPosition::new(base + events_before as u64),
-                    ));
-                }
+        for (&i, v) in order.iter().zip(versions) {
+            if !streams[i].events.is_empty() {
+                outcome
+                    .stream_versions
+                    .insert(streams[i].stream_id.clone(), StreamVersion::new(v as u64));
             }
         }
-        tx.commit().await?;
         Ok(Attempt::Written(outcome))
     }
 
-    /// Writes the events of stream `index` (the first `offset` events of the
-    /// append precede them) with its one statement. Returns the stream's new
-    /// version and the first event's position, or `None` if its expectation
-    /// failed and nothing was written.
+    /// After `append_to_streams` found a failed expectation (everything
+    /// rolled back): the first stream, in request order, whose expectation
+    /// the current versions break. Should none (a stream expected to exist
+    /// was created meanwhile), the original error goes up as a transient
+    /// abort and the append is retried.
+    async fn conflict_among(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+        raised: sqlx::Error,
+    ) -> Result<Attempt, sqlx::Error> {
+        let row = sqlx::query(sql(&self.inner.sql.select_conflict_states))
+            .bind(&p.streams)
+            .bind(&p.event_ids)
+            .fetch_one(&mut *conn)
+            .await?;
+        let versions: Vec<i64> = row.try_get(0)?;
+        let id_seen: bool = row.try_get(1)?;
+        let broken = request
+            .streams()
+            .iter()
+            .zip(&versions)
+            .position(|(s, &v)| !s.expected.is_met_by(StreamVersion::new(v as u64)));
+        match broken {
+            Some(index) => Ok(Attempt::Conflict {
+                index,
+                actual: versions[index] as u64,
+                id_seen,
+            }),
+            None => Err(raised),
+        }
+    }
+
+    /// Writes the events of the request's only stream with its one
+    /// statement. Returns the stream's new version and the first event's
+    /// position, or `None` if its expectation failed and nothing was written.
     async fn write_stream(
         &self,
         conn: &mut PgConnection,
         request: &AppendRequest,
         p: &AppendParams<'_>,
-        index: usize,
-        offset: usize,
     ) -> Result<Option<(i64, i64)>, sqlx::Error> {
-        let stream = &request.streams()[index];
+        let stream = &request.streams()[0];
         let n = stream.events.len();
         let existing = match stream.expected {
             ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
@@ -403,15 +440,14 @@ impl PostgresEventStore {
                 &s.append_one_to_new_stream
             };
             let row = sqlx::query(sql(statement))
-                .bind(p.streams[index])
-                .bind(p.expected[index])
+                .bind(p.streams[0])
+                .bind(p.expected[0])
                 .bind(1_i64)
-                .bind(p.event_ids[offset])
-                .bind(p.event_types[offset])
-                .bind(p.schema_versions[offset])
-                .bind(p.data[offset])
-                .bind(p.metadata[offset])
-                .bind(offset as i64)
+                .bind(p.event_ids[0])
+                .bind(p.event_types[0])
+                .bind(p.schema_versions[0])
+                .bind(p.data[0])
+                .bind(p.metadata[0])
                 .fetch_optional(&mut *conn)
                 .await?;
             return match row {
@@ -424,17 +460,15 @@ impl PostgresEventStore {
         } else {
             &s.append_to_new_stream
         };
-        let events = offset..offset + n;
         let row = sqlx::query(sql(statement))
-            .bind(p.streams[index])
-            .bind(p.expected[index])
+            .bind(p.streams[0])
+            .bind(p.expected[0])
             .bind(n as i64)
-            .bind(&p.event_ids[events.clone()])
-            .bind(&p.event_types[events.clone()])
-            .bind(&p.schema_versions[events.clone()])
-            .bind(&p.data[events.clone()])
-            .bind(&p.metadata[events])
-            .bind(offset as i64)
+            .bind(&p.event_ids)
+            .bind(&p.event_types)
+            .bind(&p.schema_versions)
+            .bind(&p.data)
+            .bind(&p.metadata)
             .fetch_one(&mut *conn)
             .await?;
         let version: Option<i64> = row.try_get(0)?;
@@ -442,9 +476,9 @@ impl PostgresEventStore {
         Ok(version.zip(first))
     }
 
-    /// After stream `index` failed its expectation (nothing written, no
-    /// transaction open): its actual version, and whether any of the
-    /// append's ids is already stored (a re-send).
+    /// After the single stream failed its expectation (nothing written):
+    /// its actual version, and whether any of the append's ids is already
+    /// stored (a re-send).
     async fn conflict_at(
         &self,
         conn: &mut PgConnection,

@@ -3,7 +3,7 @@
 //! scripts F1 and F2 on a table of the same size.
 //!
 //! The store's data set is written by SQL straight into its tables (far
-//! faster than appends), with everything made the way `append_events` makes
+//! faster than appends), with everything made the way the append statements make
 //! it: one transaction per batch, `global_position = xid8 << 20 + index`,
 //! UUIDv7-shaped event ids, metadata that decodes as `EventMetadata`. It is
 //! kept between runs (schema `bench_read_<size>_v<schema version>_m2`).
