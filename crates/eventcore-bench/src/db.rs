@@ -259,6 +259,28 @@ pub(crate) struct CeilingResult {
     pub(crate) p99_ms: Option<f64>,
 }
 
+impl CeilingResult {
+    /// Two runs of one workload as one: rates weighted by run length, the
+    /// latency percentiles averaged (an approximation; the runs are alike).
+    pub(crate) fn combine(a: &Self, b: &Self) -> Self {
+        let seconds = a.seconds + b.seconds;
+        let tx = a.tps * a.seconds + b.tps * b.seconds;
+        let mean = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| (x + y) / 2.0);
+        Self {
+            tps: tx / seconds,
+            failed: a.failed + b.failed,
+            seconds,
+            latency_avg_ms: if tx > 0.0 {
+                (a.latency_avg_ms * a.tps * a.seconds + b.latency_avg_ms * b.tps * b.seconds) / tx
+            } else {
+                (a.latency_avg_ms + b.latency_avg_ms) / 2.0
+            },
+            p50_ms: mean(a.p50_ms, b.p50_ms),
+            p99_ms: mean(a.p99_ms, b.p99_ms),
+        }
+    }
+}
+
 /// A pgbench script and the tables it runs on.
 #[derive(Clone, Debug)]
 pub(crate) struct Script {
@@ -646,6 +668,27 @@ mod tests {
             with_database("postgres://u@h/db?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"
         );
+    }
+
+    #[test]
+    fn combined_ceilings_weigh_rates_by_run_length() {
+        let run = |tps: f64, seconds: f64, avg: f64, p99: Option<f64>| CeilingResult {
+            tps,
+            failed: 1,
+            seconds,
+            latency_avg_ms: avg,
+            p50_ms: Some(1.0),
+            p99_ms: p99,
+        };
+        let c = CeilingResult::combine(
+            &run(1000.0, 10.0, 2.0, Some(4.0)),
+            &run(500.0, 30.0, 4.0, None),
+        );
+        assert!((c.tps - 625.0).abs() < 1e-9, "{}", c.tps);
+        assert_eq!((c.failed, c.seconds), (2, 40.0));
+        // 10,000 transactions at 2 ms and 15,000 at 4 ms.
+        assert!((c.latency_avg_ms - 3.2).abs() < 1e-9);
+        assert_eq!((c.p50_ms, c.p99_ms), (Some(1.0), None));
     }
 
     #[test]

@@ -171,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         d_retry: args
             .d_retry
             .unwrap_or_else(scenarios::command::hot_stream_retry),
+        ceiling_pending: None,
     };
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = Vec::new();

@@ -187,7 +187,7 @@ struct State<S> {
     lagging: u32,
 }
 
-/// Short re-reads after a wake-up (250 us doubling up to 64 ms) before
+/// Short re-reads after a wake-up (0.5 ms doubling up to 64 ms) before
 /// falling back to waiting.
 const MAX_LAGGING_READS: u32 = 8;
 

@@ -116,7 +116,8 @@ pub(crate) async fn measure_appends<S: EventStore + Clone + 'static>(
 }
 
 /// One library run plus its ceiling: a fresh store seeded with the 10,000
-/// streams, then pgbench on `script` at the same client count.
+/// streams, and pgbench on `script` at the same client count just before
+/// and just after the library run.
 async fn append_row(
     ctx: &mut Ctx,
     name: &str,
@@ -130,6 +131,7 @@ async fn append_row(
     let store = ctx
         .prepared_store(&schema, writers, &streams, seed_order)
         .await?;
+    ctx.ceiling_before(script, writers).await;
     let m = measure_appends(&store, &streams, writers, per_append, ctx.timing).await?;
     close(store).await;
     let ceiling = ctx.ceiling(script, writers).await;

@@ -179,6 +179,7 @@ pub(crate) async fn run_a_cmd(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let store = ctx
             .prepared_store(schema, writers, &streams, seed_order)
             .await?;
+        ctx.ceiling_before(&Script::append1(), writers).await;
         let m = measure_place_order(
             &store,
             &streams,
@@ -217,6 +218,7 @@ pub(crate) async fn run_c(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let store = ctx
         .prepared_store("bench_c_w16", writers, &accounts, funded)
         .await?;
+    ctx.ceiling_before(&Script::two_streams(), writers).await;
     let m = measure_transfers(&store, &accounts, writers, ctx.timing).await?;
     close(store).await;
     let ceiling = ctx.ceiling(&Script::two_streams(), writers).await;
@@ -284,6 +286,7 @@ async fn hot_command_row(
         .prepared_store(schema, writers, &write_streams()?, seed_order)
         .await?;
     let retry = ctx.d_retry.clone();
+    ctx.ceiling_before(script, writers).await;
     let m = measure_place_order(&store, &hot, writers, cached, &retry, ctx.timing).await?;
     let length = store.stream_version(&hot[0]).await?.get();
     close(store).await;
@@ -328,7 +331,6 @@ pub(crate) async fn run_d(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let script = Script::hot_stream();
     let cached_row = hot_command_row(ctx, true, writers, &script).await?;
     let uncached_row = hot_command_row(ctx, false, writers, &script).await?;
-    let ceiling = ctx.ceiling(&script, writers).await;
     eprintln!("[D-append] {writers} writers on one stream, version read + append");
     let store = ctx
         .prepared_store("bench_d_append_w16", writers, &write_streams()?, seed_order)
@@ -336,8 +338,10 @@ pub(crate) async fn run_d(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let workers = (0..writers)
         .map(|id| AppendWorker::new(store.clone(), hot.clone(), 1, id))
         .collect();
+    ctx.ceiling_before(&script, writers).await;
     let m = drive(workers, ctx.timing).await?;
     close(store).await;
+    let ceiling = ctx.ceiling(&script, writers).await;
     let min = m.per_worker_ops.iter().copied().min().unwrap_or(0);
     let max = m.per_worker_ops.iter().copied().max().unwrap_or(0);
     let append_row = Row::from_measured("D-append", writers, 1, &m)

@@ -141,6 +141,9 @@ pub(crate) struct Ctx {
     /// The executor's retry policy in D (`--d-retry`, else
     /// [`command::hot_stream_retry`]).
     pub(crate) d_retry: RetryPolicy,
+    /// A write ceiling measured by [`Ctx::ceiling_before`], waiting for its
+    /// second half: (script key, clients, result).
+    pub(crate) ceiling_pending: Option<(String, usize, CeilingResult)>,
 }
 
 impl Ctx {
@@ -148,13 +151,36 @@ impl Ctx {
         self.db.as_ref().context("this scenario needs PostgreSQL")
     }
 
-    /// The pgbench figure for `script` at `clients` (measured once per
-    /// invocation), or `None` without a ceiling.
+    /// The first half of a write ceiling, measured just before the library
+    /// run it is compared with; [`Ctx::ceiling`] after the run measures the
+    /// second half and returns both combined. A ceiling that brackets its
+    /// library run cancels the drift of this machine's fsync latency, which
+    /// moves pgbench alone by +-10 % within minutes.
+    pub(crate) async fn ceiling_before(&mut self, script: &Script, clients: usize) {
+        self.ceiling_pending = self
+            .measure_ceiling(script, clients)
+            .await
+            .map(|r| (script.key.clone(), clients, r));
+    }
+
+    /// The pgbench figure for `script` at `clients`, or `None` without a
+    /// ceiling: measured now (reads: once per invocation), combined with the
+    /// half measured by [`Ctx::ceiling_before`] for the same script if any.
     pub(crate) async fn ceiling(
         &mut self,
         script: &Script,
         clients: usize,
     ) -> Option<CeilingResult> {
+        let after = self.measure_ceiling(script, clients).await;
+        match (self.ceiling_pending.take(), after) {
+            (Some((key, c, before)), Some(after)) if key == script.key && c == clients => {
+                Some(CeilingResult::combine(&before, &after))
+            }
+            (_, after) => after,
+        }
+    }
+
+    async fn measure_ceiling(&mut self, script: &Script, clients: usize) -> Option<CeilingResult> {
         let (Some(ceiling), Some(db)) = (self.ceiling.as_mut(), self.db.as_ref()) else {
             return None;
         };
