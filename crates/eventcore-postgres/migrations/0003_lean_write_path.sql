@@ -23,10 +23,11 @@ ALTER TABLE events
 
 -- No planner statistics on the payload columns. Autovacuum analyzes the
 -- events table every ~10 % of growth, and sorting sampled JSONB values
--- (compareJsonbContainers) was most of each ANALYZE: ~10 % of the server's
--- CPU in profiles of a growing store. No statement of the store filters on
--- these columns; an application that queries payloads in SQL and wants
--- statistics can SET STATISTICS back to -1.
+-- (compareJsonbContainers) is most of each ANALYZE: it showed up as ~10 %
+-- of the server's CPU in one profile of a growing store, and ANALYZE of
+-- 200,000 events took 200-265 ms with these statistics, 143 ms without. No
+-- statement of the store filters on these columns; an application that
+-- queries payloads in SQL and wants statistics can SET STATISTICS back to -1.
 ALTER TABLE events
     ALTER COLUMN event_data SET STATISTICS 0,
     ALTER COLUMN metadata SET STATISTICS 0;
