@@ -460,7 +460,9 @@ impl Ceiling {
                 None
             }
         };
-        self.cache.insert(key, result.clone());
+        if !script.writes {
+            self.cache.insert(key, result.clone());
+        }
         result
     }
 

@@ -308,7 +308,7 @@ impl PostgresEventStore {
                 )),
                 replayed: false,
             })),
-            None => self.conflict_at(conn, p, 0).await,
+            None => self.single_stream_conflict(conn, p).await,
         }
     }
 
@@ -334,13 +334,17 @@ impl PostgresEventStore {
         }
         let mut order: Vec<usize> = (0..streams.len()).collect();
         order.sort_unstable_by_key(|&i| streams[i].stream_id.as_str());
-        let sorted_streams: Vec<&str> = order.iter().map(|&i| p.streams[i]).collect();
-        let sorted_expected: Vec<i64> = order.iter().map(|&i| p.expected[i]).collect();
-        let sorted_counts: Vec<i32> = order
-            .iter()
-            .map(|&i| streams[i].events.len() as i32)
-            .collect();
-        let sorted_offsets: Vec<i32> = order.iter().map(|&i| offsets[i]).collect();
+        // The per-stream columns, in lock order.
+        let mut sorted_streams = Vec::with_capacity(order.len());
+        let mut sorted_expected = Vec::with_capacity(order.len());
+        let mut sorted_counts = Vec::with_capacity(order.len());
+        let mut sorted_offsets = Vec::with_capacity(order.len());
+        for &i in &order {
+            sorted_streams.push(p.streams[i]);
+            sorted_expected.push(p.expected[i]);
+            sorted_counts.push(streams[i].events.len() as i32);
+            sorted_offsets.push(offsets[i]);
+        }
         let result = sqlx::query(sql(&self.inner.sql.append_to_streams))
             .bind(&sorted_streams)
             .bind(&sorted_expected)
@@ -433,13 +437,16 @@ impl PostgresEventStore {
             ExpectedVersion::Any | ExpectedVersion::NoStream => false,
         };
         let s = &self.inner.sql;
+        let (one, many) = if existing {
+            (
+                &s.append_one_to_existing_stream,
+                &s.append_to_existing_stream,
+            )
+        } else {
+            (&s.append_one_to_new_stream, &s.append_to_new_stream)
+        };
         if n == 1 {
-            let statement = if existing {
-                &s.append_one_to_existing_stream
-            } else {
-                &s.append_one_to_new_stream
-            };
-            let row = sqlx::query(sql(statement))
+            let row = sqlx::query(sql(one))
                 .bind(p.streams[0])
                 .bind(p.expected[0])
                 .bind(1_i64)
@@ -455,12 +462,7 @@ impl PostgresEventStore {
                 None => Ok(None),
             };
         }
-        let statement = if existing {
-            &s.append_to_existing_stream
-        } else {
-            &s.append_to_new_stream
-        };
-        let row = sqlx::query(sql(statement))
+        let row = sqlx::query(sql(many))
             .bind(p.streams[0])
             .bind(p.expected[0])
             .bind(n as i64)
@@ -479,20 +481,19 @@ impl PostgresEventStore {
     /// After the single stream failed its expectation (nothing written):
     /// its actual version, and whether any of the append's ids is already
     /// stored (a re-send).
-    async fn conflict_at(
+    async fn single_stream_conflict(
         &self,
         conn: &mut PgConnection,
         p: &AppendParams<'_>,
-        index: usize,
     ) -> Result<Attempt, sqlx::Error> {
         let row = sqlx::query(sql(&self.inner.sql.select_conflict_state))
-            .bind(p.streams[index])
+            .bind(p.streams[0])
             .bind(&p.event_ids)
             .fetch_one(&mut *conn)
             .await?;
         let actual: i64 = row.try_get(0)?;
         Ok(Attempt::Conflict {
-            index,
+            index: 0,
             actual: actual as u64,
             id_seen: row.try_get(1)?,
         })
