@@ -62,8 +62,12 @@ impl Output {
             event.event_type,
             timestamp(event)
         )?;
-        // Compact, whatever spacing the store returned the JSON with.
-        writeln!(self.out, "    data:     {}", event.data.to_value())?;
+        // Compact, whatever spacing the store returned the JSON with; text
+        // that is not JSON (a corrupt row) is shown as it is.
+        match event.data.to_value() {
+            Ok(value) => writeln!(self.out, "    data:     {value}")?,
+            Err(e) => writeln!(self.out, "    data:     {} (not JSON: {e})", event.data)?,
+        }
         writeln!(self.out, "    metadata: {}", metadata_json(event))
     }
 
@@ -100,7 +104,10 @@ pub(crate) fn event_json(event: &StoredEvent) -> Value {
         "event_type": event.event_type,
         "schema_version": event.schema_version,
         "recorded_at": timestamp(event),
-        "data": event.data.to_value(),
+        "data": event.data.to_value().unwrap_or_else(|e| json!({
+            "not_json": event.data.get(),
+            "error": e.to_string(),
+        })),
         "metadata": metadata_json(event),
     })
 }

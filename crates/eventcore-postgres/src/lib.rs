@@ -53,6 +53,7 @@
 mod config;
 mod conn_cache;
 mod error;
+mod jsonb;
 mod metrics;
 mod notify;
 mod projection;

@@ -4,10 +4,9 @@ use std::{collections::BTreeMap, future::Future, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use eventcore::{
-    AppendOutcome, AppendRequest, Error, EventData, EventId, EventMetadata, EventStore,
-    ExpectedVersion, GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
+    AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion,
+    GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
 };
-use serde_json::value::RawValue;
 use sqlx::{
     Connection, PgConnection, PgPool, Postgres, Row,
     postgres::{PgPoolOptions, PgRow},
@@ -20,6 +19,7 @@ use crate::{
     PostgresConfig, PostgresError,
     conn_cache::{Conn, ConnCache},
     error::{CONFLICT_SQLSTATE, connection_lost, constraint, db_error_parts, map_sqlx, sqlstate},
+    jsonb::{JsonbColumn, JsonbParam},
     metrics::PoolStats,
     notify::Notifier,
     sql::{Statements, sql},
@@ -75,7 +75,7 @@ struct AppendParams<'a> {
     event_ids: Vec<Uuid>,
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
-    data: Vec<Json<&'a RawValue>>,
+    data: Vec<JsonbParam<'a>>,
     metadata: Vec<Json<&'a EventMetadata>>,
 }
 
@@ -103,7 +103,7 @@ impl<'a> AppendParams<'a> {
                 p.event_ids.push(e.event_id.as_uuid());
                 p.event_types.push(&e.event_type);
                 p.schema_versions.push(e.schema_version as i32);
-                p.data.push(Json(e.data.as_raw()));
+                p.data.push(JsonbParam(&e.data));
                 p.metadata.push(Json(&e.metadata));
             }
         }
@@ -590,9 +590,9 @@ fn decode_row(
     let stream_version: i64 = row.try_get_unchecked(3).map_err(&map)?;
     let event_type: String = row.try_get_unchecked(4).map_err(&map)?;
     let schema_version: i32 = row.try_get_unchecked(5).map_err(&map)?;
-    // The payload stays JSON text until someone asks for a type: no tree
-    // is built. Metadata is parsed once, straight from the column.
-    let Json(data): Json<Box<RawValue>> = row.try_get_unchecked(6).map_err(&map)?;
+    // The payload stays JSON text, unparsed, until someone asks for a type
+    // (see `jsonb`). Metadata is parsed once, straight from the column.
+    let JsonbColumn(data) = row.try_get_unchecked(6).map_err(&map)?;
     let metadata: Result<Json<EventMetadata>, _> = row.try_get_unchecked(7);
     let recorded_at = row.try_get_unchecked(8).map_err(&map)?;
     let corrupt = |reason: String| Error::CorruptRow {
@@ -614,7 +614,7 @@ fn decode_row(
         position: GlobalPosition::new(position as u64),
         event_type,
         schema_version: schema_version as u32,
-        data: EventData::from(data),
+        data,
         metadata: match metadata {
             Ok(Json(m)) => m,
             Err(sqlx::Error::ColumnDecode { source, .. }) => {

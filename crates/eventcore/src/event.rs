@@ -1,5 +1,7 @@
 //! Typed events and their stored form.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::value::RawValue;
@@ -54,45 +56,52 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
 /// A serialized event payload: JSON text, kept as text so that stores pass it
 /// through without building a JSON tree, and typed decoding parses it once.
+/// Clones share the text.
 #[derive(Clone, Debug)]
-pub struct EventData(Box<RawValue>);
+pub struct EventData(Arc<str>);
 
 impl EventData {
     /// Serializes `value`.
     pub fn from_serialize<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        serde_json::value::to_raw_value(value).map(Self)
+        serde_json::to_string(value).map(|text| Self(text.into()))
     }
 
-    /// Wraps JSON text, checking that it is valid JSON.
-    pub fn from_json(text: impl Into<String>) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(text.into()).map(Self)
+    /// Wraps JSON text, checking that it is valid JSON. Surrounding
+    /// whitespace is dropped.
+    pub fn from_json(text: impl AsRef<str>) -> Result<Self, serde_json::Error> {
+        let raw: &RawValue = serde_json::from_str(text.as_ref())?;
+        Ok(Self(raw.get().into()))
+    }
+
+    /// Wraps text the caller knows to be JSON without checking it: a store
+    /// reading back a `jsonb` column, whose server validated it on the way
+    /// in, skips a second full parse of every payload it reads.
+    ///
+    /// Text that is not JSON is not undefined behaviour: decoding, comparing
+    /// or serializing it fails with an error instead.
+    pub fn from_json_unchecked(text: impl Into<Arc<str>>) -> Self {
+        Self(text.into())
     }
 
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// Deserializes into `T`.
     pub fn deserialize<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.get())
+        serde_json::from_str(&self.0)
     }
 
     /// Parses into a JSON tree, for inspection.
-    pub fn to_value(&self) -> serde_json::Value {
-        // Valid JSON by construction, so this cannot fail.
-        self.deserialize().unwrap_or(serde_json::Value::Null)
-    }
-
-    /// The underlying raw value.
-    pub fn as_raw(&self) -> &RawValue {
-        &self.0
+    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        self.deserialize()
     }
 }
 
 impl From<Box<RawValue>> for EventData {
     fn from(raw: Box<RawValue>) -> Self {
-        Self(raw)
+        Self(raw.get().into())
     }
 }
 
@@ -116,8 +125,10 @@ impl std::fmt::Display for EventData {
 }
 
 impl Serialize for EventData {
+    /// Embeds the payload as JSON (not as a string holding JSON).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 }
 
@@ -351,7 +362,31 @@ pub struct RecordedEvent<E> {
 mod tests {
     use chrono::{DateTime, Duration, TimeZone, Utc};
 
-    use super::{EventMetadata, timestamp::parse_utc};
+    use super::{EventData, EventMetadata, timestamp::parse_utc};
+
+    #[test]
+    fn checked_payloads_are_json_and_lose_surrounding_whitespace() {
+        let data = EventData::from_json(" {\"n\": 1} \n").unwrap();
+        assert_eq!(data.get(), "{\"n\": 1}");
+        assert_eq!(data.to_value().unwrap()["n"], 1);
+        assert!(EventData::from_json("{\"n\": ").is_err());
+    }
+
+    #[test]
+    fn a_payload_serializes_as_embedded_json() {
+        let data = EventData::from_json("[1,{\"a\":true}]").unwrap();
+        let outer = serde_json::json!({ "data": data });
+        assert_eq!(outer["data"][1]["a"], true);
+    }
+
+    #[test]
+    fn unchecked_text_that_is_not_json_fails_when_used() {
+        let data = EventData::from_json_unchecked("{not json");
+        assert_eq!(data.get(), "{not json");
+        assert!(data.to_value().is_err());
+        assert!(data.deserialize::<serde_json::Value>().is_err());
+        assert!(serde_json::to_string(&data).is_err());
+    }
 
     fn round_trip(t: DateTime<Utc>) -> DateTime<Utc> {
         let mut m = EventMetadata::new();

@@ -203,7 +203,7 @@ pub async fn read_stream_pages_without_cap<S: EventStore + ?Sized>(store: &S) {
             "versions are contiguous"
         );
         assert_eq!(
-            e.data.to_value()["n"],
+            e.data.to_value().expect("stored payloads are JSON")["n"],
             i as u64,
             "events are in append order"
         );
