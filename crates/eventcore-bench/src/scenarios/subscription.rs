@@ -29,24 +29,22 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use eventcore::{
-    AppendOutcome, AppendRequest, Error, EventFilter, EventId, EventStore, GlobalPosition,
-    StoredEvent, StreamId, StreamVersion, SubscriptionOptions, async_trait, subscribe,
+    EventFilter, EventId, EventStore, GlobalPosition, SubscriptionOptions, subscribe,
+    testing::{CountingStore, ReadCounts},
 };
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    Ctx, append::AppendWorker, append::StampLog, close, drive_from, seed_order, write_streams,
+    Ctx, Timing, append::AppendWorker, append::StampLog, close, drive_from, seed_order,
+    write_streams,
 };
 use crate::report::{Row, round3};
 
@@ -96,64 +94,6 @@ impl Variant {
             Variant::OtherStore => "subscriber on a second store (LISTEN/NOTIFY + polling)",
             Variant::Nothing => "nothing switched on: the ratio's noise floor",
         }
-    }
-}
-
-/// Forwards to a store, counting the subscriber's `read_all` calls and the
-/// events they returned.
-#[derive(Clone)]
-struct Counted<S> {
-    inner: S,
-    reads: Arc<AtomicU64>,
-    events: Arc<AtomicU64>,
-}
-
-impl<S> Counted<S> {
-    fn new(inner: S) -> Self {
-        Self {
-            inner,
-            reads: Arc::default(),
-            events: Arc::default(),
-        }
-    }
-}
-
-#[async_trait]
-impl<S: EventStore> EventStore for Counted<S> {
-    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
-        self.inner.append(request).await
-    }
-
-    async fn read_stream(
-        &self,
-        stream: &StreamId,
-        from: StreamVersion,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, Error> {
-        self.inner.read_stream(stream, from, limit).await
-    }
-
-    async fn read_all(
-        &self,
-        after: GlobalPosition,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, Error> {
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        let page = self.inner.read_all(after, limit).await?;
-        self.events.fetch_add(page.len() as u64, Ordering::Relaxed);
-        Ok(page)
-    }
-
-    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
-        self.inner.stream_version(stream).await
-    }
-
-    async fn head_position(&self) -> Result<GlobalPosition, Error> {
-        self.inner.head_position().await
-    }
-
-    fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
-        self.inner.commit_signal()
     }
 }
 
@@ -399,20 +339,22 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
     // Keeps the second store's LISTEN connection up between on-slices.
     let _listening = other.as_ref().and_then(|o| o.commit_signal());
     let subscribed = match (variant, &other) {
-        (Variant::SameStore, _) => Some(Counted::new(store.clone())),
-        (Variant::OtherStore, Some(o)) => Some(Counted::new(o.clone())),
+        (Variant::SameStore, _) => Some(CountingStore::new(store.clone())),
+        (Variant::OtherStore, Some(o)) => Some(CountingStore::new(o.clone())),
         _ => None,
     };
-    let (reads, read_events) = subscribed
-        .as_ref()
-        .map(|c| (c.reads.clone(), c.events.clone()))
-        .unwrap_or_default();
+    let counts = subscribed.as_ref().map(CountingStore::counts);
 
     let stamps = StampLog::default();
     let workers = (0..WRITERS)
         .map(|id| AppendWorker::new(store.clone(), streams.clone(), 1, id).stamped(stamps.clone()))
         .collect();
-    let timing = ctx.timing;
+    // Twice the usual window: the ratio compares its two halves (on- and
+    // off-slices), and one 10 s half left ±3 % of noise (F-none).
+    let timing = Timing {
+        measure: ctx.timing.measure * 2,
+        ..ctx.timing
+    };
     let start = Instant::now() + Duration::from_millis(50);
     let from = start + timing.warmup;
     let until = from + timing.measure;
@@ -441,8 +383,15 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
         .filter(|s| s.on)
         .map(|s| (s.to - s.from).as_secs_f64())
         .sum();
-    let reads = reads.load(Ordering::Relaxed);
-    let read_events = read_events.load(Ordering::Relaxed);
+    let count = |pick: fn(&ReadCounts) -> &AtomicU64| {
+        counts
+            .as_deref()
+            .map_or(0, |c| pick(c).load(Ordering::Relaxed))
+    };
+    let reads = count(|c| &c.reads);
+    let read_events = count(|c| &c.events);
+    let empty_per_sec = count(|c| &c.empty_reads) as f64 / on_seconds.max(1e-9);
+    let heads_per_sec = count(|c| &c.head_reads) as f64 / on_seconds.max(1e-9);
     row = row
         .extra(
             "run_events_per_sec",
@@ -473,9 +422,12 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
             crate::report::round(reads_per_sec),
         )
         .extra("events_per_read", crate::report::round(events_per_read))
+        .extra("empty_reads_per_sec", crate::report::round(empty_per_sec))
+        .extra("head_reads_per_sec", crate::report::round(heads_per_sec))
         .note(format!(
             "p50/p99 = delivery latency (append returned -> event yielded), max {:.1} ms; \
-             {reads_per_sec:.0} reads/s of {events_per_read:.1} events",
+             {reads_per_sec:.0} reads/s of {events_per_read:.1} events \
+             ({empty_per_sec:.0}/s empty), {heads_per_sec:.0} head reads/s",
             latency.ms(1.0),
         ));
     if latency.missing > 0 || seen.late_stops > 0 {

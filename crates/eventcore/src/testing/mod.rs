@@ -5,12 +5,15 @@
 //!   implementation runs all of them with [`event_store_contract_tests!`](crate::event_store_contract_tests).
 //! * [`given`]: `given(history).when(command).then(events)` for your own
 //!   command tests, without a database.
+//! * [`CountingStore`]: counts the read round trips a subscriber makes.
 
 pub mod bank;
 pub mod contract;
+mod counting;
 mod harness;
 pub mod projections;
 
+pub use counting::{CountingStore, ReadCounts};
 pub use harness::{CommandTest, TestOutcome, given};
 
 use crate::{

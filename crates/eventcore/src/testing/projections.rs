@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::bank::AccountEvent;
-use super::seed;
+use super::{CountingStore, seed};
 use crate::{
     AppendRequest, BoxError, CheckpointStore, Error, ErrorStrategy, EventFilter, EventId,
     EventStore, ExpectedVersion, GlobalPosition, NewEvent, Projection, ProjectionRunner,
@@ -35,6 +35,7 @@ macro_rules! projection_contract_tests {
             subscription_catches_up_then_follows_live,
             subscription_filters_by_category_and_type,
             subscribers_see_every_event_once_under_concurrent_writers,
+            woken_reads_are_paced_under_steady_appends,
         );
         $crate::projection_contract_tests!(@both $store, $checkpoints;
             runner_resumes_after_being_killed,
@@ -128,6 +129,55 @@ pub async fn subscription_catches_up_then_follows_live<S: EventStore + Clone + '
     assert_eq!(fourth.decode::<AccountEvent>().unwrap().event, deposit(4));
     assert_eq!(fifth.decode::<AccountEvent>().unwrap().event, deposit(5));
     assert!(fourth.position < fifth.position);
+}
+
+/// A steady stream of commits wakes a subscriber over and over; its reads
+/// still start at least `min_read_interval` apart, and it misses nothing.
+pub async fn woken_reads_are_paced_under_steady_appends<S: EventStore + Clone + 'static>(
+    store: &S,
+) {
+    const APPENDS: u64 = 200;
+    const EVERY: Duration = Duration::from_millis(2);
+    const INTERVAL: Duration = Duration::from_millis(50);
+    let cat = category();
+    let counting = CountingStore::new(store.clone());
+    let counts = counting.counts();
+    let options = SubscriptionOptions::default()
+        .after(head(store).await)
+        .filter(EventFilter::all().stream_prefix(cat.clone()))
+        .wake_delay(Duration::ZERO)
+        .min_read_interval(INTERVAL);
+    let mut live = Box::pin(subscribe(counting, options));
+    let writer = {
+        let store = store.clone();
+        let a = stream(&cat, 1);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            for n in 1..=APPENDS {
+                seed(&store, &a, [deposit(n)]).await.unwrap();
+                tokio::time::sleep(EVERY).await;
+            }
+            started.elapsed()
+        })
+    };
+    for n in 1..=APPENDS {
+        let e = next_within(&mut live).await.unwrap();
+        assert_eq!(e.decode::<AccountEvent>().unwrap().event, deposit(n));
+    }
+    let took = writer.await.unwrap();
+    // Unpaced, every append would have cost a read (~200). Paced: one per
+    // interval while the writer ran and one more to deliver its last
+    // events, plus the first read, plus the quick re-read that may follow
+    // each empty read (events committed but not readable yet).
+    let reads = counts.reads();
+    let empty = counts
+        .empty_reads
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let bound = (took.as_millis() / INTERVAL.as_millis()) as u64 + 3 + empty;
+    assert!(
+        reads <= bound,
+        "{reads} reads ({empty} empty) for {APPENDS} appends over {took:?}: expected at most {bound}"
+    );
 }
 
 /// Category and type filters drop the rest but keep order.
