@@ -146,7 +146,11 @@ impl AppendRequest {
 
 /// Serialized size of an event's data plus metadata, as a store would hold it.
 pub fn encoded_size(event: &NewEvent) -> usize {
-    // Serializing to a sink that only counts avoids allocating the text.
+    event.data.get().len() + event.metadata.encoded_len()
+}
+
+/// Length of `value`'s compact JSON text, without allocating it.
+pub(crate) fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -159,8 +163,8 @@ pub fn encoded_size(event: &NewEvent) -> usize {
     }
     let mut counter = Counter(0);
     // Writing JSON values into a counter cannot fail.
-    let _ = serde_json::to_writer(&mut counter, &event.metadata);
-    event.data.get().len() + counter.0
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// The result of a successful append.

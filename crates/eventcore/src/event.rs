@@ -142,21 +142,112 @@ pub struct EventMetadata {
     pub causation_id: Option<Uuid>,
     /// When the event was created by the writer (the store also records its
     /// own commit-side timestamp in [`StoredEvent::recorded_at`]).
-    #[serde(deserialize_with = "timestamp::deserialize")]
+    #[serde(
+        serialize_with = "timestamp::serialize",
+        deserialize_with = "timestamp::deserialize"
+    )]
     pub occurred_at: DateTime<Utc>,
     /// Free-form user metadata (user id, tenant, request path, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub custom: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Reading metadata back: every stored event carries a timestamp, and
-/// chrono's general RFC 3339 parser was a fifth of the client's time in
-/// `$all` reads. The form chrono writes for UTC (`2026-11-28T19:29:26.123Z`,
-/// 0 to 9 fraction digits) is parsed directly; anything else (offsets,
-/// other spellings) goes to chrono.
+impl EventMetadata {
+    /// Length of this metadata's JSON text, computed without writing it
+    /// (appends check every event's size before sending it).
+    pub(crate) fn encoded_len(&self) -> usize {
+        const CORRELATION_FIELD: usize = "\"correlation_id\":\"\"".len() + 36;
+        const CAUSATION_FIELD: usize = ",\"causation_id\":\"\"".len() + 36;
+        const TIME_KEY: usize = ",\"occurred_at\":".len();
+        const CUSTOM_KEY: usize = ",\"custom\":".len();
+        let mut len =
+            "{}".len() + CORRELATION_FIELD + TIME_KEY + timestamp::encoded_len(&self.occurred_at);
+        if self.causation_id.is_some() {
+            len += CAUSATION_FIELD;
+        }
+        if !self.custom.is_empty() {
+            len += CUSTOM_KEY + crate::append::json_len(&self.custom);
+        }
+        len
+    }
+}
+
+/// Metadata timestamps in and out. Every event carries one, and chrono's
+/// general RFC 3339 parser and `Display`-based writer were a fifth of the
+/// client's time in `$all` reads and a tenth in multi-event appends. The
+/// form chrono writes for UTC (`2026-11-28T19:29:26.123Z`: 0, 3, 6 or 9
+/// fraction digits) is written and parsed directly; anything else (years
+/// outside 0000-9999, leap seconds, offsets or other spellings on the way
+/// in) goes to chrono.
 mod timestamp {
-    use chrono::{DateTime, NaiveDate, Utc};
-    use serde::{Deserialize, Deserializer, de::Error as _};
+    use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+
+    /// Longest text [`write_utc`] produces.
+    const MAX_LEN: usize = "YYYY-MM-DDTHH:MM:SS.fffffffffZ".len();
+
+    pub(super) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0_u8; MAX_LEN];
+        match write_utc(t, &mut buf) {
+            // Only ASCII digits and separators were written.
+            Some(len) => s.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default()),
+            None => t.serialize(s),
+        }
+    }
+
+    /// The JSON string's length, quotes included.
+    pub(super) fn encoded_len(t: &DateTime<Utc>) -> usize {
+        let mut buf = [0_u8; MAX_LEN];
+        2 + match write_utc(t, &mut buf) {
+            Some(len) => len,
+            None => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true).len(),
+        }
+    }
+
+    /// Writes what chrono's `Serialize` writes for `t` if it is an ordinary
+    /// time (year 0000-9999, no leap second); returns the text's length.
+    pub(super) fn write_utc(t: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
+        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+        let nanos = t.nanosecond();
+        if nanos >= 1_000_000_000 {
+            return None;
+        }
+        let mut put = |at: usize, value: u32, digits: usize| {
+            let mut v = value;
+            for slot in buf[at..at + digits].iter_mut().rev() {
+                *slot = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, year, 4);
+        put(5, t.month(), 2);
+        put(8, t.day(), 2);
+        put(11, t.hour(), 2);
+        put(14, t.minute(), 2);
+        put(17, t.second(), 2);
+        let digits = match nanos {
+            0 => 0,
+            n if n % 1_000_000 == 0 => 3,
+            n if n % 1_000 == 0 => 6,
+            _ => 9,
+        };
+        if digits > 0 {
+            put(20, nanos / 10_u32.pow(9 - digits as u32), digits);
+        }
+        for (at, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+        ] {
+            buf[at] = c;
+        }
+        let end = if digits > 0 { 20 + digits } else { 19 };
+        buf[end] = b'Z';
+        Some(end + 1)
+    }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
@@ -363,6 +454,59 @@ mod tests {
     use chrono::{DateTime, Duration, TimeZone, Utc};
 
     use super::{EventData, EventMetadata, timestamp::parse_utc};
+
+    /// Times covering every fraction length, the edges of the fast path and
+    /// what falls back to chrono (leap second, 5-digit and negative years).
+    fn sample_times() -> Vec<DateTime<Utc>> {
+        let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let at = |date: chrono::NaiveDate, nanos| {
+            date.and_hms_nano_opt(23, 59, 59, nanos).unwrap().and_utc()
+        };
+        let mut times = vec![Utc::now()];
+        for nanos in [
+            0,
+            5_000_000,
+            123_000_000,
+            7_000,
+            123_456_000,
+            1,
+            999_999_999,
+        ] {
+            times.push(at(day(2026, 11, 28), nanos));
+        }
+        times.push(at(day(0, 1, 1), 0));
+        times.push(at(day(9999, 12, 31), 999_999_999));
+        times.push(at(day(2016, 12, 31), 1_500_000_000));
+        times.push(at(day(10000, 1, 1), 0));
+        times.push(at(day(-1, 3, 4), 10_000));
+        times
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_writes_them() {
+        for t in sample_times() {
+            let mut m = EventMetadata::new();
+            m.occurred_at = t;
+            let ours = serde_json::to_value(&m).unwrap()["occurred_at"].clone();
+            assert_eq!(ours, serde_json::to_value(t).unwrap(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn metadata_length_is_computed_exactly() {
+        for t in sample_times() {
+            let plain = EventMetadata::new();
+            let caused = EventMetadata::new().with_causation_id(uuid::Uuid::now_v7());
+            let custom = EventMetadata::new()
+                .with_custom("user", "zoë \"quoted\" \\ \n")
+                .with_custom("n", serde_json::json!({ "a": [1, 2.5, null] }));
+            for mut m in [plain, caused, custom] {
+                m.occurred_at = t;
+                let text = serde_json::to_string(&m).unwrap();
+                assert_eq!(m.encoded_len(), text.len(), "{text}");
+            }
+        }
+    }
 
     #[test]
     fn checked_payloads_are_json_and_lose_surrounding_whitespace() {
