@@ -69,14 +69,14 @@ pub struct SubscriptionOptions {
     /// of appends, divides the subscriber's queries several times over.
     pub wake_delay: Duration,
     /// Reads triggered by wake-ups start at least this far apart. Default
-    /// 5 ms. Under a steady stream of appends wake-ups never stop, and each
-    /// read is a round trip whose cost does not depend on how many events
-    /// it returns: pacing them bounds what a live subscriber takes from the
-    /// writers (on the 2-core reference machine, reading every ~3 ms cost
-    /// 16 writers 6-11 % of their throughput, every ~6 ms 2-5 %). Delivery
-    /// latency under load grows by up to this much; a quiet store's first
-    /// commit is still read after `wake_delay`. Catching up (full pages) is
-    /// never paced.
+    /// 5 ms. Under a steady stream of appends wake-ups never stop, and most
+    /// of a read's cost is fixed (a round trip, a server wake-up, a
+    /// snapshot), not per event: pacing reads bounds what a live subscriber
+    /// takes from the writers (on the 2-core reference machine, with 16
+    /// writers, reading every ~3 ms cost them 9-11 % of their throughput,
+    /// every ~6 ms 4-8 %). Delivery latency under load grows by up to this
+    /// much; after a quiet spell a commit is still read `wake_delay` after
+    /// it wakes the subscriber. Catching up (full pages) is never paced.
     pub min_read_interval: Duration,
 }
 
