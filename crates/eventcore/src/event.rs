@@ -77,8 +77,8 @@ impl EventData {
     /// reading back a `jsonb` column, whose server validated it on the way
     /// in, skips a second full parse of every payload it reads.
     ///
-    /// Text that is not JSON is not undefined behaviour: decoding, comparing
-    /// or serializing it fails with an error instead.
+    /// Text that is not JSON is not undefined behaviour: decoding or
+    /// serializing it fails with an error instead.
     pub fn from_json_unchecked(text: impl Into<Arc<str>>) -> Self {
         Self(text.into())
     }
