@@ -1,52 +1,15 @@
 //! Executor behaviour beyond the store contract: the state cache.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
+use std::sync::atomic::Ordering;
 
 use eventcore::{
-    AppendOutcome, AppendRequest, CommandExecutor, Error, EventStore, GlobalPosition,
-    InMemoryEventStore, StoredEvent, StreamId, StreamVersion,
+    CommandExecutor, EventStore, InMemoryEventStore, StreamId, StreamVersion,
     testing::{
+        CountingStore,
         bank::{AccountEvent, Transfer},
         seed,
     },
 };
-
-/// Counts the events handed out by stream reads.
-#[derive(Clone, Default)]
-struct Counting {
-    inner: InMemoryEventStore,
-    read: Arc<AtomicUsize>,
-}
-
-#[eventcore::async_trait]
-impl EventStore for Counting {
-    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
-        self.inner.append(request).await
-    }
-    async fn read_stream(
-        &self,
-        stream: &StreamId,
-        from: StreamVersion,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, Error> {
-        let events = self.inner.read_stream(stream, from, limit).await?;
-        self.read.fetch_add(events.len(), Ordering::Relaxed);
-        Ok(events)
-    }
-    async fn read_all(
-        &self,
-        after: GlobalPosition,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, Error> {
-        self.inner.read_all(after, limit).await
-    }
-    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
-        self.inner.stream_version(stream).await
-    }
-}
 
 #[tokio::test]
 async fn cached_executions_read_only_new_events_and_decide_the_same() {
@@ -55,7 +18,7 @@ async fn cached_executions_read_only_new_events_and_decide_the_same() {
     let run = |cached: bool| {
         let (a, b) = (a.clone(), b.clone());
         async move {
-            let store = Counting::default();
+            let store = CountingStore::new(InMemoryEventStore::new());
             seed(&store, &a, [AccountEvent::Deposited { amount: 100 }])
                 .await
                 .unwrap();
@@ -77,9 +40,9 @@ async fn cached_executions_read_only_new_events_and_decide_the_same() {
                 }
             }
             (
-                store.read.load(Ordering::Relaxed),
+                store.counts().stream_events.load(Ordering::Relaxed),
                 refused,
-                store.inner.stream_version(&a).await.unwrap(),
+                store.stream_version(&a).await.unwrap(),
             )
         }
     };

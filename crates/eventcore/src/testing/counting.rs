@@ -14,7 +14,8 @@ use crate::{
 
 /// Forwards to a store and counts its `read_all` calls (and the empty
 /// ones), the events they returned, and `head_position` calls: what a
-/// subscriber costs the database. Clones share the counts.
+/// subscriber costs the database; and the events stream reads returned:
+/// what a command executor read. Clones share the counts.
 #[derive(Clone, Debug)]
 pub struct CountingStore<S> {
     inner: S,
@@ -32,6 +33,8 @@ pub struct ReadCounts {
     pub events: AtomicU64,
     /// `head_position` calls.
     pub head_reads: AtomicU64,
+    /// Events `read_stream` and `read_streams_to_end` returned.
+    pub stream_events: AtomicU64,
 }
 
 impl ReadCounts {
@@ -68,7 +71,9 @@ impl<S: EventStore> EventStore for CountingStore<S> {
         from: StreamVersion,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
-        self.inner.read_stream(stream, from, limit).await
+        let events = self.inner.read_stream(stream, from, limit).await?;
+        (self.counts.stream_events).fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(events)
     }
 
     async fn read_all(
@@ -99,7 +104,10 @@ impl<S: EventStore> EventStore for CountingStore<S> {
         &self,
         streams: &[(StreamId, StreamVersion)],
     ) -> Result<Vec<Vec<StoredEvent>>, Error> {
-        self.inner.read_streams_to_end(streams).await
+        let events = self.inner.read_streams_to_end(streams).await?;
+        let n: usize = events.iter().map(Vec::len).sum();
+        (self.counts.stream_events).fetch_add(n as u64, Ordering::Relaxed);
+        Ok(events)
     }
 
     fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
