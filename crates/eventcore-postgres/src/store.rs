@@ -9,7 +9,8 @@ use eventcore::{
 };
 use sqlx::{
     Connection, PgConnection, PgPool, Postgres, Row,
-    postgres::{PgPoolOptions, PgRow},
+    postgres::{PgArguments, PgPoolOptions, PgRow},
+    query::Query,
     types::Json,
 };
 use tracing::Instrument;
@@ -80,6 +81,20 @@ struct AppendParams<'a> {
 }
 
 impl<'a> AppendParams<'a> {
+    /// Binds the per-event arrays, in the order both multi-event statements
+    /// take them: ids, types, schema versions, data, metadata.
+    fn bind_events<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.data)
+            .bind(&self.metadata)
+    }
+
     fn new(request: &'a AppendRequest) -> Self {
         let n = request.event_count();
         let mut p = AppendParams {
@@ -345,18 +360,12 @@ impl PostgresEventStore {
             sorted_counts.push(streams[i].events.len() as i32);
             sorted_offsets.push(offsets[i]);
         }
-        let result = sqlx::query(sql(&self.inner.sql.append_to_streams))
+        let query = sqlx::query(sql(&self.inner.sql.append_to_streams))
             .bind(&sorted_streams)
             .bind(&sorted_expected)
             .bind(&sorted_counts)
-            .bind(&sorted_offsets)
-            .bind(&p.event_ids)
-            .bind(&p.event_types)
-            .bind(&p.schema_versions)
-            .bind(&p.data)
-            .bind(&p.metadata)
-            .fetch_one(&mut *conn)
-            .await;
+            .bind(&sorted_offsets);
+        let result = p.bind_events(query).fetch_one(&mut *conn).await;
         let row = match result {
             Ok(row) => row,
             Err(e) if db_error_parts(&e).is_some_and(|(code, _)| code == CONFLICT_SQLSTATE) => {
@@ -462,17 +471,11 @@ impl PostgresEventStore {
                 None => Ok(None),
             };
         }
-        let row = sqlx::query(sql(many))
+        let query = sqlx::query(sql(many))
             .bind(p.streams[0])
             .bind(p.expected[0])
-            .bind(n as i64)
-            .bind(&p.event_ids)
-            .bind(&p.event_types)
-            .bind(&p.schema_versions)
-            .bind(&p.data)
-            .bind(&p.metadata)
-            .fetch_one(&mut *conn)
-            .await?;
+            .bind(n as i64);
+        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
         let version: Option<i64> = row.try_get(0)?;
         let first: Option<i64> = row.try_get(1)?;
         Ok(version.zip(first))
