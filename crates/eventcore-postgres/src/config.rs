@@ -69,6 +69,13 @@ pub struct PostgresConfig {
     /// transactions. Default 5 ms. `None` disables NOTIFY (subscribers in
     /// other processes then rely on polling; in-process ones are still woken).
     pub notify_interval: Option<Duration>,
+    /// While the store has live subscribers, it keeps the events it appended
+    /// in memory, up to about this many bytes (payload text plus ~256 bytes
+    /// per event), so its subscribers' reads fetch positions from the server
+    /// and take the bodies from memory. Default 16 MiB; 0 disables it. A
+    /// payload read this way is the JSON text as appended rather than
+    /// PostgreSQL's `jsonb` rendering of it (same value).
+    pub recent_appends_bytes: usize,
     /// How the store itself retries transient failures (lost connections,
     /// pool timeouts, deadlocks) of one operation. Appends are re-sent with
     /// the same event ids, so a lost acknowledgement never duplicates events.
@@ -99,6 +106,7 @@ impl PostgresConfig {
             statement_cache_capacity: 100,
             application_name: "eventcore".into(),
             notify_interval: Some(Duration::from_millis(5)),
+            recent_appends_bytes: 16 << 20,
             retry: RetryPolicy::new()
                 .max_attempts(3)
                 .base_delay(Duration::from_millis(10))
@@ -261,6 +269,13 @@ impl PostgresConfigBuilder {
     /// Sets the NOTIFY interval (`None` disables NOTIFY).
     pub fn notify_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.config.notify_interval = interval.into();
+        self
+    }
+
+    /// Sets the memory for the store's recent appends (0 disables it); see
+    /// [`PostgresConfig::recent_appends_bytes`].
+    pub fn recent_appends_bytes(mut self, bytes: usize) -> Self {
+        self.config.recent_appends_bytes = bytes;
         self
     }
 

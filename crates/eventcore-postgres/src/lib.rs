@@ -57,13 +57,14 @@ mod jsonb;
 mod metrics;
 mod notify;
 mod projection;
+mod recent;
 mod schema;
 mod sql;
 mod store;
 
 pub use config::{PostgresConfig, PostgresConfigBuilder};
 pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
-pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, StoreStats};
+pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
 pub use projection::PostgresCheckpointStore;
 pub use schema::SCHEMA_VERSION;
 pub use store::PostgresEventStore;

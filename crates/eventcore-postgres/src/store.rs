@@ -3,6 +3,7 @@
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use eventcore::{
     AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion,
     GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
@@ -23,6 +24,7 @@ use crate::{
     jsonb::{JsonbColumn, JsonbParam},
     metrics::PoolStats,
     notify::Notifier,
+    recent::RecentAppends,
     sql::{Statements, sql},
 };
 
@@ -55,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) stats: PoolStats,
     pub(crate) notifier: Notifier,
     pub(crate) conns: Arc<ConnCache>,
+    pub(crate) recent: RecentAppends,
 }
 
 /// What one send of an append found.
@@ -159,6 +162,7 @@ impl PostgresEventStore {
                 sql: Statements::new(&config.schema),
                 notifier: Notifier::new(&config.schema, config.notify_interval),
                 conns: Arc::default(),
+                recent: RecentAppends::new(config.recent_appends_bytes),
                 pool,
                 config,
                 stats: PoolStats::default(),
@@ -559,6 +563,51 @@ impl PostgresEventStore {
         Ok(Some(outcome))
     }
 
+    /// `read_all` through the recent appends: positions and record times
+    /// from the server (the same horizon, order and limit as a full read),
+    /// bodies from memory, and whatever is not held fetched whole, on the
+    /// same connection.
+    async fn read_all_recent(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        const OP: &str = "read_all";
+        let mut conn = self.acquire(OP).await?;
+        let rows = sqlx::query(sql(&self.inner.sql.read_all_positions))
+            .bind(to_i64(after.get()))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&mut *conn)
+            .await;
+        conn.finished(&rows);
+        let rows = rows.map_err(|e| self.map_err(OP, e))?;
+        let found = rows
+            .iter()
+            .map(|row| Ok((row.try_get_unchecked(0)?, row.try_get_unchecked(1)?)))
+            .collect::<Result<Vec<(i64, DateTime<Utc>)>, sqlx::Error>>()
+            .map_err(|e| self.map_err(OP, e))?;
+        let lookup = self.inner.recent.lookup(&found);
+        if lookup.missing.is_empty() {
+            return Ok(lookup.events.into_iter().flatten().collect());
+        }
+        let fetched = sqlx::query(sql(&self.inner.sql.read_events_at))
+            .bind(&lookup.missing)
+            .fetch_all(&mut *conn)
+            .await;
+        conn.finished(&fetched);
+        let fetched = fetched.map_err(|e| self.map_err(OP, e))?;
+        let mut last_stream = None;
+        let fetched = fetched
+            .iter()
+            .map(|row| decode_row(row, &mut last_stream, |e| self.map_err(OP, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (first, count) = (lookup.missing[0], lookup.missing.len());
+        lookup.fill(fetched).ok_or_else(|| Error::CorruptRow {
+            what: format!("{count} events from position {first}"),
+            reason: "events below the read horizon were not found on a second read".into(),
+        })
+    }
+
     async fn fetch_events(
         &self,
         operation: &'static str,
@@ -663,11 +712,19 @@ impl EventStore for PostgresEventStore {
                     replayed: false,
                 });
             }
-            let params = AppendParams::new(&request);
-            let outcome = self
-                .with_retry("append", || self.append_once(&request, &params))
-                .await?;
+            let outcome = {
+                let params = AppendParams::new(&request);
+                self.with_retry("append", || self.append_once(&request, &params))
+                    .await?
+            };
             if outcome.positions.is_some() && !outcome.replayed {
+                // Kept only while someone subscribes here; a replay's events
+                // are the earlier send's, which may differ from these.
+                if self.inner.notifier.has_subscribers() {
+                    self.inner.recent.record(request, &outcome);
+                } else {
+                    self.inner.recent.clear();
+                }
                 self.inner.notifier.appended(&self.inner.pool);
             }
             Ok(outcome)
@@ -705,11 +762,14 @@ impl EventStore for PostgresEventStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
         let span = tracing::debug_span!("eventcore.read_all", after = after.get(), limit);
-        self.with_retry("read_all", || {
+        self.with_retry("read_all", || async {
+            if self.inner.recent.covers(after) {
+                return self.read_all_recent(after, limit).await;
+            }
             let query = sqlx::query(sql(&self.inner.sql.read_all_forward))
                 .bind(to_i64(after.get()))
                 .bind(to_i64(limit as u64));
-            self.fetch_events("read_all", query)
+            self.fetch_events("read_all", query).await
         })
         .instrument(span)
         .await

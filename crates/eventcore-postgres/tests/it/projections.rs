@@ -368,3 +368,126 @@ async fn events_hidden_behind_an_open_transaction_are_delivered_when_it_ends() {
         released.elapsed()
     );
 }
+
+/// A store with a live subscriber keeps what it appends and serves its
+/// subscriber's reads from memory, fetching only what other processes
+/// wrote. With writers on the subscriber's store and on a second store of
+/// the same schema (single events, several events per append, two-stream
+/// appends), the subscriber gets exactly what a plain read of the log
+/// returns, field for field, and both the memory and the fetch were used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn own_appends_are_read_from_memory_and_match_the_log() {
+    use eventcore::{AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent};
+
+    let local = store_with(config().build().unwrap()).await;
+    let schema = local.config().schema.clone();
+    let foreign = store_with(config().schema(&schema).build().unwrap()).await;
+    let plain = store_with(
+        config()
+            .schema(&schema)
+            .recent_appends_bytes(0)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let mut live = Box::pin(subscribe(local.clone(), SubscriptionOptions::default()));
+    // Subscribed once the first (empty) read is done.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), live.next())
+            .await
+            .is_err()
+    );
+
+    let mut writers = Vec::new();
+    for w in 0..16_u64 {
+        let store = if w < 12 {
+            local.clone()
+        } else {
+            foreign.clone()
+        };
+        writers.push(tokio::spawn(async move {
+            for i in 0..30_u64 {
+                let event = |amount| {
+                    NewEvent::new(
+                        &AccountEvent::Deposited { amount },
+                        EventMetadata::new().with_custom("writer", w),
+                    )
+                    .unwrap()
+                };
+                let stream = |k: u64| StreamId::new(format!("mem-{}", (w * 7 + k) % 20)).unwrap();
+                let request = match i % 3 {
+                    0 => {
+                        AppendRequest::new().append(stream(i), ExpectedVersion::Any, vec![event(i)])
+                    }
+                    1 => AppendRequest::new().append(
+                        stream(i),
+                        ExpectedVersion::Any,
+                        vec![event(i), event(i + 1), event(i + 2)],
+                    ),
+                    _ => AppendRequest::new()
+                        .append(stream(i), ExpectedVersion::Any, vec![event(i)])
+                        .append(stream(i + 1), ExpectedVersion::Any, vec![event(i + 1)]),
+                };
+                store.append(request).await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let mut expected = Vec::new();
+    loop {
+        let after = expected
+            .last()
+            .map_or(GlobalPosition::new(0), |e: &eventcore::StoredEvent| {
+                e.position
+            });
+        let page = plain.read_all(after, 500).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        expected.extend(page);
+    }
+    assert_eq!(expected.len(), 16 * 10 * (1 + 3 + 2));
+    let mut delivered = Vec::new();
+    while delivered.len() < expected.len() {
+        let event = tokio::time::timeout(PATIENCE, live.next())
+            .await
+            .expect("delivered in time")
+            .expect("subscriptions never end")
+            .expect("no error");
+        delivered.push(event);
+    }
+    for (got, want) in delivered.iter().zip(&expected) {
+        assert_eq!(got.position, want.position);
+        assert_eq!(got.event_id, want.event_id);
+        assert_eq!(got.stream_id, want.stream_id);
+        assert_eq!(
+            got.stream_version, want.stream_version,
+            "at {}",
+            want.position
+        );
+        assert_eq!(got.event_type, want.event_type);
+        assert_eq!(got.schema_version, want.schema_version);
+        assert_eq!(got.data.to_value().unwrap(), want.data.to_value().unwrap());
+        assert_eq!(got.metadata, want.metadata);
+        assert_eq!(got.recorded_at, want.recorded_at);
+    }
+    let stats = local.recent_append_stats();
+    assert!(stats.hits > 0, "own appends read from memory: {stats:?}");
+    assert!(stats.misses > 0, "foreign appends fetched: {stats:?}");
+    assert!(stats.held > 0, "held while subscribed: {stats:?}");
+    assert_eq!(plain.recent_append_stats().hits, 0);
+
+    // With the subscriber gone, the next append lets go of everything.
+    drop(live);
+    seed(
+        &local,
+        &StreamId::new("mem-after").unwrap(),
+        [AccountEvent::Deposited { amount: 1 }],
+    )
+    .await
+    .unwrap();
+    assert_eq!(local.recent_append_stats().held, 0);
+}
