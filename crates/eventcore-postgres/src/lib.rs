@@ -50,6 +50,21 @@
 //! not survive `pg_dump`/restore: restore into a cluster whose transaction
 //! counter is past the dumped one (see `docs/operations.md`).
 
+//!
+//! ## Live subscriptions
+//!
+//! Subscribers ([`eventcore::subscribe`], and the projection runners built
+//! on it) are woken by the store that appended, in process, and across
+//! processes by `NOTIFY`, sent outside the append transactions at most every
+//! [`PostgresConfig::notify_interval`]. While a store has live subscribers
+//! it also keeps the events it appended in memory
+//! ([`PostgresConfig::recent_appends_bytes`]): their reads then ask the
+//! server only which positions are readable and take the bodies from
+//! memory, so following one's own writes costs the writers less. The server
+//! still decides what is readable, so delivery (every event once, in order)
+//! is the same either way; [`PostgresEventStore::recent_append_stats`]
+//! shows how often memory served.
+
 mod config;
 mod conn_cache;
 mod error;

@@ -128,6 +128,9 @@ async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval
         let Some(poke) = poke.upgrade() else { return };
         poke.notified().await;
         drop(poke);
+        // The interval runs from this send's start: a NOTIFY's own round
+        // trip (a commit, slow under load) does not stretch the cadence.
+        let sent = tokio::time::Instant::now();
         if let Err(e) = sqlx::query(NOTIFY_CHANNEL)
             .bind(&channel)
             .execute(&pool)
@@ -135,7 +138,7 @@ async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval
         {
             tracing::debug!(error = %e, "NOTIFY failed; subscribers fall back to polling");
         }
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep_until(sent + interval).await;
     }
 }
 
