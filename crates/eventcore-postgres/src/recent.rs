@@ -154,7 +154,9 @@ impl RecentAppends {
 
     /// Drops everything (the last subscriber left).
     pub(crate) fn clear(&self) {
-        if self.holding.swap(false, Ordering::Relaxed) {
+        // Loaded first: every append without subscribers calls this, and a
+        // swap would write the shared cache line each time.
+        if self.holding.load(Ordering::Relaxed) && self.holding.swap(false, Ordering::Relaxed) {
             let mut state = self.lock();
             state.events.clear();
             state.bytes = 0;

@@ -595,12 +595,7 @@ impl PostgresEventStore {
             .fetch_all(&mut *conn)
             .await;
         conn.finished(&fetched);
-        let fetched = fetched.map_err(|e| self.map_err(OP, e))?;
-        let mut last_stream = None;
-        let fetched = fetched
-            .iter()
-            .map(|row| decode_row(row, &mut last_stream, |e| self.map_err(OP, e)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let fetched = self.decode_rows(OP, &fetched.map_err(|e| self.map_err(OP, e))?)?;
         let (first, count) = (lookup.missing[0], lookup.missing.len());
         lookup.fill(fetched).ok_or_else(|| Error::CorruptRow {
             what: format!("{count} events from position {first}"),
@@ -616,7 +611,14 @@ impl PostgresEventStore {
         let mut conn = self.acquire(operation).await?;
         let rows = query.fetch_all(&mut *conn).await;
         conn.finished(&rows);
-        let rows = rows.map_err(|e| self.map_err(operation, e))?;
+        self.decode_rows(operation, &rows.map_err(|e| self.map_err(operation, e))?)
+    }
+
+    fn decode_rows(
+        &self,
+        operation: &'static str,
+        rows: &[PgRow],
+    ) -> Result<Vec<StoredEvent>, Error> {
         let mut last_stream = None;
         rows.iter()
             .map(|row| decode_row(row, &mut last_stream, |e| self.map_err(operation, e)))
