@@ -136,12 +136,7 @@ pub struct RecentAppendStats {
 impl PostgresEventStore {
     /// Counters of the recent-append memory. Cheap: no I/O.
     pub fn recent_append_stats(&self) -> RecentAppendStats {
-        let recent = &self.inner.recent;
-        RecentAppendStats {
-            held: recent.len(),
-            hits: recent.counters.hits.load(Ordering::Relaxed),
-            misses: recent.counters.misses.load(Ordering::Relaxed),
-        }
+        self.inner.recent.stats()
     }
 
     /// Counts streams and events (a full count: slow on very large stores).

@@ -24,9 +24,10 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use eventcore::{
-    AppendOutcome, AppendRequest, EventData, EventId, EventMetadata, GlobalPosition, StoredEvent,
-    StreamId, StreamVersion,
+    AppendOutcome, AppendRequest, GlobalPosition, NewEvent, StoredEvent, StreamId, StreamVersion,
 };
+
+use crate::RecentAppendStats;
 
 /// After a read found more positions missing than held (most events come
 /// from elsewhere), this many reads fetch whole rows in one query instead.
@@ -36,17 +37,14 @@ const BYPASS_READS: u32 = 16;
 /// metadata, stream id and type name.
 const ENTRY_OVERHEAD: usize = 256;
 
-/// An appended event as the store keeps it: everything but its position
-/// (the map's key) and record time (the server's, read with the position).
+/// An appended event as the store keeps it, with what the append settled:
+/// its stream and version. Its position is the map's key; its record time
+/// is the server's, read with the position.
 #[derive(Debug)]
 struct Held {
-    event_id: EventId,
+    event: NewEvent,
     stream_id: StreamId,
     stream_version: StreamVersion,
-    event_type: String,
-    schema_version: u32,
-    data: EventData,
-    metadata: EventMetadata,
     /// What this entry counts against the byte budget.
     bytes: usize,
 }
@@ -59,11 +57,11 @@ struct State {
     bypass: u32,
 }
 
-/// Counters for [`RecentAppendStats`](crate::RecentAppendStats).
+/// Events served from memory and fetched whole, since the store started.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// The store's recent appends, bounded by payload bytes.
@@ -74,7 +72,7 @@ pub(crate) struct RecentAppends {
     /// Whether anything is held: lets appends without subscribers skip the
     /// lock.
     holding: AtomicBool,
-    pub(crate) counters: Counters,
+    counters: Counters,
 }
 
 /// What [`RecentAppends::lookup`] found for one read: the events in
@@ -127,13 +125,9 @@ impl RecentAppends {
                 let bytes = event.data.get().len() + ENTRY_OVERHEAD;
                 state.bytes += bytes;
                 let held = Held {
-                    event_id: event.event_id,
+                    event,
                     stream_id: stream.stream_id.clone(),
                     stream_version: StreamVersion::new(base + i as u64 + 1),
-                    event_type: event.event_type,
-                    schema_version: event.schema_version,
-                    data: event.data,
-                    metadata: event.metadata,
                     bytes,
                 };
                 if let Some(old) = state.events.insert(position, held) {
@@ -190,14 +184,14 @@ impl RecentAppends {
         for &(position, recorded_at) in rows {
             match state.events.get(&(position as u64)) {
                 Some(held) => events.push(Some(StoredEvent {
-                    event_id: held.event_id,
+                    event_id: held.event.event_id,
                     stream_id: held.stream_id.clone(),
                     stream_version: held.stream_version,
                     position: GlobalPosition::new(position as u64),
-                    event_type: held.event_type.clone(),
-                    schema_version: held.schema_version,
-                    data: held.data.clone(),
-                    metadata: held.metadata.clone(),
+                    event_type: held.event.event_type.clone(),
+                    schema_version: held.event.schema_version,
+                    data: held.event.data.clone(),
+                    metadata: held.event.metadata.clone(),
                     recorded_at,
                 })),
                 None => {
@@ -218,8 +212,17 @@ impl RecentAppends {
         Lookup { events, missing }
     }
 
+    /// What [`PostgresEventStore::recent_append_stats`](crate::PostgresEventStore::recent_append_stats) reports.
+    pub(crate) fn stats(&self) -> RecentAppendStats {
+        RecentAppendStats {
+            held: self.len(),
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+        }
+    }
+
     /// Events held now.
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         if !self.holding.load(Ordering::Relaxed) {
             return 0;
         }
