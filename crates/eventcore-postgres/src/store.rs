@@ -21,7 +21,7 @@ use crate::{
     PostgresConfig, PostgresError,
     conn_cache::{Conn, ConnCache},
     error::{CONFLICT_SQLSTATE, connection_lost, constraint, db_error_parts, map_sqlx, sqlstate},
-    jsonb::{JsonbColumn, JsonbParam},
+    jsonb::{JsonbColumn, JsonbParam, MetadataColumn, TimestampColumn},
     metrics::PoolStats,
     notify::Notifier,
     recent::RecentAppends,
@@ -583,7 +583,10 @@ impl PostgresEventStore {
         let rows = rows.map_err(|e| self.map_err(OP, e))?;
         let found = rows
             .iter()
-            .map(|row| Ok((row.try_get_unchecked(0)?, row.try_get_unchecked(1)?)))
+            .map(|row| {
+                let TimestampColumn(at) = row.try_get_unchecked(1)?;
+                Ok((row.try_get_unchecked(0)?, at))
+            })
             .collect::<Result<Vec<(i64, DateTime<Utc>)>, sqlx::Error>>()
             .map_err(|e| self.map_err(OP, e))?;
         let lookup = self.inner.recent.lookup(&found);
@@ -647,8 +650,8 @@ fn decode_row(
     // The payload stays JSON text, unparsed, until someone asks for a type
     // (see `jsonb`). Metadata is parsed once, straight from the column.
     let JsonbColumn(data) = row.try_get_unchecked(6).map_err(&map)?;
-    let metadata: Result<Json<EventMetadata>, _> = row.try_get_unchecked(7);
-    let recorded_at = row.try_get_unchecked(8).map_err(&map)?;
+    let metadata: Result<MetadataColumn, _> = row.try_get_unchecked(7);
+    let TimestampColumn(recorded_at) = row.try_get_unchecked(8).map_err(&map)?;
     let corrupt = |reason: String| Error::CorruptRow {
         what: format!("stream '{stream_id}' version {stream_version} at position {position}"),
         reason,
@@ -670,7 +673,7 @@ fn decode_row(
         schema_version: schema_version as u32,
         data,
         metadata: match metadata {
-            Ok(Json(m)) => m,
+            Ok(MetadataColumn(m)) => m,
             Err(sqlx::Error::ColumnDecode { source, .. }) => {
                 return Err(corrupt(format!("metadata does not decode: {source}")));
             }

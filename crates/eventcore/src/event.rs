@@ -316,6 +316,33 @@ impl EventMetadata {
         self
     }
 
+    /// Reads metadata from its JSON text.
+    ///
+    /// PostgreSQL prints a `jsonb` value with its keys sorted by length and
+    /// `": "` / `", "` separators; metadata without custom entries then reads
+    /// `{"occurred_at": "…", "causation_id": "…", "correlation_id": "…"}`
+    /// (the causation id only when set). That form is read directly; any
+    /// other text goes through serde_json, with the same result. Reading
+    /// every stored event's metadata through serde_json was a sixth of the
+    /// client's CPU in `$all` reads.
+    ///
+    /// ```
+    /// use eventcore::EventMetadata;
+    ///
+    /// let m = EventMetadata::from_json_slice(
+    ///     br#"{"occurred_at": "2026-11-28T19:29:26.123Z", "correlation_id": "0190a000-0000-7000-8000-000000000001"}"#,
+    /// )?;
+    /// assert_eq!(m.correlation_id.to_string(), "0190a000-0000-7000-8000-000000000001");
+    /// assert!(m.causation_id.is_none() && m.custom.is_empty());
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn from_json_slice(json: &[u8]) -> Result<Self, serde_json::Error> {
+        match parse_jsonb_form(json) {
+            Some(m) => Ok(m),
+            None => serde_json::from_slice(json),
+        }
+    }
+
     /// Adds one custom entry.
     pub fn with_custom(
         mut self,
@@ -325,6 +352,36 @@ impl EventMetadata {
         self.custom.insert(key.into(), value.into());
         self
     }
+}
+
+/// Metadata without custom entries in the form PostgreSQL prints `jsonb`
+/// (see [`EventMetadata::from_json_slice`]), or `None`. Every part is
+/// checked: the timestamp by [`timestamp::parse_utc`], the ids as 36-byte
+/// hyphenated UUIDs, the rest byte for byte, so anything this accepts
+/// serde_json reads the same way.
+fn parse_jsonb_form(json: &[u8]) -> Option<EventMetadata> {
+    fn uuid_then_quote(b: &[u8]) -> Option<(Uuid, &[u8])> {
+        let (id, rest) = b.split_at_checked(36)?;
+        Some((Uuid::try_parse_ascii(id).ok()?, rest.strip_prefix(b"\"")?))
+    }
+    let rest = json.strip_prefix(b"{\"occurred_at\": \"")?;
+    let end = rest.iter().position(|&c| c == b'"')?;
+    let occurred_at = timestamp::parse_utc(std::str::from_utf8(&rest[..end]).ok()?)?;
+    let rest = &rest[end + 1..];
+    let (causation_id, rest) = match rest.strip_prefix(b", \"causation_id\": \"") {
+        Some(r) => {
+            let (id, r) = uuid_then_quote(r)?;
+            (Some(id), r)
+        }
+        None => (None, rest),
+    };
+    let (correlation_id, rest) = uuid_then_quote(rest.strip_prefix(b", \"correlation_id\": \"")?)?;
+    (rest == b"}").then(|| EventMetadata {
+        correlation_id,
+        causation_id,
+        occurred_at,
+        custom: serde_json::Map::new(),
+    })
 }
 
 /// An event ready to append: already serialized, with its id.
@@ -453,7 +510,7 @@ pub struct RecordedEvent<E> {
 mod tests {
     use chrono::{DateTime, Duration, TimeZone, Utc};
 
-    use super::{EventData, EventMetadata, timestamp::parse_utc};
+    use super::{EventData, EventMetadata, parse_jsonb_form, timestamp::parse_utc};
 
     /// Times covering every fraction length, the edges of the fast path and
     /// what falls back to chrono (leap second, 5-digit and negative years).
@@ -505,6 +562,82 @@ mod tests {
                 let text = serde_json::to_string(&m).unwrap();
                 assert_eq!(m.encoded_len(), text.len(), "{text}");
             }
+        }
+    }
+
+    /// `m` as PostgreSQL prints it back from a `jsonb` column (keys by
+    /// length, `": "` and `", "`); `m` has no custom entries.
+    fn jsonb_text(m: &EventMetadata) -> String {
+        let value = serde_json::to_value(m).unwrap();
+        let time = value["occurred_at"].as_str().unwrap();
+        let causation = m
+            .causation_id
+            .map(|id| format!(r#", "causation_id": "{id}""#))
+            .unwrap_or_default();
+        format!(
+            r#"{{"occurred_at": "{time}"{causation}, "correlation_id": "{}"}}"#,
+            m.correlation_id
+        )
+    }
+
+    #[test]
+    fn the_jsonb_form_reads_directly_and_as_serde_json_reads_it() {
+        for t in sample_times() {
+            for caused in [false, true] {
+                let mut m = EventMetadata::new();
+                m.occurred_at = t;
+                if caused {
+                    m = m.with_causation_id(uuid::Uuid::now_v7());
+                }
+                let text = jsonb_text(&m);
+                // (chrono does not read back every time it writes.)
+                let by_serde = serde_json::from_str::<EventMetadata>(&text).ok();
+                let ours = EventMetadata::from_json_slice(text.as_bytes()).ok();
+                assert_eq!(ours, by_serde, "{text}");
+                // Times chrono writes in other forms (leap second, years
+                // beyond 0000-9999) are read by serde_json instead.
+                let direct = parse_jsonb_form(text.as_bytes());
+                assert_eq!(
+                    direct.is_some(),
+                    parse_utc(&format!("{t:?}")).is_some(),
+                    "{text}"
+                );
+                if let Some(direct) = direct {
+                    assert_eq!(direct, m, "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_metadata_text_reads_as_serde_json_reads_it() {
+        let m = EventMetadata::new().with_causation_id(uuid::Uuid::now_v7());
+        let jsonb = jsonb_text(&m);
+        let custom = EventMetadata::new().with_custom("user", "zoë");
+        let mut texts = vec![
+            serde_json::to_string(&m).unwrap(),
+            serde_json::to_string(&custom).unwrap(),
+            r#"{"custom": {"user": "zoë"}, "occurred_at": "2026-11-28T19:29:26Z", "correlation_id": "0190e1a4-7b5c-7d3e-8f00-000000000001"}"#.to_owned(),
+            jsonb.to_uppercase().replace("CAUSATION_ID", "causation_id")
+                .replace("CORRELATION_ID", "correlation_id").replace("OCCURRED_AT", "occurred_at"),
+            jsonb.replace(", \"correlation", ",\"correlation"),
+            jsonb.replace('}', " }"),
+            jsonb.replace('}', ""),
+            format!("{jsonb} "),
+            jsonb.replace("-8", "-x"),
+            jsonb.replace("Z\"", "\""),
+            jsonb.replace("causation_id", "causation_i"),
+            jsonb.replace("\", \"correlation_id\": \"", "\\u0022, \"correlation_id\": \""),
+        ];
+        texts.push(jsonb.replace(
+            &m.correlation_id.to_string(),
+            &m.correlation_id.simple().to_string(),
+        ));
+        for text in texts {
+            let by_serde = serde_json::from_str::<EventMetadata>(&text);
+            let ours = EventMetadata::from_json_slice(text.as_bytes());
+            assert_eq!(ours.as_ref().ok(), by_serde.as_ref().ok(), "{text}");
+            assert_eq!(ours.is_err(), by_serde.is_err(), "{text}");
         }
     }
 

@@ -244,6 +244,9 @@ pub(crate) struct Measured {
     /// Successful operations of each worker (starvation check).
     pub(crate) per_worker_ops: Vec<u64>,
     pub(crate) seconds: f64,
+    /// CPU time the whole bench process used during the measured window
+    /// (`None` where `/proc/self/stat` cannot be read).
+    pub(crate) client_cpu_seconds: Option<f64>,
 }
 
 impl Measured {
@@ -266,6 +269,7 @@ impl Measured {
             first_error: None,
             per_worker_ops: Vec::new(),
             seconds,
+            client_cpu_seconds: None,
         })
     }
 }
@@ -330,7 +334,16 @@ pub(crate) async fn drive_from<W: Worker>(
             })
         })
         .collect();
+    // The client's CPU per event is far steadier than its throughput on a
+    // machine whose server shares the cores.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let before = process_cpu_seconds()?;
+        tokio::time::sleep_until(until.into()).await;
+        Some(process_cpu_seconds()? - before)
+    });
     let mut total = Measured::empty(timing.measure.as_secs_f64())?;
+    total.client_cpu_seconds = cpu.await.context("the CPU sampler panicked")?;
     for task in tasks {
         let m = task.await.context("a worker panicked")??;
         total.hist.add(&m.hist)?;
@@ -346,6 +359,18 @@ pub(crate) async fn drive_from<W: Worker>(
         total.per_worker_ops.push(m.ops);
     }
     Ok(total)
+}
+
+/// User plus system CPU time of this process so far, from
+/// `/proc/self/stat` (fields 14 and 15, in clock ticks of 1/100 s: Linux's
+/// fixed `USER_HZ`).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; it ends at the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// The event every write scenario appends: about 200 bytes of JSON, like
