@@ -334,12 +334,13 @@ pub(crate) async fn drive_from<W: Worker>(
             })
         })
         .collect();
-    // The client's CPU per event is far steadier than its throughput on a
-    // machine whose server shares the cores.
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(measure_from.into()).await;
+    // The client's CPU per event: what the library costs the machine, apart
+    // from the server. Sampled on a thread of its own: workers whose
+    // operations never wait (the in-memory store) would starve a task.
+    let cpu = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let before = process_cpu_seconds()?;
-        tokio::time::sleep_until(until.into()).await;
+        std::thread::sleep(until.saturating_duration_since(Instant::now()));
         Some(process_cpu_seconds()? - before)
     });
     let mut total = Measured::empty(timing.measure.as_secs_f64())?;

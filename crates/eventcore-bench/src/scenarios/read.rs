@@ -227,6 +227,7 @@ pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         eprintln!("[E] read_stream, {readers} readers");
         let store = ctx.db()?.store(&schema, readers).await?;
         BenchDb::warm_pool(store.pool(), readers).await?;
+        ctx.db()?.quiesce().await?;
         let workers = (0..readers)
             .map(|id| StreamReader {
                 store: store.clone(),
@@ -244,6 +245,7 @@ pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
                 rng: SmallRng::seed_from_u64(0xF0 + id as u64),
             })
             .collect();
+        ctx.db()?.quiesce().await?;
         let all_m = drive(workers, ctx.timing).await?;
         close(store).await;
 
