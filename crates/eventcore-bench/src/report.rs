@@ -55,10 +55,8 @@ impl Row {
         }
         if let Some(cpu) = m.client_cpu_seconds.filter(|_| m.events > 0) {
             let us = cpu * 1e6 / m.events as f64;
-            row.extra.insert(
-                "client_cpu_us_per_event".into(),
-                json!(crate::report::round3(us)),
-            );
+            row.extra
+                .insert("client_cpu_us_per_event".into(), json!(round3(us)));
             row.notes.push(format!("client CPU {us:.2} µs/event"));
         }
         if m.errors > 0 {

@@ -120,14 +120,14 @@ pub async fn append_and_read_back<S: EventStore + ?Sized>(store: &S) {
         .with_causation_id(uuid::Uuid::now_v7())
         .with_custom("user", "alice");
     // Stores may read metadata of different shapes by different paths.
-    let plain_meta = EventMetadata::new().with_causation_id(uuid::Uuid::now_v7());
+    let meta_without_custom = EventMetadata::new().with_causation_id(uuid::Uuid::now_v7());
     let first = NewEvent::new(&AccountEvent::Deposited { amount: 5 }, meta.clone()).unwrap();
     let second = NewEvent::new(
         &AccountEvent::Debited {
             amount: 2,
             to: "x".into(),
         },
-        plain_meta.clone(),
+        meta_without_custom.clone(),
     )
     .unwrap();
     let ids = [first.event_id, second.event_id];
@@ -157,7 +157,7 @@ pub async fn append_and_read_back<S: EventStore + ?Sized>(store: &S) {
     assert_eq!(events[1].event_type, "Debited");
     assert_eq!(events[0].metadata, meta);
     assert_eq!(events[0].metadata.custom["user"], "alice");
-    assert_eq!(events[1].metadata, plain_meta);
+    assert_eq!(events[1].metadata, meta_without_custom);
     let decoded: RecordedEvent<AccountEvent> = events[1].decode().unwrap();
     assert_eq!(
         decoded.event,
