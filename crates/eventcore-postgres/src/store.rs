@@ -574,14 +574,12 @@ impl PostgresEventStore {
     ) -> Result<Vec<StoredEvent>, Error> {
         const OP: &str = "read_all";
         let mut conn = self.acquire(OP).await?;
-        let rows = sqlx::query(sql(&self.inner.sql.read_all_positions))
+        let positions = sqlx::query(sql(&self.inner.sql.read_all_positions))
             .bind(to_i64(after.get()))
-            .bind(to_i64(limit as u64))
-            .fetch_all(&mut *conn)
-            .await;
-        conn.finished(&rows);
-        let rows = rows.map_err(|e| self.map_err(OP, e))?;
-        let found = rows
+            .bind(to_i64(limit as u64));
+        let found = self
+            .fetch_rows(&mut conn, OP, positions)
+            .await?
             .iter()
             .map(|row| {
                 let TimestampColumn(at) = row.try_get_unchecked(1)?;
@@ -593,12 +591,8 @@ impl PostgresEventStore {
         if lookup.missing.is_empty() {
             return Ok(lookup.events.into_iter().flatten().collect());
         }
-        let fetched = sqlx::query(sql(&self.inner.sql.read_events_at))
-            .bind(&lookup.missing)
-            .fetch_all(&mut *conn)
-            .await;
-        conn.finished(&fetched);
-        let fetched = self.decode_rows(OP, &fetched.map_err(|e| self.map_err(OP, e))?)?;
+        let missing = sqlx::query(sql(&self.inner.sql.read_events_at)).bind(&lookup.missing);
+        let fetched = self.decode_rows(OP, &self.fetch_rows(&mut conn, OP, missing).await?)?;
         let (first, count) = (lookup.missing[0], lookup.missing.len());
         lookup.fill(fetched).ok_or_else(|| Error::CorruptRow {
             what: format!("{count} events from position {first}"),
@@ -612,9 +606,21 @@ impl PostgresEventStore {
         query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<StoredEvent>, Error> {
         let mut conn = self.acquire(operation).await?;
-        let rows = query.fetch_all(&mut *conn).await;
+        let rows = self.fetch_rows(&mut conn, operation, query).await?;
+        self.decode_rows(operation, &rows)
+    }
+
+    /// Every row of `query` on `conn`, noting whether the connection came
+    /// out of it fit to park.
+    async fn fetch_rows(
+        &self,
+        conn: &mut Conn,
+        operation: &'static str,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<PgRow>, Error> {
+        let rows = query.fetch_all(&mut **conn).await;
         conn.finished(&rows);
-        self.decode_rows(operation, &rows.map_err(|e| self.map_err(operation, e))?)
+        rows.map_err(|e| self.map_err(operation, e))
     }
 
     fn decode_rows(
