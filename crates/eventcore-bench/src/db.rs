@@ -323,6 +323,11 @@ pub(crate) struct Script {
     pub(crate) schema: String,
     /// Truncate and re-seed the write tables first (write scripts).
     pub(crate) writes: bool,
+    /// Give every stream one event (version 1) when re-seeding, as the
+    /// library's stores are seeded: for scripts that read the events.
+    pub(crate) seeded: bool,
+    /// The event payload to send instead of the ~200-byte default.
+    pub(crate) payload: Option<String>,
 }
 
 impl Script {
@@ -332,6 +337,8 @@ impl Script {
             text,
             schema: CEILING_WRITE_SCHEMA.into(),
             writes: true,
+            seeded: false,
+            payload: None,
         }
     }
 
@@ -371,6 +378,35 @@ FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-'
         )
     }
 
+    /// [`Self::append1`] with the version read replaced by what
+    /// `CommandExecutor::execute` reads: every event of the stream, all
+    /// columns. Not a ceiling: it tells how much of A-cmd's distance from
+    /// A's ceiling is that read's own cost on the server.
+    pub(crate) fn command_append1() -> Self {
+        Self {
+            seeded: true,
+            ..Self::write(
+                "A_cmd_read_append1",
+                include_str!("../ceiling/A_cmd_read_append1.sql").into(),
+            )
+        }
+    }
+
+    /// [`Self::two_streams`] reading both streams' events in one statement,
+    /// as the executor does for a transfer; see [`Self::command_append1`].
+    /// `payload` is the library's transfer event, which is far smaller than
+    /// the reference's payload.
+    pub(crate) fn command_two_streams(payload: String) -> Self {
+        Self {
+            seeded: true,
+            payload: Some(payload),
+            ..Self::write(
+                "C_cmd_read_two_streams",
+                include_str!("../ceiling/C_cmd_read_two_streams.sql").into(),
+            )
+        }
+    }
+
     /// Every client on `stream-1`, with the version check.
     pub(crate) fn hot_stream() -> Self {
         Self::write(
@@ -392,6 +428,8 @@ ORDER BY stream_version LIMIT {READ_STREAM_LEN};
             ),
             schema: schema.into(),
             writes: false,
+            seeded: false,
+            payload: None,
         }
     }
 
@@ -409,6 +447,8 @@ ORDER BY global_position LIMIT {page};
             ),
             schema: schema.into(),
             writes: false,
+            seeded: false,
+            payload: None,
         }
     }
 }
@@ -506,7 +546,7 @@ impl Ceiling {
         duration: Duration,
     ) -> anyhow::Result<CeilingResult> {
         if script.writes {
-            self.prepare_write_tables(db).await?;
+            self.prepare_write_tables(db, script).await?;
         } else {
             db.quiesce().await?;
         }
@@ -529,7 +569,10 @@ impl Ceiling {
             .arg("-l")
             .arg(format!("--log-prefix={}", dir.join("tx").display()))
             .arg("-D")
-            .arg(format!("payload={}", self.payload))
+            .arg(format!(
+                "payload={}",
+                script.payload.as_ref().unwrap_or(&self.payload)
+            ))
             .arg("-D")
             .arg(format!("meta={}", self.meta))
             .arg("-f")
@@ -558,8 +601,10 @@ impl Ceiling {
     }
 
     /// The reference preparation: TRUNCATE both tables, insert `stream-1` ..
-    /// `stream-10000` at version 0, VACUUM ANALYZE, CHECKPOINT.
-    async fn prepare_write_tables(&mut self, db: &BenchDb) -> anyhow::Result<()> {
+    /// `stream-10000` at version 0 (for a `seeded` script: at version 1, with
+    /// one event each), VACUUM ANALYZE, CHECKPOINT.
+    async fn prepare_write_tables(&mut self, db: &BenchDb, script: &Script) -> anyhow::Result<()> {
+        let seeded = script.seeded;
         let s = CEILING_WRITE_SCHEMA;
         if !self.write_schema_ready {
             create_reference_tables(db, s).await?;
@@ -567,11 +612,23 @@ impl Ceiling {
         }
         db.exec(format!("TRUNCATE {s}.events, {s}.event_streams"))
             .await?;
+        let version = i32::from(seeded);
         db.exec(format!(
             "INSERT INTO {s}.event_streams (stream_id, version) \
-             SELECT 'stream-' || g, 0 FROM generate_series(1, {STREAMS}) g"
+             SELECT 'stream-' || g, {version} FROM generate_series(1, {STREAMS}) g"
         ))
         .await?;
+        if seeded {
+            let payload = script.payload.as_ref().unwrap_or(&self.payload);
+            let payload = payload.replace('\'', "''");
+            let meta = self.meta.replace('\'', "''");
+            db.exec(format!(
+                "INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, event_data, metadata) \
+                 SELECT gen_random_uuid(), 'stream-' || g, 1, 'OrderPlaced', '{payload}'::jsonb, '{meta}'::jsonb \
+                 FROM generate_series(1, {STREAMS}) g"
+            ))
+            .await?;
+        }
         db.settle(s).await
     }
 

@@ -104,6 +104,38 @@ impl Row {
         self
     }
 
+    /// Attaches plain SQL doing the library's work where it is more than the
+    /// ceiling's (`script`, e.g. reading the events a command folds instead
+    /// of one version): what that work costs PostgreSQL by itself. Call
+    /// after [`Self::with_ceiling`].
+    pub(crate) fn with_same_work(
+        mut self,
+        script: &str,
+        same_work: Option<&CeilingResult>,
+        events_per_tx: f64,
+    ) -> Self {
+        let Some(w) = same_work else {
+            return self;
+        };
+        let rate = w.tps * events_per_tx;
+        self.extra
+            .insert("same_work_sql_events_per_sec".into(), json!(round(rate)));
+        let mut note = format!("plain SQL doing the same reads ({script}): {rate:.0} events/s");
+        if let Some(c) = self.ceiling_events_per_sec.filter(|c| *c > 0.0) {
+            let of_ceiling = round3(rate / c);
+            self.extra
+                .insert("same_work_sql_ratio".into(), json!(of_ceiling));
+            note.push_str(&format!(", {of_ceiling} of the ceiling"));
+        }
+        if rate > 0.0 {
+            let of_same = round3(self.events_per_sec / rate);
+            self.extra
+                .insert("ratio_to_same_work_sql".into(), json!(of_same));
+            note.push_str(&format!("; the library reaches {of_same} of it"));
+        }
+        self.note(note)
+    }
+
     pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
         self.notes.push(note.into());
         self

@@ -191,6 +191,12 @@ pub(crate) async fn run_a_cmd(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         .await?;
         close(store).await;
         let ceiling = ctx.ceiling(&Script::append1(), writers).await;
+        let same_work = if cached {
+            None
+        } else {
+            ctx.measure_ceiling(&Script::command_append1(), writers)
+                .await
+        };
         let how = if cached {
             "execute_cached: reads only events newer than the cached state"
         } else {
@@ -205,7 +211,8 @@ pub(crate) async fn run_a_cmd(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
                 )
                 .note(format!(
                     "ceiling: A_append1; 2 round trips (read + append); {how}"
-                )),
+                ))
+                .with_same_work("A_cmd_read_append1", same_work.as_ref(), 1.0),
         );
     }
     Ok(rows)
@@ -222,8 +229,20 @@ pub(crate) async fn run_c(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let m = measure_transfers(&store, &accounts, writers, ctx.timing).await?;
     close(store).await;
     let ceiling = ctx.ceiling(&Script::two_streams(), writers).await;
+    let transfer = AccountEvent::Debited {
+        amount: 1,
+        to: accounts[accounts.len() / 2].to_string(),
+    };
+    let same_work = ctx
+        .measure_ceiling(
+            &Script::command_two_streams(serde_json::to_string(&transfer)?),
+            writers,
+        )
+        .await;
     Ok(vec![
-        transfer_row("C", writers, &m).with_ceiling(ceiling.as_ref(), 2.0),
+        transfer_row("C", writers, &m)
+            .with_ceiling(ceiling.as_ref(), 2.0)
+            .with_same_work("C_cmd_read_two_streams", same_work.as_ref(), 2.0),
     ])
 }
 

@@ -180,7 +180,13 @@ impl Ctx {
         }
     }
 
-    async fn measure_ceiling(&mut self, script: &Script, clients: usize) -> Option<CeilingResult> {
+    /// The pgbench figure for `script` at `clients`, measured now (reads:
+    /// once per invocation), on its own.
+    pub(crate) async fn measure_ceiling(
+        &mut self,
+        script: &Script,
+        clients: usize,
+    ) -> Option<CeilingResult> {
         let (Some(ceiling), Some(db)) = (self.ceiling.as_mut(), self.db.as_ref()) else {
             return None;
         };
