@@ -289,15 +289,31 @@ pub(crate) struct CeilingResult {
     /// From the per-transaction log, if it could be read.
     pub(crate) p50_ms: Option<f64>,
     pub(crate) p99_ms: Option<f64>,
+    /// CPU seconds pgbench used, and the server during the run (when it
+    /// runs on this machine; see `cpu`).
+    pub(crate) client_cpu_seconds: Option<f64>,
+    pub(crate) server_cpu_seconds: Option<f64>,
 }
 
 impl CeilingResult {
+    /// pgbench's and the server's CPU per event, where one transaction
+    /// carries `events_per_tx` events.
+    pub(crate) fn cpu_us_per_event(&self, events_per_tx: f64) -> (Option<f64>, Option<f64>) {
+        let events = self.tps * self.seconds * events_per_tx;
+        let per_event = |cpu: Option<f64>| cpu.filter(|_| events > 0.0).map(|s| s * 1e6 / events);
+        (
+            per_event(self.client_cpu_seconds),
+            per_event(self.server_cpu_seconds),
+        )
+    }
+
     /// Two runs of one workload as one: rates weighted by run length, the
     /// latency percentiles averaged (an approximation; the runs are alike).
     pub(crate) fn combine(a: &Self, b: &Self) -> Self {
         let seconds = a.seconds + b.seconds;
         let tx = a.tps * a.seconds + b.tps * b.seconds;
         let mean = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| (x + y) / 2.0);
+        let sum = |x: Option<f64>, y: Option<f64>| x.zip(y).map(|(x, y)| x + y);
         Self {
             tps: tx / seconds,
             failed: a.failed + b.failed,
@@ -309,6 +325,8 @@ impl CeilingResult {
             },
             p50_ms: mean(a.p50_ms, b.p50_ms),
             p99_ms: mean(a.p99_ms, b.p99_ms),
+            client_cpu_seconds: sum(a.client_cpu_seconds, b.client_cpu_seconds),
+            server_cpu_seconds: sum(a.server_cpu_seconds, b.server_cpu_seconds),
         }
     }
 }
@@ -581,7 +599,15 @@ impl Ceiling {
             .env("PGOPTIONS", format!("-c search_path={}", script.schema))
             .env("PGAPPNAME", "eventcore-bench-pgbench")
             .current_dir(&dir);
-        let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+        // pgbench's CPU shows in this process's reaped children once
+        // `output` has waited for it.
+        let out = tokio::task::spawn_blocking(move || {
+            let before = (crate::cpu::children_seconds(), crate::cpu::server_seconds());
+            let out = cmd.output();
+            let after = (crate::cpu::children_seconds(), crate::cpu::server_seconds());
+            out.map(|o| (o, before, after))
+        });
+        let (out, before, after) = out.await??;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
@@ -590,6 +616,8 @@ impl Ceiling {
         }
         let mut result = parse_pgbench(&stdout, secs as f64)
             .with_context(|| format!("parsing pgbench output:\n{stdout}\n{stderr}"))?;
+        result.client_cpu_seconds = crate::cpu::delta(before.0, after.0);
+        result.server_cpu_seconds = crate::cpu::delta(before.1, after.1);
         if let Ok(hist) = read_tx_logs(&dir)
             && !hist.is_empty()
         {
@@ -715,6 +743,8 @@ fn parse_pgbench(stdout: &str, seconds: f64) -> anyhow::Result<CeilingResult> {
         latency_avg_ms,
         p50_ms: None,
         p99_ms: None,
+        client_cpu_seconds: None,
+        server_cpu_seconds: None,
     })
 }
 
@@ -772,6 +802,8 @@ mod tests {
             latency_avg_ms: avg,
             p50_ms: Some(1.0),
             p99_ms: p99,
+            client_cpu_seconds: Some(seconds / 10.0),
+            server_cpu_seconds: None,
         };
         let c = CeilingResult::combine(
             &run(1000.0, 10.0, 2.0, Some(4.0)),
@@ -782,6 +814,9 @@ mod tests {
         // 10,000 transactions at 2 ms and 15,000 at 4 ms.
         assert!((c.latency_avg_ms - 3.2).abs() < 1e-9);
         assert_eq!((c.p50_ms, c.p99_ms), (Some(1.0), None));
+        // CPU seconds add up, and vanish if either half lacks them.
+        assert_eq!(c.client_cpu_seconds, Some(4.0));
+        assert_eq!(c.server_cpu_seconds, None);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! (`scripts/dev-db url`); everything lives in a dedicated database,
 //! `eventcore_bench`, created if missing. Nothing here asserts speed.
 
+mod cpu;
 mod db;
 mod report;
 mod scenarios;
@@ -122,7 +123,9 @@ async fn main() -> anyhow::Result<()> {
 
     let db = if scenarios.iter().any(|s| s.needs_postgres()) {
         let url = db::server_url()?;
-        Some(BenchDb::connect(&url).await?)
+        let db = BenchDb::connect(&url).await?;
+        cpu::locate_server(&db.admin).await;
+        Some(db)
     } else {
         None
     };

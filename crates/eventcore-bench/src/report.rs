@@ -53,11 +53,19 @@ impl Row {
                 json!(round(m.conflicts as f64 / m.seconds)),
             );
         }
-        if let Some(cpu) = m.client_cpu_seconds.filter(|_| m.events > 0) {
-            let us = cpu * 1e6 / m.events as f64;
+        let per_event = |cpu: Option<f64>| {
+            cpu.filter(|_| m.events > 0)
+                .map(|s| s * 1e6 / m.events as f64)
+        };
+        if let Some(us) = per_event(m.client_cpu_seconds) {
             row.extra
                 .insert("client_cpu_us_per_event".into(), json!(round3(us)));
             row.notes.push(format!("client CPU {us:.2} µs/event"));
+        }
+        if let Some(us) = per_event(m.server_cpu_seconds) {
+            row.extra
+                .insert("server_cpu_us_per_event".into(), json!(round3(us)));
+            row.notes.push(format!("server CPU {us:.2} µs/event"));
         }
         if m.errors > 0 {
             row.extra.insert("errors".into(), json!(m.errors));
@@ -100,6 +108,22 @@ impl Row {
                     json!(round(c.failed as f64 / c.seconds)),
                 );
             }
+            let (client, server) = c.cpu_us_per_event(events_per_tx);
+            let mut cpu = Vec::new();
+            if let Some(us) = client {
+                self.extra
+                    .insert("ceiling_client_cpu_us_per_event".into(), json!(round3(us)));
+                cpu.push(format!("pgbench {us:.2}"));
+            }
+            if let Some(us) = server {
+                self.extra
+                    .insert("ceiling_server_cpu_us_per_event".into(), json!(round3(us)));
+                cpu.push(format!("server {us:.2}"));
+            }
+            if !cpu.is_empty() {
+                self.notes
+                    .push(format!("ceiling CPU µs/event: {}", cpu.join(", ")));
+            }
         }
         self
     }
@@ -121,6 +145,13 @@ impl Row {
         self.extra
             .insert("same_work_sql_events_per_sec".into(), json!(round(rate)));
         let mut note = format!("plain SQL doing the same reads ({script}): {rate:.0} events/s");
+        if let (_, Some(us)) = w.cpu_us_per_event(events_per_tx) {
+            self.extra.insert(
+                "same_work_server_cpu_us_per_event".into(),
+                json!(round3(us)),
+            );
+            note.push_str(&format!(" (server CPU {us:.2} µs/event)"));
+        }
         if let Some(c) = self.ceiling_events_per_sec.filter(|c| *c > 0.0) {
             let of_ceiling = round3(rate / c);
             self.extra

@@ -29,6 +29,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cpu,
     db::{BenchDb, Ceiling, CeilingResult, STREAMS, Script},
     report::Row,
 };
@@ -253,6 +254,8 @@ pub(crate) struct Measured {
     /// CPU time the whole bench process used during the measured window
     /// (`None` where `/proc/self/stat` cannot be read).
     pub(crate) client_cpu_seconds: Option<f64>,
+    /// CPU time the server used meanwhile, when it runs on this machine.
+    pub(crate) server_cpu_seconds: Option<f64>,
 }
 
 impl Measured {
@@ -276,6 +279,7 @@ impl Measured {
             per_worker_ops: Vec::new(),
             seconds,
             client_cpu_seconds: None,
+            server_cpu_seconds: None,
         })
     }
 }
@@ -340,17 +344,20 @@ pub(crate) async fn drive_from<W: Worker>(
             })
         })
         .collect();
-    // The client's CPU per event: what the library costs the machine, apart
-    // from the server. Sampled on a thread of its own: workers whose
-    // operations never wait (the in-memory store) would starve a task.
+    // The client's and the server's CPU per event: what the library costs
+    // the machine, and what it makes the server do. Sampled on a thread of
+    // its own: workers whose operations never wait (the in-memory store)
+    // would starve a task.
     let cpu = tokio::task::spawn_blocking(move || {
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
-        let before = process_cpu_seconds()?;
+        let before = (cpu::process_seconds(), cpu::server_seconds());
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        Some(process_cpu_seconds()? - before)
+        let after = (cpu::process_seconds(), cpu::server_seconds());
+        (cpu::delta(before.0, after.0), cpu::delta(before.1, after.1))
     });
     let mut total = Measured::empty(timing.measure.as_secs_f64())?;
-    total.client_cpu_seconds = cpu.await.context("the CPU sampler panicked")?;
+    (total.client_cpu_seconds, total.server_cpu_seconds) =
+        cpu.await.context("the CPU sampler panicked")?;
     for task in tasks {
         let m = task.await.context("a worker panicked")??;
         total.hist.add(&m.hist)?;
@@ -366,18 +373,6 @@ pub(crate) async fn drive_from<W: Worker>(
         total.per_worker_ops.push(m.ops);
     }
     Ok(total)
-}
-
-/// User plus system CPU time of this process so far, from
-/// `/proc/self/stat` (fields 14 and 15, in clock ticks of 1/100 s: Linux's
-/// fixed `USER_HZ`).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may contain spaces; it ends at the last ')'.
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / 100.0)
 }
 
 /// The event every write scenario appends: about 200 bytes of JSON, like
