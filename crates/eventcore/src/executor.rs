@@ -119,7 +119,9 @@ const STATE_CACHE_CAPACITY: usize = 10_000;
 /// Snapshots by command type and key, shared by clones of an executor.
 #[derive(Debug, Default)]
 struct StateCache {
-    entries: Mutex<HashMap<(TypeId, String), Box<dyn Any + Send + Sync>>>,
+    /// Shared, so the lock is held only to look up or swap an entry; the
+    /// copy an execution folds into is made outside it.
+    entries: Mutex<HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>>,
 }
 
 impl<S: EventStore> CommandExecutor<S> {
@@ -189,9 +191,12 @@ impl<S: EventStore> CommandExecutor<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .and_then(|entry| entry.downcast_ref::<Snapshot<C>>())
             .cloned();
-        let start = cached.unwrap_or_else(|| Snapshot::fresh(&command));
+        let start = cached
+            .as_deref()
+            .and_then(|entry| entry.downcast_ref::<Snapshot<C>>())
+            .cloned()
+            .unwrap_or_else(|| Snapshot::fresh(&command));
         let span = tracing::debug_span!(
             "eventcore.execute",
             command = std::any::type_name::<C>(),
@@ -199,6 +204,7 @@ impl<S: EventStore> CommandExecutor<S> {
         );
         let cache = &self.cache;
         self.run(&command, EventMetadata::new(), start, move |snapshot| {
+            let snapshot = Arc::new(snapshot);
             let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
             // Keep the freshest snapshot: concurrent executions may finish
             // out of order.
@@ -214,7 +220,10 @@ impl<S: EventStore> CommandExecutor<S> {
                 if entries.len() >= STATE_CACHE_CAPACITY && !entries.contains_key(&key) {
                     entries.clear();
                 }
-                entries.insert(key, Box::new(snapshot.clone()));
+                // The replaced snapshot is dropped after the lock is released.
+                let old = entries.insert(key, snapshot);
+                drop(entries);
+                drop(old);
             }
         })
         .instrument(span)
@@ -222,13 +231,13 @@ impl<S: EventStore> CommandExecutor<S> {
     }
 
     /// Reads, decides and appends, starting from `snapshot`; `on_success`
-    /// sees the snapshot the successful decision was made on.
+    /// is handed the snapshot the successful decision was made on.
     async fn run<C: Command>(
         &self,
         command: &C,
         metadata: EventMetadata,
         mut snapshot: Snapshot<C>,
-        on_success: impl FnOnce(&Snapshot<C>),
+        on_success: impl FnOnce(Snapshot<C>),
     ) -> Result<ExecutionOutcome, CommandError<C::Error>> {
         let mut attempt = 0u32;
         loop {
@@ -274,7 +283,7 @@ impl<S: EventStore> CommandExecutor<S> {
             };
             match result {
                 Ok(append) => {
-                    on_success(&snapshot);
+                    on_success(snapshot);
                     return Ok(ExecutionOutcome {
                         append: Some(append),
                         events_written,
