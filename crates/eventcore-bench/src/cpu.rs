@@ -96,9 +96,11 @@ pub(crate) async fn locate_server(pool: &PgPool) {
         let local = addr
             .as_deref()
             .is_none_or(|a| a.starts_with("127.") || a == "::1");
-        let backend = stat(&pid.to_string()).filter(|s| local && s.comm == "postgres")?;
-        let postmaster = stat(&backend.ppid.to_string()).filter(|s| s.comm == "postgres")?;
-        drop(postmaster);
+        if !local {
+            return None;
+        }
+        let backend = stat(&pid.to_string()).filter(|s| s.comm == "postgres")?;
+        stat(&backend.ppid.to_string()).filter(|s| s.comm == "postgres")?;
         Some(Server {
             postmaster: backend.ppid,
         })
