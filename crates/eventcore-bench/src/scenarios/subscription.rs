@@ -46,7 +46,10 @@ use super::{
     Ctx, Timing, append::AppendWorker, append::StampLog, close, drive_from, seed_order,
     write_streams,
 };
-use crate::report::{Row, round3};
+use crate::{
+    cpu,
+    report::{Row, round3},
+};
 
 /// A's writer count.
 const WRITERS: usize = 16;
@@ -189,6 +192,9 @@ struct Slice {
     on: bool,
     /// Where its subscriber started.
     after: GlobalPosition,
+    /// CPU seconds this process (writers and subscriber) and the server
+    /// used during the slice, where they could be read.
+    cpu: (Option<f64>, Option<f64>),
 }
 
 impl Slice {
@@ -219,6 +225,7 @@ async fn alternate<S: EventStore + Clone + 'static>(
         let end = (t + SLICE).min(until);
         if on {
             let begun = Instant::now();
+            let before = cpu_mark().await;
             let after = GlobalPosition::new(stamps.high.load(Ordering::Relaxed));
             let subscriber = store.as_ref().map(|s| Subscriber::spawn(s.clone(), after));
             tokio::time::sleep_until(end.into()).await;
@@ -227,18 +234,21 @@ async fn alternate<S: EventStore + Clone + 'static>(
                 to: end,
                 on,
                 after,
+                cpu: cpu_since(before).await,
             });
             if let Some(subscriber) = subscriber {
                 let high = GlobalPosition::new(stamps.high.load(Ordering::Relaxed));
                 subscriber.finish(high, &mut seen).await?;
             }
         } else {
+            let before = cpu_mark().await;
             tokio::time::sleep_until(end.into()).await;
             slices.push(Slice {
                 from: t,
                 to: end,
                 on,
                 after: GlobalPosition::START,
+                cpu: cpu_since(before).await,
             });
         }
         t = end;
@@ -247,19 +257,60 @@ async fn alternate<S: EventStore + Clone + 'static>(
     Ok((slices, seen))
 }
 
-/// Events whose append returned inside the `on` (or off) slices, per second.
-fn rate(appended: &[(EventId, GlobalPosition, Instant)], slices: &[Slice], on: bool) -> f64 {
+/// This process's and the server's CPU seconds so far, read on a blocking
+/// thread (the server's is a walk through `/proc`).
+async fn cpu_mark() -> (Option<f64>, Option<f64>) {
+    tokio::task::spawn_blocking(|| (cpu::process_seconds(), cpu::server_seconds()))
+        .await
+        .unwrap_or((None, None))
+}
+
+/// The CPU seconds used since `before`.
+async fn cpu_since(before: (Option<f64>, Option<f64>)) -> (Option<f64>, Option<f64>) {
+    let after = cpu_mark().await;
+    (cpu::delta(before.0, after.0), cpu::delta(before.1, after.1))
+}
+
+/// Events whose append returned inside the `on` (or off) slices, and those
+/// slices' length in seconds.
+fn events_in(
+    appended: &[(EventId, GlobalPosition, Instant)],
+    slices: &[Slice],
+    on: bool,
+) -> (usize, f64) {
     let picked: Vec<&Slice> = slices.iter().filter(|s| s.on == on).collect();
     let seconds: f64 = picked.iter().map(|s| (s.to - s.from).as_secs_f64()).sum();
     let events = appended
         .iter()
         .filter(|(_, _, t)| picked.iter().any(|s| s.holds(*t)))
         .count();
-    if seconds > 0.0 {
-        events as f64 / seconds
-    } else {
-        0.0
+    (events, seconds)
+}
+
+/// Events whose append returned inside the `on` (or off) slices, per second.
+fn rate(appended: &[(EventId, GlobalPosition, Instant)], slices: &[Slice], on: bool) -> f64 {
+    match events_in(appended, slices, on) {
+        (events, seconds) if seconds > 0.0 => events as f64 / seconds,
+        _ => 0.0,
     }
+}
+
+/// This process's and the server's CPU per event appended in the `on` (or
+/// off) slices, in microseconds; `None` where a reading is missing.
+fn cpu_per_event(
+    appended: &[(EventId, GlobalPosition, Instant)],
+    slices: &[Slice],
+    on: bool,
+) -> (Option<f64>, Option<f64>) {
+    let (events, _) = events_in(appended, slices, on);
+    let picked = || slices.iter().filter(|s| s.on == on);
+    let sum = |pick: fn(&Slice) -> Option<f64>| picked().map(pick).sum::<Option<f64>>();
+    let per_event = |total: Option<f64>| {
+        total
+            .filter(|_| events > 0)
+            .map(|t| t * 1e6 / events as f64)
+    };
+    (per_event(sum(|s| s.cpu.0)), per_event(sum(|s| s.cpu.1)))
 }
 
 /// Delivery latency of the events appended inside the on-slices.
@@ -405,6 +456,26 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
             variant.describe(),
             SLICE.as_millis()
         ));
+    // What the subscriber adds to the machine's work per written event.
+    let (client_on, server_on) = cpu_per_event(&appended, &slices, true);
+    let (client_off, server_off) = cpu_per_event(&appended, &slices, false);
+    if let (Some(c_on), Some(c_off)) = (client_on, client_off) {
+        row = row
+            .extra("client_cpu_us_per_event_on", round3(c_on))
+            .extra("client_cpu_us_per_event_off", round3(c_off));
+        let mut note = format!("CPU per written event, on / off: client {c_on:.1} / {c_off:.1} µs");
+        if let (Some(s_on), Some(s_off)) = (server_on, server_off) {
+            row = row
+                .extra("server_cpu_us_per_event_on", round3(s_on))
+                .extra("server_cpu_us_per_event_off", round3(s_off));
+            let more = (c_on + s_on) / (c_off + s_off) - 1.0;
+            note.push_str(&format!(
+                ", server {s_on:.1} / {s_off:.1} µs (both: {:+.1} %)",
+                more * 100.0
+            ));
+        }
+        row = row.note(note);
+    }
     if variant == Variant::Nothing {
         return Ok(row);
     }
@@ -471,12 +542,14 @@ mod tests {
                 to: ms(100),
                 on: false,
                 after: GlobalPosition::START,
+                cpu: (Some(0.002), Some(0.010)),
             },
             Slice {
                 from: ms(100),
                 to: ms(200),
                 on: true,
                 after: GlobalPosition::new(10),
+                cpu: (Some(0.012), None),
             },
         ];
         let p = GlobalPosition::new;
@@ -494,5 +567,14 @@ mod tests {
         assert!((l.ms(1.0) - 3.0).abs() < 0.01);
         assert!((rate(&appended, &slices, true) - 40.0).abs() < 1e-6);
         assert!((rate(&appended, &slices, false) - 10.0).abs() < 1e-6);
+        // CPU per event appended in the slices: one off (2 ms client, 10 ms
+        // server), four on (12 ms client, the server's reading missing).
+        assert_eq!(
+            cpu_per_event(&appended, &slices, false),
+            (Some(2000.0), Some(10000.0))
+        );
+        let (client_on, server_on) = cpu_per_event(&appended, &slices, true);
+        assert!((client_on.unwrap() - 3000.0).abs() < 1e-6);
+        assert_eq!(server_on, None);
     }
 }
