@@ -397,30 +397,33 @@ FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-'
     }
 
     /// [`Self::append1`] with the version read replaced by what
-    /// `CommandExecutor::execute` reads: every event of the stream, all
-    /// columns. Not a ceiling: it tells how much of A-cmd's distance from
-    /// A's ceiling is that read's own cost on the server.
+    /// `CommandExecutor::execute` reads (`ceiling/A_cmd_read.sql`): every
+    /// event of the stream, all columns. Not a ceiling: it tells how much of
+    /// A-cmd's distance from A's ceiling is that read's own cost on the
+    /// server.
     pub(crate) fn command_append1() -> Self {
+        let reference = Self::append1();
         Self {
             seeded: true,
             ..Self::write(
                 "A_cmd_read_append1",
-                include_str!("../ceiling/A_cmd_read_append1.sql").into(),
+                replace_version_read(&reference.text, include_str!("../ceiling/A_cmd_read.sql")),
             )
         }
     }
 
-    /// [`Self::two_streams`] reading both streams' events in one statement,
-    /// as the executor does for a transfer; see [`Self::command_append1`].
-    /// `payload` is the library's transfer event, which is far smaller than
-    /// the reference's payload.
+    /// [`Self::two_streams`] reading both streams' events in one statement
+    /// (`ceiling/C_cmd_read.sql`), as the executor does for a transfer; see
+    /// [`Self::command_append1`]. `payload` is the library's transfer event,
+    /// which is far smaller than the reference's payload.
     pub(crate) fn command_two_streams(payload: String) -> Self {
+        let reference = Self::two_streams();
         Self {
             seeded: true,
             payload: Some(payload),
             ..Self::write(
                 "C_cmd_read_two_streams",
-                include_str!("../ceiling/C_cmd_read_two_streams.sql").into(),
+                replace_version_read(&reference.text, include_str!("../ceiling/C_cmd_read.sql")),
             )
         }
     }
@@ -469,6 +472,19 @@ ORDER BY global_position LIMIT {page};
             payload: None,
         }
     }
+}
+
+/// `reference` with its version read (the statement ending in `\gset`)
+/// replaced by `read`, so a derived script keeps the reference's write
+/// exactly. A reference without one is returned unchanged, which the tests
+/// catch.
+fn replace_version_read(reference: &str, read: &str) -> String {
+    let Some(gset) = reference.find("\\gset\n") else {
+        return reference.to_owned();
+    };
+    let start = reference[..gset].rfind("\nSELECT").map_or(0, |i| i + 1);
+    let end = gset + "\\gset\n".len();
+    format!("{}{read}{}", &reference[..start], &reference[end..])
 }
 
 /// Runs pgbench ceilings. Write ceilings are measured afresh right after
@@ -840,5 +856,27 @@ tps = 9876.543210 (without initial connection time)
         assert_eq!(s.text.matches(":payload::jsonb").count(), 10);
         assert!(s.text.contains(":ev::bigint + 10)"));
         assert!(s.text.contains("(10, 'OrderLinePicked'"));
+    }
+
+    #[test]
+    fn command_scripts_are_the_references_with_the_events_read() {
+        for (derived, reference) in [
+            (Script::command_append1(), Script::append1()),
+            (
+                Script::command_two_streams("{}".into()),
+                Script::two_streams(),
+            ),
+        ] {
+            let text = &derived.text;
+            assert!(!text.contains("\\gset"), "{text}");
+            assert_eq!(text.matches("\\aset").count(), 1, "{text}");
+            assert!(text.contains("FROM events WHERE stream_id"), "{text}");
+            // Everything the reference does after its version read, and
+            // its `\set`s before it, are kept word for word.
+            let (head, tail) = reference.text.split_once("\\gset\n").unwrap();
+            let sets = &head[..head.rfind("\nSELECT").unwrap() + 1];
+            assert!(text.starts_with(sets) && text.ends_with(tail), "{text}");
+            assert!(derived.seeded);
+        }
     }
 }
