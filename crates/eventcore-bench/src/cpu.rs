@@ -117,6 +117,12 @@ pub(crate) fn server_seconds() -> Option<f64> {
     SERVER.get()?.as_ref()?.seconds()
 }
 
+/// `seconds` of CPU spread over `events`, in microseconds each; `None`
+/// without a reading or without events.
+pub(crate) fn us_per_event(seconds: Option<f64>, events: f64) -> Option<f64> {
+    seconds.filter(|_| events > 0.0).map(|s| s * 1e6 / events)
+}
+
 /// CPU seconds used between two readings, if both were taken.
 pub(crate) fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
     Some(after? - before?)

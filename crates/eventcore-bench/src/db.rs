@@ -300,10 +300,9 @@ impl CeilingResult {
     /// carries `events_per_tx` events.
     pub(crate) fn cpu_us_per_event(&self, events_per_tx: f64) -> (Option<f64>, Option<f64>) {
         let events = self.tps * self.seconds * events_per_tx;
-        let per_event = |cpu: Option<f64>| cpu.filter(|_| events > 0.0).map(|s| s * 1e6 / events);
         (
-            per_event(self.client_cpu_seconds),
-            per_event(self.server_cpu_seconds),
+            crate::cpu::us_per_event(self.client_cpu_seconds, events),
+            crate::cpu::us_per_event(self.server_cpu_seconds, events),
         )
     }
 

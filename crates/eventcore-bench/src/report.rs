@@ -53,10 +53,7 @@ impl Row {
                 json!(round(m.conflicts as f64 / m.seconds)),
             );
         }
-        let per_event = |cpu: Option<f64>| {
-            cpu.filter(|_| m.events > 0)
-                .map(|s| s * 1e6 / m.events as f64)
-        };
+        let per_event = |cpu| crate::cpu::us_per_event(cpu, m.events as f64);
         if let Some(us) = per_event(m.client_cpu_seconds) {
             row.extra
                 .insert("client_cpu_us_per_event".into(), json!(round3(us)));

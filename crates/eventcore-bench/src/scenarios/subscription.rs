@@ -305,12 +305,10 @@ fn cpu_per_event(
     let (events, _) = events_in(appended, slices, on);
     let picked = || slices.iter().filter(|s| s.on == on);
     let sum = |pick: fn(&Slice) -> Option<f64>| picked().map(pick).sum::<Option<f64>>();
-    let per_event = |total: Option<f64>| {
-        total
-            .filter(|_| events > 0)
-            .map(|t| t * 1e6 / events as f64)
-    };
-    (per_event(sum(|s| s.cpu.0)), per_event(sum(|s| s.cpu.1)))
+    (
+        cpu::us_per_event(sum(|s| s.cpu.0), events as f64),
+        cpu::us_per_event(sum(|s| s.cpu.1), events as f64),
+    )
 }
 
 /// Delivery latency of the events appended inside the on-slices.
