@@ -117,6 +117,18 @@ pub(crate) fn server_seconds() -> Option<f64> {
     SERVER.get()?.as_ref()?.seconds()
 }
 
+/// This process's CPU seconds and the server's, so far.
+pub(crate) fn mark() -> (Option<f64>, Option<f64>) {
+    (process_seconds(), server_seconds())
+}
+
+/// This process's and the server's CPU seconds used since `before` (a
+/// [`mark`]).
+pub(crate) fn since(before: (Option<f64>, Option<f64>)) -> (Option<f64>, Option<f64>) {
+    let after = mark();
+    (delta(before.0, after.0), delta(before.1, after.1))
+}
+
 /// `seconds` of CPU spread over `events`, in microseconds each; `None`
 /// without a reading or without events.
 pub(crate) fn us_per_event(seconds: Option<f64>, events: f64) -> Option<f64> {

@@ -350,10 +350,9 @@ pub(crate) async fn drive_from<W: Worker>(
     // would starve a task.
     let cpu = tokio::task::spawn_blocking(move || {
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
-        let before = (cpu::process_seconds(), cpu::server_seconds());
+        let before = cpu::mark();
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        let after = (cpu::process_seconds(), cpu::server_seconds());
-        (cpu::delta(before.0, after.0), cpu::delta(before.1, after.1))
+        cpu::since(before)
     });
     let mut total = Measured::empty(timing.measure.as_secs_f64())?;
     (total.client_cpu_seconds, total.server_cpu_seconds) =

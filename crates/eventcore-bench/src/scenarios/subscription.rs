@@ -257,18 +257,19 @@ async fn alternate<S: EventStore + Clone + 'static>(
     Ok((slices, seen))
 }
 
-/// This process's and the server's CPU seconds so far, read on a blocking
-/// thread (the server's is a walk through `/proc`).
+/// [`cpu::mark`] on a blocking thread (the server's is a walk through
+/// `/proc`).
 async fn cpu_mark() -> (Option<f64>, Option<f64>) {
-    tokio::task::spawn_blocking(|| (cpu::process_seconds(), cpu::server_seconds()))
+    tokio::task::spawn_blocking(cpu::mark)
         .await
         .unwrap_or((None, None))
 }
 
-/// The CPU seconds used since `before`.
+/// [`cpu::since`] on a blocking thread.
 async fn cpu_since(before: (Option<f64>, Option<f64>)) -> (Option<f64>, Option<f64>) {
-    let after = cpu_mark().await;
-    (cpu::delta(before.0, after.0), cpu::delta(before.1, after.1))
+    tokio::task::spawn_blocking(move || cpu::since(before))
+        .await
+        .unwrap_or((None, None))
 }
 
 /// Events whose append returned inside the `on` (or off) slices, and those
