@@ -4,7 +4,7 @@
 //! Run them all against a store with one macro call in a test file; the
 //! argument is an expression returning a future of a fresh, empty store:
 //!
-//! ```ignore
+//! ```no_run
 //! eventcore::event_store_contract_tests!(|| async { eventcore::InMemoryEventStore::new() });
 //! ```
 //!

@@ -1,7 +1,7 @@
 //! The contract of subscriptions and projection runners, for every store
 //! and checkpoint store.
 //!
-//! ```ignore
+//! ```no_run
 //! eventcore::projection_contract_tests!(
 //!     || async { eventcore::InMemoryEventStore::new() },
 //!     |_store: &eventcore::InMemoryEventStore| eventcore::InMemoryCheckpointStore::new()
