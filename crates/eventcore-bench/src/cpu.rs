@@ -43,12 +43,12 @@ fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 /// This process's CPU seconds so far (all threads).
-pub(crate) fn process_seconds() -> Option<f64> {
+fn process_seconds() -> Option<f64> {
     Some(stat("self")?.own)
 }
 
 /// CPU seconds of this process's finished children (pgbench runs).
-pub(crate) fn children_seconds() -> Option<f64> {
+fn children_seconds() -> Option<f64> {
     Some(stat("self")?.reaped)
 }
 
@@ -113,31 +113,55 @@ pub(crate) async fn locate_server(pool: &PgPool) {
 }
 
 /// The server's CPU seconds so far, if [`locate_server`] found it.
-pub(crate) fn server_seconds() -> Option<f64> {
+fn server_seconds() -> Option<f64> {
     SERVER.get()?.as_ref()?.seconds()
 }
 
-/// This process's CPU seconds and the server's, so far.
-pub(crate) fn mark() -> (Option<f64>, Option<f64>) {
-    (process_seconds(), server_seconds())
+/// A client's CPU seconds and the server's at one moment, with how the
+/// client's were read, so [`Mark::since`] reads them the same way.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    read_client: fn() -> Option<f64>,
+    client: Option<f64>,
+    server: Option<f64>,
 }
 
-/// This process's and the server's CPU seconds used since `before` (a
-/// [`mark`]).
-pub(crate) fn since(before: (Option<f64>, Option<f64>)) -> (Option<f64>, Option<f64>) {
-    let after = mark();
-    (delta(before.0, after.0), delta(before.1, after.1))
+/// This process (the library's client) and the server, now.
+pub(crate) fn mark() -> Mark {
+    mark_with(process_seconds)
+}
+
+/// This process's finished children (pgbench, once waited for) and the
+/// server, now.
+pub(crate) fn mark_children() -> Mark {
+    mark_with(children_seconds)
+}
+
+fn mark_with(read_client: fn() -> Option<f64>) -> Mark {
+    Mark {
+        read_client,
+        client: read_client(),
+        server: server_seconds(),
+    }
+}
+
+impl Mark {
+    /// The client's and the server's CPU seconds used since this mark,
+    /// where both readings of each were taken.
+    pub(crate) fn since(&self) -> (Option<f64>, Option<f64>) {
+        let now = mark_with(self.read_client);
+        let delta = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+        (
+            delta(self.client, now.client),
+            delta(self.server, now.server),
+        )
+    }
 }
 
 /// `seconds` of CPU spread over `events`, in microseconds each; `None`
 /// without a reading or without events.
 pub(crate) fn us_per_event(seconds: Option<f64>, events: f64) -> Option<f64> {
     seconds.filter(|_| events > 0.0).map(|s| s * 1e6 / events)
-}
-
-/// CPU seconds used between two readings, if both were taken.
-pub(crate) fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
-    Some(after? - before?)
 }
 
 #[cfg(test)]

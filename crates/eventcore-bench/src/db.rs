@@ -617,12 +617,10 @@ impl Ceiling {
         // pgbench's CPU shows in this process's reaped children once
         // `output` has waited for it.
         let out = tokio::task::spawn_blocking(move || {
-            let before = (crate::cpu::children_seconds(), crate::cpu::server_seconds());
-            let out = cmd.output();
-            let after = (crate::cpu::children_seconds(), crate::cpu::server_seconds());
-            out.map(|o| (o, before, after))
+            let before = crate::cpu::mark_children();
+            cmd.output().map(|o| (o, before.since()))
         });
-        let (out, before, after) = out.await??;
+        let (out, cpu) = out.await??;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
@@ -631,8 +629,7 @@ impl Ceiling {
         }
         let mut result = parse_pgbench(&stdout, secs as f64)
             .with_context(|| format!("parsing pgbench output:\n{stdout}\n{stderr}"))?;
-        result.client_cpu_seconds = crate::cpu::delta(before.0, after.0);
-        result.server_cpu_seconds = crate::cpu::delta(before.1, after.1);
+        (result.client_cpu_seconds, result.server_cpu_seconds) = cpu;
         if let Ok(hist) = read_tx_logs(&dir)
             && !hist.is_empty()
         {

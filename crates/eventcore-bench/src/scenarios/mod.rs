@@ -352,7 +352,7 @@ pub(crate) async fn drive_from<W: Worker>(
         std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
         let before = cpu::mark();
         std::thread::sleep(until.saturating_duration_since(Instant::now()));
-        cpu::since(before)
+        before.since()
     });
     let mut total = Measured::empty(timing.measure.as_secs_f64())?;
     (total.client_cpu_seconds, total.server_cpu_seconds) =

@@ -259,17 +259,18 @@ async fn alternate<S: EventStore + Clone + 'static>(
 
 /// [`cpu::mark`] on a blocking thread (the server's is a walk through
 /// `/proc`).
-async fn cpu_mark() -> (Option<f64>, Option<f64>) {
-    tokio::task::spawn_blocking(cpu::mark)
-        .await
-        .unwrap_or((None, None))
+async fn cpu_mark() -> Option<cpu::Mark> {
+    tokio::task::spawn_blocking(cpu::mark).await.ok()
 }
 
-/// [`cpu::since`] on a blocking thread.
-async fn cpu_since(before: (Option<f64>, Option<f64>)) -> (Option<f64>, Option<f64>) {
-    tokio::task::spawn_blocking(move || cpu::since(before))
-        .await
-        .unwrap_or((None, None))
+/// [`cpu::Mark::since`] on a blocking thread.
+async fn cpu_since(before: Option<cpu::Mark>) -> (Option<f64>, Option<f64>) {
+    match before {
+        Some(m) => tokio::task::spawn_blocking(move || m.since())
+            .await
+            .unwrap_or((None, None)),
+        None => (None, None),
+    }
 }
 
 /// Events whose append returned inside the `on` (or off) slices, and those
