@@ -132,6 +132,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                     position: GlobalPosition::new(position as u64),
                     stream_id: StreamId::new(&stream).map_err(|e| Error::CorruptRow {
                         what: format!("projection skip at position {position}"),
+                        position: u64::try_from(position).ok().map(GlobalPosition::new),
                         reason: e.to_string(),
                     })?,
                     error: row.try_get(2).map_err(get)?,

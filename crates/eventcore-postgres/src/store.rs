@@ -596,6 +596,7 @@ impl PostgresEventStore {
         let (first, count) = (lookup.missing[0], lookup.missing.len());
         lookup.fill(fetched).ok_or_else(|| Error::CorruptRow {
             what: format!("{count} events from position {first}"),
+            position: u64::try_from(first).ok().map(GlobalPosition::new),
             reason: "events below the read horizon were not found on a second read".into(),
         })
     }
@@ -660,6 +661,7 @@ fn decode_row(
     let TimestampColumn(recorded_at) = row.try_get_unchecked(8).map_err(&map)?;
     let corrupt = |reason: String| Error::CorruptRow {
         what: format!("stream '{stream_id}' version {stream_version} at position {position}"),
+        position: u64::try_from(position).ok().map(GlobalPosition::new),
         reason,
     };
     let stream = match last_stream {

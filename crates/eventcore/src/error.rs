@@ -137,10 +137,16 @@ pub enum Error {
     },
 
     /// A stored row is malformed (for example metadata that is not an object).
+    ///
+    /// Reads deliver every event before the bad row first; the bad row is
+    /// then the first one of the next read, which fails with this error and
+    /// its position, so a reader can record it and read on after it.
     #[error("corrupt stored row for {what}: {reason}")]
     CorruptRow {
         /// Which row (stream and position, as known).
         what: String,
+        /// Its global position, when the row has a readable one.
+        position: Option<GlobalPosition>,
         /// What is wrong with it.
         reason: String,
     },
@@ -190,6 +196,29 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The store sent a write but lost the connection or ran out of time
+    /// before it learned whether the write committed. Transient: re-sending
+    /// the *same* append (same event ids) is safe, since a store recognises
+    /// a re-send and returns the original outcome; deciding again with new
+    /// events is not.
+    #[error("outcome of {operation} unknown (it may have committed): {source}")]
+    OutcomeUnknown {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The failure that hid the outcome.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// This process is no longer the active runner of a projection: its
+    /// lease ended (connection lost, or another runner took over). Whatever
+    /// the old runner tried to commit after that was refused.
+    #[error("projection '{projection}' lost its runner lease; another runner may be active")]
+    LeaseLost {
+        /// The projection's name.
+        projection: String,
+    },
+
     /// Any other backend failure: a bug, a misconfiguration or a schema problem.
     #[error("store error during {operation}: {source}")]
     Backend {
@@ -209,8 +238,28 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Error::Unavailable { .. } | Error::Aborted { .. } | Error::Timeout { .. }
+            Error::Unavailable { .. }
+                | Error::Aborted { .. }
+                | Error::Timeout { .. }
+                | Error::OutcomeUnknown { .. }
         )
+    }
+
+    /// Whether a write that failed with this error may nevertheless have
+    /// committed ([`Error::OutcomeUnknown`]). Every other error of a write
+    /// means nothing was written.
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
+    /// The global position of the stored event the error is about, if any
+    /// ([`Error::Decode`], [`Error::CorruptRow`], [`Error::Projection`]).
+    pub fn position(&self) -> Option<GlobalPosition> {
+        match self {
+            Error::Decode { position, .. } => Some(*position),
+            Error::CorruptRow { position, .. } | Error::Projection { position, .. } => *position,
+            _ => None,
+        }
     }
 
     /// The conflict, if this is an optimistic-concurrency failure.

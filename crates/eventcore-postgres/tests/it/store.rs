@@ -49,7 +49,7 @@ async fn corrupt_rows_are_errors_naming_the_row() {
         .await
         .unwrap_err();
     match err {
-        Error::CorruptRow { what, reason } => {
+        Error::CorruptRow { what, reason, .. } => {
             assert!(
                 what.contains("corrupt-1") && what.contains("version 2"),
                 "{what}"
