@@ -273,24 +273,46 @@ impl Error {
 
 /// Errors from [`CommandExecutor::execute`](crate::CommandExecutor::execute).
 ///
-/// The command's own business error comes back untouched in
-/// [`CommandError::Rejected`]; everything else is an [`Error`].
+/// Each variant says whether the command's events may have been written:
+/// only [`CommandError::MaybeCommitted`] leaves that open; after any other
+/// error nothing was written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError<E> {
     /// The command's decision refused the request (a business rule).
+    /// Nothing was written.
     #[error("command rejected: {0}")]
     Rejected(#[source] E),
-    /// Still conflicting after the retry policy's last attempt.
+    /// Conflicts or transient faults outlasted the retry policy. Nothing was
+    /// written; running the command again later may succeed.
     #[error("gave up after {attempts} attempts: {last}")]
     RetriesExhausted {
-        /// How many times the command ran.
+        /// How many attempts were made.
         attempts: u32,
         /// The error of the last attempt.
         #[source]
         last: Error,
     },
-    /// A non-retryable store or usage error.
+    /// The append was sent, but the connection was lost or timed out before
+    /// its outcome was known, and the retry policy ran out before a re-send
+    /// settled it: the events may or may not be stored. Do **not** run the
+    /// command again (it would decide anew and could write twice); re-send
+    /// `request` with [`EventStore::append`](crate::EventStore::append)
+    /// instead: it returns the original outcome (`replayed`) if the first
+    /// send committed, a conflict if it did not and the streams moved on,
+    /// or writes it now.
+    #[error("gave up after {attempts} attempts; the append may have committed: {last}")]
+    MaybeCommitted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The error of the last attempt.
+        #[source]
+        last: Error,
+        /// The append whose outcome is unknown (the same event ids).
+        request: Box<crate::AppendRequest>,
+    },
+    /// An error retrying cannot fix (bad input, an undecodable event, a
+    /// schema problem). Nothing was written.
     #[error(transparent)]
     Store(#[from] Error),
 }
@@ -302,5 +324,11 @@ impl<E> CommandError<E> {
             CommandError::Rejected(e) => Some(e),
             _ => None,
         }
+    }
+
+    /// Whether the command's events may have been written
+    /// ([`CommandError::MaybeCommitted`]).
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, CommandError::MaybeCommitted { .. })
     }
 }

@@ -13,6 +13,18 @@ use crate::{
     EventStore, ExpectedVersion, NewEvent, RetryPolicy, StreamId, StreamVersion,
 };
 
+/// The error for a policy spent on `last`, telling a possible commit apart.
+fn exhausted<E>(attempts: u32, last: Error, in_doubt: Option<AppendRequest>) -> CommandError<E> {
+    match in_doubt {
+        Some(request) => CommandError::MaybeCommitted {
+            attempts,
+            last,
+            request: Box::new(request),
+        },
+        None => CommandError::RetriesExhausted { attempts, last },
+    }
+}
+
 /// How many times one execution may discover new streams to read before it
 /// is considered a runaway command.
 const MAX_DISCOVERY_ROUNDS: usize = 32;
@@ -232,6 +244,9 @@ impl<S: EventStore> CommandExecutor<S> {
 
     /// Reads, decides and appends, starting from `snapshot`; `on_success`
     /// is handed the snapshot the successful decision was made on.
+    ///
+    /// The retry policy counts every attempt (a re-read, a re-run after a
+    /// conflict, a re-send) against one budget of attempts and time.
     async fn run<C: Command>(
         &self,
         command: &C,
@@ -239,48 +254,49 @@ impl<S: EventStore> CommandExecutor<S> {
         mut snapshot: Snapshot<C>,
         on_success: impl FnOnce(Snapshot<C>),
     ) -> Result<ExecutionOutcome, CommandError<C::Error>> {
+        let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
+        // An append that was sent and whose outcome is unknown, until a
+        // later send of the same request settles it.
+        let mut in_doubt: Option<AppendRequest> = None;
         loop {
             attempt += 1;
-            let decided = match self.catch_up(command, &mut snapshot).await {
-                Ok(()) => self.decide(command, &mut snapshot, &metadata).await,
-                Err(e) => Err(e.into()),
-            };
-            let request = match decided {
-                Ok(Some(request)) => request,
-                Ok(None) => {
-                    return Ok(ExecutionOutcome {
-                        append: None,
-                        events_written: 0,
-                        attempts: attempt,
-                    });
+            let request = match in_doubt.clone() {
+                // Re-send, never re-decide: the first send may have
+                // committed, and new events would then be written twice.
+                Some(request) => request,
+                None => {
+                    let decided = match self.catch_up(command, &mut snapshot).await {
+                        Ok(()) => self.decide(command, &mut snapshot, &metadata).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    match decided {
+                        Ok(Some(request)) => request,
+                        Ok(None) => {
+                            return Ok(ExecutionOutcome {
+                                append: None,
+                                events_written: 0,
+                                attempts: attempt,
+                            });
+                        }
+                        // Reads are safe to repeat: a transient read failure
+                        // re-runs the attempt from where the snapshot got to.
+                        Err(CommandError::Store(e)) if e.is_transient() => {
+                            match self.retry.next_delay(attempt, started.elapsed()) {
+                                Some(delay) => {
+                                    tracing::debug!(attempt, error = %e, "transient read failure; retrying");
+                                    tokio::time::sleep(delay).await;
+                                    continue;
+                                }
+                                None => return Err(exhausted(attempt, e, None)),
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                // Reads are safe to repeat: a transient read failure re-runs
-                // the attempt from where the snapshot got to.
-                Err(CommandError::Store(e))
-                    if e.is_transient() && attempt < self.retry.max_attempts =>
-                {
-                    tracing::debug!(attempt, error = %e, "transient read failure; retrying");
-                    tokio::time::sleep(self.retry.delay_after(attempt)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
             };
             let events_written = request.event_count();
-
-            // A transient failure may hide a commit whose acknowledgement was
-            // lost, so the same request (same event ids) is re-sent rather
-            // than re-decided: the store recognises a re-send.
-            let result = loop {
-                match self.store.append(request.clone()).await {
-                    Err(e) if e.is_transient() && attempt < self.retry.max_attempts => {
-                        tracing::debug!(attempt, error = %e, "transient append failure; re-sending");
-                        tokio::time::sleep(self.retry.delay_after(attempt)).await;
-                        attempt += 1;
-                    }
-                    other => break other,
-                }
-            };
+            let result = self.store.append(request.clone()).await;
             match result {
                 Ok(append) => {
                     on_success(snapshot);
@@ -290,20 +306,37 @@ impl<S: EventStore> CommandExecutor<S> {
                         attempts: attempt,
                     });
                 }
-                Err(Error::Conflict(conflict)) if attempt < self.retry.max_attempts => {
-                    tracing::debug!(attempt, %conflict, "conflict; re-reading and re-running");
-                    let delay = self.retry.delay_after(attempt);
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
+                Err(e) => {
+                    if e.may_have_committed() {
+                        in_doubt = Some(request);
+                    } else if e.as_conflict().is_some() {
+                        // A store reports a conflict only after checking
+                        // that none of the events is stored (a re-send of
+                        // a committed append is answered as a replay), so
+                        // no earlier send committed either.
+                        in_doubt = None;
+                    }
+                    // Any other failure settles nothing: an earlier send
+                    // may still have committed.
+                    let retryable = e.is_transient() || e.as_conflict().is_some();
+                    let delay = if retryable {
+                        self.retry.next_delay(attempt, started.elapsed())
+                    } else {
+                        None
+                    };
+                    match delay {
+                        Some(delay) => {
+                            tracing::debug!(attempt, error = %e, "append failed; retrying");
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                        }
+                        None if retryable || in_doubt.is_some() => {
+                            return Err(exhausted(attempt, e, in_doubt));
+                        }
+                        None => return Err(CommandError::Store(e)),
                     }
                 }
-                Err(e) if e.is_transient() || e.as_conflict().is_some() => {
-                    return Err(CommandError::RetriesExhausted {
-                        attempts: attempt,
-                        last: e,
-                    });
-                }
-                Err(e) => return Err(CommandError::Store(e)),
             }
         }
     }

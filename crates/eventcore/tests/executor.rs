@@ -1,9 +1,19 @@
-//! Executor behaviour beyond the store contract: the state cache.
+//! Executor behaviour beyond the store contract: the state cache, and
+//! retries under faults (what a failed command says about its write).
 
-use std::sync::atomic::Ordering;
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
+use async_trait::async_trait;
 use eventcore::{
-    CommandExecutor, EventStore, InMemoryEventStore, StreamId, StreamVersion,
+    AppendOutcome, AppendRequest, CommandError, CommandExecutor, Error, EventStore, GlobalPosition,
+    InMemoryEventStore, RetryPolicy, StoredEvent, StreamId, StreamVersion,
     testing::{
         CountingStore,
         bank::{AccountEvent, Transfer},
@@ -150,4 +160,203 @@ async fn commands_can_discover_streams_while_deciding() {
         .await
         .unwrap();
     assert_eq!(charged[0].event_type, "Debited");
+}
+
+/// A store that fails on cue: each append and each stream read first pops
+/// a scripted fault, if any is left, and otherwise forwards.
+#[derive(Clone)]
+struct Faulty {
+    inner: InMemoryEventStore,
+    appends: Arc<Mutex<VecDeque<AppendFault>>>,
+    reads: Arc<Mutex<VecDeque<Error>>>,
+    sends: Arc<AtomicU32>,
+}
+
+enum AppendFault {
+    /// Fails before the store sees the append.
+    Before(Error),
+    /// Commits the append, then loses the acknowledgement.
+    LostAck,
+}
+
+fn unavailable() -> Error {
+    Error::Unavailable {
+        operation: "test",
+        source: "connection refused".into(),
+    }
+}
+
+fn lost_ack() -> Error {
+    Error::OutcomeUnknown {
+        operation: "append",
+        source: "connection lost after send".into(),
+    }
+}
+
+impl Faulty {
+    fn new(appends: Vec<AppendFault>, reads: Vec<Error>) -> Self {
+        Self {
+            inner: InMemoryEventStore::new(),
+            appends: Arc::new(Mutex::new(appends.into())),
+            reads: Arc::new(Mutex::new(reads.into())),
+            sends: Arc::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for Faulty {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
+        self.sends.fetch_add(1, Ordering::Relaxed);
+        let fault = self.appends.lock().unwrap().pop_front();
+        match fault {
+            Some(AppendFault::Before(e)) => Err(e),
+            Some(AppendFault::LostAck) => {
+                self.inner.append(request).await?;
+                Err(lost_ack())
+            }
+            None => self.inner.append(request).await,
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        if let Some(e) = self.reads.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        self.inner.read_stream(stream, from, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        self.inner.read_all(after, limit).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
+        self.inner.stream_version(stream).await
+    }
+}
+
+fn transfer(from: &StreamId, to: &StreamId) -> Transfer {
+    Transfer {
+        from: from.clone(),
+        to: to.clone(),
+        amount: 10,
+    }
+}
+
+async fn funded(store: &Faulty) -> (StreamId, StreamId) {
+    let a = StreamId::new("account-a").unwrap();
+    let b = StreamId::new("account-b").unwrap();
+    seed(&store.inner, &a, [AccountEvent::Deposited { amount: 100 }])
+        .await
+        .unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_lost_acknowledgement_is_settled_by_a_resend_not_a_second_decision() {
+    let store = Faulty::new(vec![AppendFault::LostAck], vec![]);
+    let (a, b) = funded(&store).await;
+    let executor = CommandExecutor::new(store.clone());
+    let outcome = executor.execute(transfer(&a, &b)).await.unwrap();
+    let append = outcome.append.unwrap();
+    assert!(append.replayed, "the re-send found the first send's commit");
+    // Written once: 100 - 10, not 100 - 20.
+    assert_eq!(store.inner.stream_version(&a).await.unwrap().get(), 2);
+    assert_eq!(store.inner.stream_version(&b).await.unwrap().get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsettled_send_is_reported_as_maybe_committed_with_its_request() {
+    // The first send commits and loses its acknowledgement; every re-send
+    // then fails before reaching the store, until the policy is spent.
+    let mut faults = vec![AppendFault::LostAck];
+    faults.extend((0..20).map(|_| AppendFault::Before(unavailable())));
+    let store = Faulty::new(faults, vec![]);
+    let (a, b) = funded(&store).await;
+    let executor =
+        CommandExecutor::new(store.clone()).with_retry_policy(RetryPolicy::new().max_attempts(4));
+    let err = executor.execute(transfer(&a, &b)).await.unwrap_err();
+    assert!(err.may_have_committed(), "{err}");
+    let CommandError::MaybeCommitted {
+        attempts, request, ..
+    } = err
+    else {
+        panic!("expected MaybeCommitted, got {err:?}");
+    };
+    assert_eq!(attempts, 4);
+    assert_eq!(store.sends.load(Ordering::Relaxed), 4);
+    // Re-sending the reported request settles it: it had committed.
+    let settled = store.inner.append(*request).await.unwrap();
+    assert!(settled.replayed);
+    assert_eq!(store.inner.stream_version(&a).await.unwrap().get(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn faults_before_any_send_say_nothing_was_written() {
+    let faults = (0..20)
+        .map(|_| AppendFault::Before(unavailable()))
+        .collect();
+    let store = Faulty::new(faults, vec![]);
+    let (a, b) = funded(&store).await;
+    let executor =
+        CommandExecutor::new(store.clone()).with_retry_policy(RetryPolicy::new().max_attempts(3));
+    let err = executor.execute(transfer(&a, &b)).await.unwrap_err();
+    assert!(!err.may_have_committed());
+    assert!(
+        matches!(err, CommandError::RetriesExhausted { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(store.inner.stream_version(&b).await.unwrap().get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_read_failure_on_the_last_attempt_is_retries_exhausted() {
+    // Regression: the last attempt's transient read failure used to come
+    // back as `CommandError::Store`, documented as not worth retrying.
+    let store = Faulty::new(vec![], (0..3).map(|_| unavailable()).collect());
+    let (a, b) = funded(&store).await;
+    let executor =
+        CommandExecutor::new(store.clone()).with_retry_policy(RetryPolicy::new().max_attempts(3));
+    let err = executor.execute(transfer(&a, &b)).await.unwrap_err();
+    assert!(
+        matches!(err, CommandError::RetriesExhausted { attempts: 3, .. }),
+        "{err:?}"
+    );
+    assert!(!err.may_have_committed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_the_policy_deadline() {
+    // Regression: a store that is down (say, an exhausted pool) kept a
+    // command retrying for minutes; the total budget now bounds it.
+    let faults = (0..10_000)
+        .map(|_| AppendFault::Before(unavailable()))
+        .collect();
+    let store = Faulty::new(faults, vec![]);
+    let (a, b) = funded(&store).await;
+    let policy = RetryPolicy::new()
+        .max_attempts(10_000)
+        .base_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(200))
+        .max_elapsed(Duration::from_secs(3));
+    let executor = CommandExecutor::new(store.clone()).with_retry_policy(policy);
+    let started = tokio::time::Instant::now();
+    let err = executor.execute(transfer(&a, &b)).await.unwrap_err();
+    assert!(
+        matches!(err, CommandError::RetriesExhausted { .. }),
+        "{err:?}"
+    );
+    let elapsed = started.elapsed();
+    assert!(elapsed <= Duration::from_secs(3), "{elapsed:?}");
+    let sends = store.sends.load(Ordering::Relaxed);
+    assert!(sends > 5 && sends < 200, "{sends} sends");
 }
