@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use eventcore::{DEFAULT_MAX_EVENT_BYTES, RetryPolicy};
+use eventcore::DEFAULT_MAX_EVENT_BYTES;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::PostgresError;
@@ -76,11 +76,6 @@ pub struct PostgresConfig {
     /// payload read this way is the JSON text as appended rather than
     /// PostgreSQL's `jsonb` rendering of it (same value).
     pub recent_appends_bytes: usize,
-    /// How the store itself retries transient failures (lost connections,
-    /// pool timeouts, deadlocks) of one operation. Appends are re-sent with
-    /// the same event ids, so a lost acknowledgement never duplicates events.
-    /// Default: 3 attempts, 10 ms base, 1 s cap.
-    pub retry: RetryPolicy,
 }
 
 impl Default for PostgresConfig {
@@ -107,10 +102,6 @@ impl PostgresConfig {
             application_name: "eventcore".into(),
             notify_interval: Some(Duration::from_millis(5)),
             recent_appends_bytes: 16 << 20,
-            retry: RetryPolicy::new()
-                .max_attempts(3)
-                .base_delay(Duration::from_millis(10))
-                .max_delay(Duration::from_secs(1)),
         }
     }
 
@@ -276,12 +267,6 @@ impl PostgresConfigBuilder {
     /// [`PostgresConfig::recent_appends_bytes`].
     pub fn recent_appends_bytes(mut self, bytes: usize) -> Self {
         self.config.recent_appends_bytes = bytes;
-        self
-    }
-
-    /// Sets the store's own retry policy for transient failures.
-    pub fn retry_policy(mut self, retry: RetryPolicy) -> Self {
-        self.config.retry = retry;
         self
     }
 

@@ -178,11 +178,20 @@ impl DerefMut for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if !self.clean {
+            // Failed, or abandoned mid-statement (a client deadline): sqlx
+            // would ping it before pooling it again, and a ping to a server
+            // that went silent never returns, holding the pool slot.
+            conn.close_on_drop();
+            return;
+        }
         match self.cache.upgrade() {
-            Some(cache) if self.clean => cache.park(conn, self.taken_at),
-            // Back to sqlx, which tests it (or closes it) on release.
-            _ => drop(conn),
+            Some(cache) => cache.park(conn, self.taken_at),
+            // Back to sqlx, which tests it on release.
+            None => drop(conn),
         }
     }
 }

@@ -6,7 +6,7 @@ use eventcore::{CheckpointStore, Error, GlobalPosition, Lease, SkippedEvent, Str
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::Mutex;
 
-use crate::{PostgresEventStore, sql};
+use crate::{PostgresEventStore, sql, store::Call};
 
 /// [`CheckpointStore`] in the store's schema (tables from migration 0002).
 ///
@@ -66,7 +66,7 @@ impl Lease for PgLease {
 impl CheckpointStore for PostgresCheckpointStore {
     async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error> {
         let s = &self.store;
-        s.with_retry("load checkpoint", || async {
+        s.call("load checkpoint", Call::Read, || async {
             let mut conn = s.acquire("load checkpoint").await?;
             let position = sqlx::query_scalar(sql::sql(&s.inner.sql.select_checkpoint))
                 .bind(projection)
@@ -81,7 +81,7 @@ impl CheckpointStore for PostgresCheckpointStore {
 
     async fn save(&self, projection: &str, position: GlobalPosition) -> Result<(), Error> {
         let s = &self.store;
-        s.with_retry("save checkpoint", || async {
+        s.call("save checkpoint", Call::Write, || async {
             let mut conn = s.acquire("save checkpoint").await?;
             let saved = self.save_in(&mut conn, projection, position).await;
             if saved.is_ok() {

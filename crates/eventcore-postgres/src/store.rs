@@ -60,6 +60,33 @@ pub(crate) struct Inner {
     pub(crate) recent: RecentAppends,
 }
 
+/// How an [`ExpectedVersion`] travels to the append statements and the
+/// `append_to_streams` function (`$2` / `p_expected`): an exact version as
+/// itself, the others as negative codes no version can take. The one place
+/// the encoding is written on this side; the SQL reads it back in sql.rs and
+/// migrations/0003_lean_write_path.sql.
+mod expectation {
+    pub(crate) const ANY: i64 = -1;
+    pub(crate) const NO_STREAM: i64 = -2;
+    pub(crate) const STREAM_EXISTS: i64 = -3;
+}
+
+/// The code of `expected` for `stream`; a version beyond `i64::MAX` (which
+/// would collide with the codes above) is refused.
+fn expectation_code(stream: &StreamId, expected: ExpectedVersion) -> Result<i64, Error> {
+    Ok(match expected {
+        ExpectedVersion::Any => expectation::ANY,
+        ExpectedVersion::NoStream => expectation::NO_STREAM,
+        ExpectedVersion::StreamExists => expectation::STREAM_EXISTS,
+        ExpectedVersion::Exact(v) => i64::try_from(v.get()).map_err(|_| Error::InvalidAppend {
+            reason: format!(
+                "stream '{stream}' is expected at version {v}, beyond the largest a stream can reach ({})",
+                i64::MAX
+            ),
+        })?,
+    })
+}
+
 /// What one send of an append found.
 enum Attempt {
     Written(AppendOutcome),
@@ -98,7 +125,7 @@ impl<'a> AppendParams<'a> {
             .bind(&self.metadata)
     }
 
-    fn new(request: &'a AppendRequest) -> Self {
+    fn new(request: &'a AppendRequest) -> Result<Self, Error> {
         let n = request.event_count();
         let mut p = AppendParams {
             streams: Vec::with_capacity(request.streams().len()),
@@ -111,12 +138,7 @@ impl<'a> AppendParams<'a> {
         };
         for s in request.streams() {
             p.streams.push(s.stream_id.as_str());
-            p.expected.push(match s.expected {
-                ExpectedVersion::Any => -1,
-                ExpectedVersion::NoStream => -2,
-                ExpectedVersion::StreamExists => -3,
-                ExpectedVersion::Exact(v) => v.get() as i64,
-            });
+            p.expected.push(expectation_code(&s.stream_id, s.expected)?);
             for e in &s.events {
                 p.event_ids.push(e.event_id.as_uuid());
                 p.event_types.push(&e.event_type);
@@ -125,7 +147,7 @@ impl<'a> AppendParams<'a> {
                 p.metadata.push(Json(&e.metadata));
             }
         }
-        p
+        Ok(p)
     }
 }
 
@@ -182,7 +204,10 @@ impl PostgresEventStore {
     }
 
     /// Takes a connection, recording wait time and timeouts for
-    /// [`get_pool_metrics`](Self::get_pool_metrics).
+    /// [`get_pool_metrics`](Self::get_pool_metrics). A failure here is a
+    /// failed connect or an exhausted pool, never a stale connection: it is
+    /// reported as [`Error::Unavailable`] whose source is a [`ConnectError`],
+    /// and nothing was sent.
     pub(crate) async fn acquire(&self, operation: &'static str) -> Result<Conn, Error> {
         let started = Instant::now();
         if let Some(mut conn) = self.inner.conns.take()
@@ -200,47 +225,94 @@ impl PostgresEventStore {
             .record_acquire(started.elapsed(), result.is_ok(), self.inner.pool.size());
         result
             .map(|c| self.inner.conns.wrap(c))
-            .map_err(|e| self.map_err(operation, e))
+            .map_err(|source| Error::Unavailable {
+                operation,
+                source: Box::new(ConnectError(source)),
+            })
     }
 
     pub(crate) fn map_err(&self, operation: &'static str, e: sqlx::Error) -> Error {
         map_sqlx(operation, self.inner.config.query_timeout, e)
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the store's retry
-    /// policy runs out on transient failures.
-    pub(crate) async fn with_retry<T, F, Fut>(
+    /// The longest one attempt of a store call may take on the client's
+    /// clock: a connection within `connect_timeout`, the statement within
+    /// `query_timeout` (which the server enforces, unless it went silent),
+    /// and a margin for the round trips around them.
+    pub(crate) fn call_deadline(&self) -> std::time::Duration {
+        let c = &self.inner.config;
+        c.connect_timeout
+            .saturating_add(c.query_timeout)
+            .saturating_add(CLIENT_DEADLINE_MARGIN)
+    }
+
+    /// One store call. `attempt` takes a connection and runs its
+    /// statements; it is bounded by [`call_deadline`](Self::call_deadline)
+    /// and repeated only when it ran into a pooled connection that had died
+    /// while parked (a server restart or a terminated backend), on a fresh
+    /// one, at most once per pooled connection. Nothing else is retried here:
+    /// transient faults go to the caller, whose [`RetryPolicy`] owns backoff
+    /// and the total deadline.
+    ///
+    /// For a write (`Call::Write`), a lost connection or the client
+    /// deadline leaves the outcome unknown: that is
+    /// [`Error::OutcomeUnknown`], and after such a failure only a definite
+    /// answer of a re-send (its outcome, a conflict, a duplicate id) is
+    /// passed on as it is.
+    ///
+    /// [`RetryPolicy`]: eventcore::RetryPolicy
+    pub(crate) async fn call<T, F, Fut>(
         &self,
         operation: &'static str,
+        kind: Call,
         mut attempt: F,
     ) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let policy = &self.inner.config.retry;
-        let mut tries = 0;
-        // After a server restart or a mass termination every idle pooled
-        // connection is dead, and each fails once before the pool drops it.
-        // Those failures say nothing about the server now, so up to a pool's
-        // worth of them are retried at once without using the retry budget.
+        let deadline = self.call_deadline();
         let mut stale_left = self.inner.config.max_connections;
+        let mut in_doubt = None;
         loop {
-            match attempt().await {
-                Err(e) if stale_left > 0 && is_stale_connection(&e) => {
-                    stale_left -= 1;
-                    // Its parked siblings are most likely dead too: let sqlx
-                    // test them rather than failing on each in turn.
-                    self.inner.conns.clear();
-                    tracing::debug!(operation, error = %e, "stale pooled connection; retrying");
+            // A server that went silent answers nothing, not even the
+            // server-side `statement_timeout`: only the client's clock ends it.
+            let (result, silent) = match tokio::time::timeout(deadline, attempt()).await {
+                Ok(result) => (result, false),
+                Err(_) => {
+                    let timeout = Error::Timeout {
+                        operation,
+                        elapsed: deadline,
+                    };
+                    (Err(timeout), true)
                 }
-                Err(e) if e.is_transient() && tries + 1 < policy.max_attempts => {
-                    tries += 1;
-                    tracing::warn!(operation, attempt = tries, error = %e, "transient failure; retrying");
-                    tokio::time::sleep(policy.delay_after(tries)).await;
+            };
+            let e = match result {
+                Ok(value) => return Ok(value),
+                Err(e) => e,
+            };
+            let stale = is_stale_connection(&e);
+            let written = kind == Call::Write && (stale || silent);
+            if stale && stale_left > 0 {
+                stale_left -= 1;
+                // Its parked siblings are most likely dead too: let sqlx
+                // test them rather than failing on each in turn.
+                self.inner.conns.clear();
+                tracing::debug!(operation, error = %e, "stale pooled connection; retrying");
+                if written {
+                    in_doubt = Some(e);
                 }
-                other => return other,
+                continue;
             }
+            let settled = matches!(
+                e,
+                Error::Conflict(_) | Error::DuplicateEventId { .. } | Error::InvalidAppend { .. }
+            );
+            return Err(match (written, in_doubt) {
+                (true, _) => outcome_unknown(operation, e),
+                (false, Some(_)) if !settled => outcome_unknown(operation, e),
+                _ => e,
+            });
         }
     }
 
@@ -649,21 +721,29 @@ fn decode_row(
     // Unchecked: the columns are ours (`event_columns!()`), so sqlx's
     // per-column type check is skipped; values are still decoded and checked.
     let position: i64 = row.try_get_unchecked(0).map_err(&map)?;
-    let event_id: Uuid = row.try_get_unchecked(1).map_err(&map)?;
     let stream_id: &str = row.try_get_unchecked(2).map_err(&map)?;
     let stream_version: i64 = row.try_get_unchecked(3).map_err(&map)?;
-    let event_type: String = row.try_get_unchecked(4).map_err(&map)?;
-    let schema_version: i32 = row.try_get_unchecked(5).map_err(&map)?;
-    // The payload stays JSON text, unparsed, until someone asks for a type
-    // (see `jsonb`). Metadata is parsed once, straight from the column.
-    let JsonbColumn(data) = row.try_get_unchecked(6).map_err(&map)?;
-    let metadata: Result<MetadataColumn, _> = row.try_get_unchecked(7);
-    let TimestampColumn(recorded_at) = row.try_get_unchecked(8).map_err(&map)?;
     let corrupt = |reason: String| Error::CorruptRow {
         what: format!("stream '{stream_id}' version {stream_version} at position {position}"),
         position: u64::try_from(position).ok().map(GlobalPosition::new),
         reason,
     };
+    // Past the row's identity every failure is this row's, named by its
+    // position so that a reader can record it and read on after it.
+    let column = |e: sqlx::Error| match e {
+        sqlx::Error::ColumnDecode { index, source } => {
+            corrupt(format!("column {index} does not decode: {source}"))
+        }
+        other => map(other),
+    };
+    let event_id: Uuid = row.try_get_unchecked(1).map_err(column)?;
+    let event_type: String = row.try_get_unchecked(4).map_err(column)?;
+    let schema_version: i32 = row.try_get_unchecked(5).map_err(column)?;
+    // The payload stays JSON text, unparsed, until someone asks for a type
+    // (see `jsonb`). Metadata is parsed once, straight from the column.
+    let JsonbColumn(data) = row.try_get_unchecked(6).map_err(column)?;
+    let metadata: Result<MetadataColumn, _> = row.try_get_unchecked(7);
+    let TimestampColumn(recorded_at) = row.try_get_unchecked(8).map_err(column)?;
     let stream = match last_stream {
         Some(s) if s.as_str() == stream_id => s.clone(),
         _ => {
@@ -691,8 +771,9 @@ fn decode_row(
     })
 }
 
-/// Whether `e` is a pooled connection found dead (terminated by the server
-/// or cut), as opposed to the server refusing work right now.
+/// Whether `e` is an established connection found dead (terminated by the
+/// server or cut), as opposed to a failed connect ([`ConnectError`]) or the
+/// server refusing work right now.
 fn is_stale_connection(e: &Error) -> bool {
     let Error::Unavailable { source, .. } = e else {
         return false;
@@ -701,6 +782,37 @@ fn is_stale_connection(e: &Error) -> bool {
         .downcast_ref::<sqlx::Error>()
         .is_some_and(connection_lost)
 }
+
+/// A write whose outcome `e` hid.
+fn outcome_unknown(operation: &'static str, e: Error) -> Error {
+    match e {
+        Error::OutcomeUnknown { .. } => e,
+        other => Error::OutcomeUnknown {
+            operation,
+            source: Box::new(other),
+        },
+    }
+}
+
+/// A connection could not be had: the connect failed or the pool had none
+/// free in time. Kept apart from errors on an established connection,
+/// which may be a stale pooled connection worth replacing at once; a failed
+/// connect is retried only by the caller's policy, with backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("no connection: {0}")]
+pub(crate) struct ConnectError(#[source] pub(crate) sqlx::Error);
+
+/// Whether a store call writes, so that a lost answer means the write may
+/// have committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    Read,
+    Write,
+}
+
+/// Added to `connect_timeout + query_timeout` for the client-side deadline
+/// of one attempt, for the round trips the server's timeout does not cover.
+const CLIENT_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Positions and versions travel as BIGINT; larger values cannot be stored.
 fn to_i64(n: u64) -> i64 {
@@ -726,9 +838,11 @@ impl EventStore for PostgresEventStore {
                 });
             }
             let outcome = {
-                let params = AppendParams::new(&request);
-                self.with_retry("append", || self.append_once(&request, &params))
-                    .await?
+                let params = AppendParams::new(&request)?;
+                self.call("append", Call::Write, || {
+                    self.append_once(&request, &params)
+                })
+                .await?
             };
             if outcome.positions.is_some() && !outcome.replayed {
                 // Kept only while someone subscribes here; a replay's events
@@ -758,7 +872,7 @@ impl EventStore for PostgresEventStore {
             from = from.get(),
             limit
         );
-        self.with_retry("read_stream", || {
+        self.call("read_stream", Call::Read, || {
             let query = sqlx::query(sql(&self.inner.sql.read_stream_forward))
                 .bind(stream.as_str())
                 .bind(to_i64(from.get()))
@@ -775,21 +889,40 @@ impl EventStore for PostgresEventStore {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
         let span = tracing::debug_span!("eventcore.read_all", after = after.get(), limit);
-        self.with_retry("read_all", || async {
+        self.call("read_all", Call::Read, || async {
             if self.inner.recent.covers(after) {
-                return self.read_all_recent(after, limit).await;
+                match self.read_all_recent(after, limit).await {
+                    // A bad row among the fetched ones: the full read below
+                    // delivers the good rows before it.
+                    Err(Error::CorruptRow { .. }) => {}
+                    other => return other,
+                }
             }
             let query = sqlx::query(sql(&self.inner.sql.read_all_forward))
                 .bind(to_i64(after.get()))
                 .bind(to_i64(limit as u64));
-            self.fetch_events("read_all", query).await
+            let mut conn = self.acquire("read_all").await?;
+            let rows = self.fetch_rows(&mut conn, "read_all", query).await?;
+            // A bad row must not hold back the good ones before it: the page
+            // ends just before it, and the next read, which starts with it,
+            // fails with its position, so a reader can record it and pass.
+            let mut events = Vec::with_capacity(rows.len());
+            let mut last_stream = None;
+            for row in &rows {
+                match decode_row(row, &mut last_stream, |e| self.map_err("read_all", e)) {
+                    Ok(event) => events.push(event),
+                    Err(e) if events.is_empty() => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            Ok(events)
         })
         .instrument(span)
         .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
-        self.with_retry("stream_version", || async {
+        self.call("stream_version", Call::Read, || async {
             let mut conn = self.acquire("stream_version").await?;
             let version = sqlx::query_scalar(sql(&self.inner.sql.select_stream_version))
                 .bind(stream.as_str())
@@ -816,7 +949,7 @@ impl EventStore for PostgresEventStore {
         let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
         let lowest = streams.iter().map(|(_, v)| v.get()).min().unwrap_or(1);
         let events = self
-            .with_retry("read_streams", || {
+            .call("read_streams", Call::Read, || {
                 let query = sqlx::query(sql(&self.inner.sql.read_streams_forward))
                     .bind(&ids)
                     .bind(to_i64(lowest))
@@ -854,7 +987,7 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn head_position(&self) -> Result<GlobalPosition, Error> {
-        self.with_retry("head_position", || async {
+        self.call("head_position", Call::Read, || async {
             let mut conn = self.acquire("head_position").await?;
             let head = sqlx::query_scalar(sql(&self.inner.sql.select_head_position))
                 .fetch_one(&mut *conn)

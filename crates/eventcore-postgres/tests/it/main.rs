@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod contract;
+mod deadlines;
 mod faults;
 mod projections;
 mod schema;

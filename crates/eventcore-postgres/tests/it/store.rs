@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use eventcore::{
-    AppendRequest, Error, EventStore, ExpectedVersion, GlobalPosition, NewEvent, RetryPolicy,
-    StreamId, StreamVersion,
+    AppendRequest, CommandExecutor, Error, EventStore, ExpectedVersion, GlobalPosition, NewEvent,
+    RetryPolicy, StreamId, StreamVersion,
 };
 use eventcore_postgres::{PostgresConfigBuilder, PostgresError, PostgresEventStore};
 use sqlx::{AssertSqlSafe, Connection};
@@ -74,7 +74,6 @@ async fn statements_past_query_timeout_fail_with_timeout() {
     let store = store_with(
         config()
             .query_timeout(Duration::from_millis(300))
-            .retry_policy(RetryPolicy::none())
             .build()
             .unwrap(),
     )
@@ -113,7 +112,6 @@ async fn exhausted_pool_is_a_typed_transient_error_and_counted() {
         config()
             .max_connections(1)
             .connect_timeout(Duration::from_millis(200))
-            .retry_policy(RetryPolicy::none())
             .build()
             .unwrap(),
     )
@@ -225,4 +223,119 @@ async fn late_commits_are_never_skipped() {
         store.stream_version(&late).await.unwrap(),
         StreamVersion::new(1)
     );
+}
+
+#[tokio::test]
+async fn read_all_delivers_the_good_rows_before_a_bad_one_then_names_it() {
+    // Regression: one bad row failed its whole page, so the good events
+    // before it in the same page were never delivered.
+    let store = fresh_store().await;
+    let schema = &store.config().schema;
+    let stream = StreamId::new("mixed-1").unwrap();
+    let first = store.append(one(&stream, "Before")).await.unwrap();
+    let (p1, _) = first.positions.unwrap();
+    // A bad row in the same transaction's position range, right after the
+    // good one: metadata of the wrong shape.
+    let bad = p1.get() + 1;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
+         VALUES ({bad}, '018f0000-0000-7000-8000-0000000000aa', 'mixed-bad', 1, 'Bad', 1, '{{}}', '[1]')"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.append(one(&stream, "After")).await.unwrap();
+
+    let page = store.read_all(GlobalPosition::START, 100).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["Before"]
+    );
+    let err = store.read_all(p1, 100).await.unwrap_err();
+    assert!(matches!(err, Error::CorruptRow { .. }), "{err:?}");
+    assert_eq!(err.position(), Some(GlobalPosition::new(bad)));
+    // Past it, reading goes on.
+    assert_eq!(all_after(&store, GlobalPosition::new(bad)).await, ["After"]);
+}
+
+#[tokio::test]
+async fn an_exact_version_beyond_i64_is_refused_not_read_as_any() {
+    // Regression: `Exact(u64::MAX)` was sent as -1, the code for "any
+    // version", so a check-only or multi-stream append succeeded.
+    let store = fresh_store().await;
+    let checked = StreamId::new("checked-1").unwrap();
+    let written = StreamId::new("written-1").unwrap();
+    store.append(one(&checked, "A")).await.unwrap();
+    store.append(one(&checked, "B")).await.unwrap();
+    for v in [u64::MAX, i64::MAX as u64 + 1] {
+        let request = AppendRequest::new()
+            .append(
+                written.clone(),
+                ExpectedVersion::Any,
+                vec![NewEvent::raw("W", serde_json::json!({}))],
+            )
+            .check(
+                checked.clone(),
+                ExpectedVersion::Exact(StreamVersion::new(v)),
+            );
+        let err = store.append(request).await.unwrap_err();
+        // A typed refusal before anything is sent, not a backend error.
+        assert!(
+            !err.is_transient() && !matches!(err, Error::Backend { .. }),
+            "{err:?}"
+        );
+    }
+    assert_eq!(
+        store.stream_version(&written).await.unwrap(),
+        StreamVersion::NONE,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_fails_a_command_within_one_retry_budget() {
+    // Regression: the store retried 3 times inside each of the executor's
+    // 10 attempts, so a command on an exhausted pool took 15.8 s at a
+    // 500 ms acquire timeout. Now each attempt waits for one acquire.
+    let store = store_with(
+        config()
+            .max_connections(1)
+            .connect_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let held = store.pool().acquire().await.unwrap();
+    let executor = CommandExecutor::new(store.clone()).with_retry_policy(
+        RetryPolicy::new()
+            .max_attempts(5)
+            .base_delay(Duration::from_millis(1))
+            .max_delay(Duration::from_millis(1)),
+    );
+    let timeouts_before = store.get_pool_metrics().connection_timeouts;
+    let started = std::time::Instant::now();
+    let err = executor
+        .execute(eventcore::testing::bank::Transfer {
+            from: StreamId::new("acct-1").unwrap(),
+            to: StreamId::new("acct-2").unwrap(),
+            amount: 5,
+        })
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            err,
+            eventcore::CommandError::RetriesExhausted { attempts: 5, .. }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.may_have_committed());
+    // Five acquires of 200 ms each, not fifteen.
+    let timeouts = store.get_pool_metrics().connection_timeouts - timeouts_before;
+    assert_eq!(timeouts, 5, "one acquire per attempt");
+    assert!(elapsed < Duration::from_millis(2000), "{elapsed:?}");
+    drop(held);
 }
