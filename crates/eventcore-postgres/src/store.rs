@@ -39,9 +39,15 @@ use crate::{
 /// * The global position encodes the writing transaction's id, and `$all`
 ///   readers stop below the oldest transaction still running, so they never
 ///   skip an event that commits late (see `docs/adr/0001-global-order.md`).
-/// * Transient faults (lost connections, pool timeouts, deadlocks) are
-///   retried per [`PostgresConfig::retry`]; a re-sent append is recognised
-///   by its event ids.
+/// * Every call is bounded on the client's clock (`connect_timeout +
+///   query_timeout` and a 1 s margin), so a server that goes silent fails it
+///   instead of hanging it. The store retries nothing but a pooled
+///   connection found dead; transient faults go to the caller, whose
+///   [`RetryPolicy`](eventcore::RetryPolicy) (the executor's, or
+///   [`RetryPolicy::retry`](eventcore::RetryPolicy::retry) around direct
+///   calls) owns backoff and the total deadline. A write whose answer was
+///   lost fails with [`Error::OutcomeUnknown`]; re-sending the same append is
+///   recognised by its event ids.
 ///
 /// Cloning is cheap and shares the pool.
 #[derive(Clone, Debug)]
