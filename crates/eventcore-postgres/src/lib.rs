@@ -77,7 +77,7 @@ mod schema;
 mod sql;
 mod store;
 
-pub use config::{PostgresConfig, PostgresConfigBuilder};
+pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
 pub use projection::PostgresCheckpointStore;
