@@ -71,6 +71,10 @@ pub struct PostgresConfig {
     pub test_before_acquire: bool,
     /// PostgreSQL schema holding the store's tables. Default `eventcore`;
     /// several stores (tenants, test runs) can share a database this way.
+    /// `a-z`, `0-9` and `_`, starting with a letter or `_`, at most 53
+    /// bytes (its NOTIFY channel, `eventcore_` + name, must fit PostgreSQL's
+    /// 63), not `pg_*` or `information_schema`. Reserved words such as
+    /// `user` work: the name is quoted in every statement.
     pub schema: String,
     /// Per-event limit on serialized data plus metadata. Default 1 MiB.
     pub max_event_bytes: usize,
@@ -453,7 +457,8 @@ fn redact_password_values(text: &str) -> String {
         // value; in a key=value string only whitespace does, and a quoted
         // value runs to its closing quote ('\' escapes).
         let in_query = key_start > 0 && {
-            let before = text[..key_start].trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            let before =
+                text[..key_start].trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
             before.ends_with(['?', '&'])
         };
         let value_end = if bytes.get(i) == Some(&b'\'') {
@@ -653,7 +658,10 @@ mod tests {
         for (field, builder) in [
             ("query_timeout", b().query_timeout(Duration::MAX)),
             ("query_timeout", b().query_timeout(Duration::ZERO)),
-            ("query_timeout", b().query_timeout(Duration::from_micros(999))),
+            (
+                "query_timeout",
+                b().query_timeout(Duration::from_micros(999)),
+            ),
             ("query_timeout", b().query_timeout(Duration::from_nanos(1))),
             ("query_timeout", b().query_timeout(ms(i32::MAX as u64 + 1))),
             // Would be sent as 2147483648ms after rounding up.
@@ -663,7 +671,10 @@ mod tests {
             ),
             ("connect_timeout", b().connect_timeout(Duration::MAX)),
             ("connect_timeout", b().connect_timeout(Duration::ZERO)),
-            ("connect_timeout", b().connect_timeout(Duration::from_micros(999))),
+            (
+                "connect_timeout",
+                b().connect_timeout(Duration::from_micros(999)),
+            ),
             ("connect_timeout", b().connect_timeout(day + ms(1))),
             ("idle_timeout", b().idle_timeout(Duration::MAX)),
             ("idle_timeout", b().idle_timeout(Duration::ZERO)),
@@ -682,7 +693,10 @@ mod tests {
             );
         }
         let m = refused(b().query_timeout(Duration::MAX));
-        assert!(m.contains("2147483647ms") && m.contains("Duration::MAX"), "{m}");
+        assert!(
+            m.contains("2147483647ms") && m.contains("Duration::MAX"),
+            "{m}"
+        );
 
         // The edges themselves are fine.
         for builder in [

@@ -6,9 +6,7 @@ use std::{
 };
 
 use eventcore::GlobalPosition;
-use sqlx::{
-    Connection, PgConnection, PgPool, Postgres, Row, pool::PoolConnection,
-};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, pool::PoolConnection};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
@@ -310,10 +308,8 @@ impl PostgresEventStore {
                     let cause = match direct(self.pool(), connect_timeout).await {
                         Ok(fresh) => {
                             *c = Checked::Direct(fresh);
-                            reachable = sqlx::query(sql::SELECT_ONE)
-                                .execute(c.conn())
-                                .await
-                                .is_ok();
+                            reachable =
+                                sqlx::query(sql::SELECT_ONE).execute(c.conn()).await.is_ok();
                             (!reachable).then(|| Cause::of(&e))
                         }
                         Err(cause) => Some(cause),
@@ -367,7 +363,8 @@ impl PostgresEventStore {
                     }
                 }
                 None => problems.push(format!(
-                    "schema {schema} is not initialized (expected version {SCHEMA_VERSION}): run initialize()"
+                    "schema {schema} is not initialized (schema version none, expected \
+                     {SCHEMA_VERSION}): run initialize()"
                 )),
             }
             match sqlx::query(sql::SELECT_HORIZON).fetch_one(c.conn()).await {
@@ -442,7 +439,10 @@ enum Probe {
     Pooled(PoolConnection<Postgres>),
     /// The pool gave none in time, but the database took a direct
     /// connection; `pool_busy`: every pool connection was in use.
-    Direct { conn: PgConnection, pool_busy: bool },
+    Direct {
+        conn: PgConnection,
+        pool_busy: bool,
+    },
     Unreachable(Cause),
 }
 
@@ -558,10 +558,12 @@ pub(crate) async fn first_connection(
         }
         Ok(Err(e)) => return Err(PostgresError::Connect(e)),
         Err(_) => {
-            return Err(PostgresError::Connect(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {connect_timeout:?}"),
-            ))));
+            return Err(PostgresError::Connect(sqlx::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {connect_timeout:?}"),
+                ),
+            )));
         }
     }
     // The server answers: the pool's own attempt will succeed or say why.

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::{
     PostgresError, PostgresEventStore,
-    error::{db_error_parts, sqlstate},
+    error::{connection_lost, db_error_parts, sqlstate},
     sql,
 };
 
@@ -154,6 +154,32 @@ pub(crate) struct WriteGate {
     verified: AtomicBool,
 }
 
+/// Why the schema cannot take writes, if it cannot.
+async fn write_refusal(
+    conn: &mut PgConnection,
+    store: &PostgresEventStore,
+) -> Result<Option<PostgresError>, sqlx::Error> {
+    let schema = store.config().schema.as_str();
+    Ok(match read_version(conn, &store.inner.sql).await? {
+        Some(v) if v > SCHEMA_VERSION => Some(PostgresError::SchemaTooNew {
+            found: v,
+            known: SCHEMA_VERSION,
+        }),
+        Some(SCHEMA_VERSION) => {
+            let missing = find_damage(conn, schema, SCHEMA_VERSION).await?;
+            (!missing.is_empty()).then(|| PostgresError::SchemaDamaged {
+                schema: schema.to_owned(),
+                missing,
+            })
+        }
+        found => Some(PostgresError::SchemaNotCurrent {
+            schema: schema.to_owned(),
+            found,
+            expected: SCHEMA_VERSION,
+        }),
+    })
+}
+
 /// Checks, once per store (until it passes), that the schema is at
 /// [`SCHEMA_VERSION`] and holds everything the store relies on, so that a
 /// schema migrated by a newer release, not migrated yet, or tampered with
@@ -172,34 +198,21 @@ pub(crate) async fn ensure_writable(store: &PostgresEventStore) -> Result<(), ev
     if gate.verified.load(Ordering::Acquire) {
         return Ok(());
     }
-    let mut conn = store
-        .pool()
-        .acquire()
-        .await
-        .map_err(|e| store.map_err(OP, e))?;
-    let schema = store.config().schema.as_str();
-    let found = read_version(&mut conn, &store.inner.sql)
-        .await
-        .map_err(|e| store.map_err(OP, e))?;
-    let refusal = match found {
-        Some(v) if v > SCHEMA_VERSION => Some(PostgresError::SchemaTooNew {
-            found: v,
-            known: SCHEMA_VERSION,
-        }),
-        Some(SCHEMA_VERSION) => {
-            let missing = find_damage(&mut conn, schema, SCHEMA_VERSION)
-                .await
-                .map_err(|e| store.map_err(OP, e))?;
-            (!missing.is_empty()).then(|| PostgresError::SchemaDamaged {
-                schema: schema.to_owned(),
-                missing,
-            })
+    // After a server restart every pooled connection is dead and fails
+    // once: those failures say nothing about the schema, so the check moves
+    // on to the next pooled connection. A failure to get one (a failed
+    // connect) is returned as it is, never retried here.
+    let mut stale_left = store.config().max_connections;
+    let refusal = loop {
+        let mut conn = store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| store.map_err(OP, e))?;
+        match write_refusal(&mut conn, store).await {
+            Err(e) if stale_left > 0 && connection_lost(&e) => stale_left -= 1,
+            other => break other.map_err(|e| store.map_err(OP, e))?,
         }
-        found => Some(PostgresError::SchemaNotCurrent {
-            schema: schema.to_owned(),
-            found,
-            expected: SCHEMA_VERSION,
-        }),
     };
     match refusal {
         None => {
@@ -256,7 +269,7 @@ impl PostgresEventStore {
         }
         // What the applied migrations created must still be there, or the
         // next migration would fail on it (or build on a broken base).
-        let missing = find_damage(&mut *tx, schema, applied)
+        let missing = find_damage(&mut tx, schema, applied)
             .await
             .map_err(step(applied, "check"))?;
         if !missing.is_empty() {
@@ -290,7 +303,7 @@ impl PostgresEventStore {
         // Every migration's ledger row may be there while what it created
         // is gone (a dropped table, a disabled trigger): check what the
         // store relies on before declaring the schema ready.
-        let missing = find_damage(&mut *tx, schema, SCHEMA_VERSION)
+        let missing = find_damage(&mut tx, schema, SCHEMA_VERSION)
             .await
             .map_err(step(SCHEMA_VERSION, "check"))?;
         if !missing.is_empty() {
