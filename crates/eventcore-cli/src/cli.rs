@@ -5,9 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use eventcore::StreamId;
-use eventcore_postgres::{PostgresConfig, PostgresConfigBuilder};
-
-use crate::output::mask_url;
+use eventcore_postgres::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 
 /// Administer an EventCore PostgreSQL event store: create or migrate its
 /// schema, check its health, inspect its streams and events.
@@ -105,7 +103,7 @@ pub(crate) struct Config {
 impl Config {
     /// The database URL with any password masked, for messages.
     pub(crate) fn display_url(&self) -> String {
-        mask_url(&self.store.database_url)
+        redact_secrets(&self.store.database_url)
     }
 
     /// The PostgreSQL schema.
@@ -128,7 +126,7 @@ impl Cli {
         {
             bail!(
                 "invalid settings: the database URL must start with postgres:// or postgresql://, got {}",
-                mask_url(&url)
+                redact_secrets(&url)
             );
         }
         let mut builder = PostgresConfigBuilder::new();

@@ -102,6 +102,9 @@ async fn health(
             "is_healthy": h.is_healthy,
             "database_reachable": h.database_reachable,
             "database_latency_ms": output::millis(h.database_latency),
+            "unreachable_reason": h.unreachable_reason,
+            "pool_exhausted": h.pool_exhausted,
+            "missing_objects": h.missing_objects,
             "schema_version": h.schema_version,
             "expected_schema_version": h.expected_schema_version,
             "read_horizon": h.read_horizon.map(GlobalPosition::get),
@@ -114,8 +117,15 @@ async fn health(
             ("database", config.display_url()),
             ("schema", config.schema().to_owned()),
             ("healthy", output::yes_no(h.is_healthy)),
-            ("database reachable", output::yes_no(h.database_reachable)),
+            (
+                "database reachable",
+                match &h.unreachable_reason {
+                    Some(reason) if !h.database_reachable => format!("no ({reason})"),
+                    _ => output::yes_no(h.database_reachable),
+                },
+            ),
             ("database latency", output::duration(h.database_latency)),
+            ("pool exhausted", output::yes_no(h.pool_exhausted)),
             (
                 "schema version",
                 format!(
@@ -123,6 +133,14 @@ async fn health(
                     output::or_none(h.schema_version),
                     h.expected_schema_version
                 ),
+            ),
+            (
+                "missing objects",
+                if h.missing_objects.is_empty() {
+                    "none".to_owned()
+                } else {
+                    h.missing_objects.join(", ")
+                },
             ),
             ("read horizon", output::or_none(h.read_horizon)),
             (
@@ -141,14 +159,20 @@ async fn health(
             }
         }
     }
-    if h.database_reachable
-        && h.schema_version
-            .is_none_or(|v| v < h.expected_schema_version)
-    {
-        eprintln!(
-            "hint: run `eventcore init --schema {}` to create or migrate the schema",
-            config.schema()
-        );
+    if h.database_reachable {
+        let schema = config.schema();
+        match h.schema_version {
+            Some(v) if v > h.expected_schema_version => eprintln!(
+                "hint: schema {schema} was migrated by a newer release; upgrade eventcore"
+            ),
+            _ if !h.missing_objects.is_empty() => eprintln!(
+                "hint: schema {schema} is damaged; restore it from a backup (see docs/operations.md)"
+            ),
+            v if v.is_none_or(|v| v < h.expected_schema_version) => eprintln!(
+                "hint: run `eventcore init --schema {schema}` to create or migrate the schema"
+            ),
+            _ => {}
+        }
     }
     Ok(if h.is_healthy {
         ExitCode::SUCCESS

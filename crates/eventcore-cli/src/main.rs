@@ -69,7 +69,12 @@ async fn main() -> ExitCode {
         // `eventcore tail | head`: the reader has all it wanted.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            // Library errors redact passwords themselves; causes from
+            // elsewhere (sqlx, I/O) are redacted here too, to be sure.
+            eprintln!(
+                "error: {}",
+                eventcore_postgres::redact_secrets(&error_chain(&e))
+            );
             ExitCode::from(ERROR)
         }
     }

@@ -1,4 +1,5 @@
-//! Rendering results as text or JSON, and masking secrets in URLs.
+//! Rendering results as text or JSON. Secrets in URLs are masked with
+//! [`eventcore_postgres::redact_secrets`].
 
 use std::{
     io::{self, BufWriter, Stdout, Write},
@@ -165,105 +166,9 @@ pub(crate) fn or_none<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "none".to_owned(), |v| v.to_string())
 }
 
-/// `url` with the password (in the user info or a `password=` query
-/// parameter) replaced by `***`, so it can be printed or logged.
-pub(crate) fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        // Not a URL (a key/value connection string, say): show nothing of it
-        // that could be a secret.
-        return if url.to_ascii_lowercase().contains("password") {
-            "<connection string with password>".to_owned()
-        } else {
-            url.to_owned()
-        };
-    };
-    let (head, rest) = url.split_at(scheme_end);
-    // '/', '?' and '#' must be percent-encoded in the user info, so the
-    // authority ends at the first of them; the user info at its last '@'.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let mut masked = String::with_capacity(url.len());
-    masked.push_str(head);
-    match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _password)) => {
-                    masked.push_str(user);
-                    masked.push_str(":***");
-                }
-                None => masked.push_str(userinfo),
-            }
-            masked.push_str(host);
-        }
-        None => masked.push_str(authority),
-    }
-    let (path, query) = match tail.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (tail, None),
-    };
-    masked.push_str(path);
-    if let Some(query) = query {
-        let (query, fragment) = match query.split_once('#') {
-            Some((q, f)) => (q, Some(f)),
-            None => (query, None),
-        };
-        masked.push('?');
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => param.to_owned(),
-            })
-            .collect();
-        masked.push_str(&params.join("&"));
-        if let Some(fragment) = fragment {
-            masked.push('#');
-            masked.push_str(fragment);
-        }
-    }
-    masked
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_masked() {
-        for (url, expected) in [
-            (
-                "postgres://alice:s3cret@db.example:5432/app",
-                "postgres://alice:***@db.example:5432/app",
-            ),
-            (
-                "postgresql://alice:p%40ss@host/db?sslmode=require",
-                "postgresql://alice:***@host/db?sslmode=require",
-            ),
-            // An unencoded '@' in the password: the last '@' ends the user info.
-            ("postgres://bob:a@b@host/db", "postgres://bob:***@host/db"),
-            (
-                "postgres://host/db?user=bob&password=hunter2&sslmode=disable",
-                "postgres://host/db?user=bob&password=***&sslmode=disable",
-            ),
-            (
-                "postgres://bob:x@host?PASSWORD=y#frag",
-                "postgres://bob:***@host?PASSWORD=***#frag",
-            ),
-            // Nothing secret: unchanged.
-            (
-                "postgres://postgres@127.0.0.1:55432/postgres",
-                "postgres://postgres@127.0.0.1:55432/postgres",
-            ),
-            ("postgres://localhost", "postgres://localhost"),
-            (
-                "host=db password=secret",
-                "<connection string with password>",
-            ),
-        ] {
-            assert_eq!(mask_url(url), expected, "{url}");
-        }
-    }
 
     #[test]
     fn durations_read_well() {

@@ -1,11 +1,12 @@
-//! Connection and store settings.
+//! Connection and store settings, their validation, and the redaction of
+//! secrets wherever settings are printed.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use eventcore::DEFAULT_MAX_EVENT_BYTES;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::PostgresError;
+use crate::{PostgresError, PostgresEventStore, notify};
 
 /// Settings of a [`PostgresEventStore`](crate::PostgresEventStore).
 ///
@@ -27,9 +28,23 @@ use crate::PostgresError;
 ///
 /// assert!(PostgresConfigBuilder::new().min_connections(50).build().is_err());
 /// assert!(PostgresConfigBuilder::new().schema("bad; DROP").build().is_err());
+/// assert!(PostgresConfigBuilder::new().query_timeout(Duration::MAX).build().is_err());
 /// # Ok::<(), eventcore_postgres::PostgresError>(())
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Durations must lie in these ranges (outside them PostgreSQL, sqlx or
+/// Tokio would misread or panic on them, so `validate` refuses them):
+///
+/// | setting            | range                                                       |
+/// |--------------------|-------------------------------------------------------------|
+/// | `query_timeout`    | 1 ms ..= 2<sup>31</sup>-1 ms (about 24.8 days), sent in whole ms rounded up |
+/// | `connect_timeout`  | 1 ms ..= 1 day                                              |
+/// | `idle_timeout`     | 1 s ..= 1 day, or `None`                                    |
+/// | `max_lifetime`     | 1 s ..= 1 day, or `None`                                    |
+/// | `notify_interval`  | 0 ..= 1 min, or `None`                                      |
+///
+/// `{:?}` never shows the password of `database_url` (see [`redact_secrets`]).
+#[derive(Clone, PartialEq)]
 pub struct PostgresConfig {
     /// Connection URL, `postgres://user:pass@host:port/db`.
     pub database_url: String,
@@ -56,6 +71,10 @@ pub struct PostgresConfig {
     pub test_before_acquire: bool,
     /// PostgreSQL schema holding the store's tables. Default `eventcore`;
     /// several stores (tenants, test runs) can share a database this way.
+    /// `a-z`, `0-9` and `_`, starting with a letter or `_`, at most 53
+    /// bytes (its NOTIFY channel, `eventcore_` + name, must fit PostgreSQL's
+    /// 63), not `pg_*` or `information_schema`. Reserved words such as
+    /// `user` work: the name is quoted in every statement.
     pub schema: String,
     /// Per-event limit on serialized data plus metadata. Default 1 MiB.
     pub max_event_bytes: usize,
@@ -110,7 +129,8 @@ impl PostgresConfig {
         PostgresConfigBuilder::new()
     }
 
-    /// Checks every setting; the error names the first bad one.
+    /// Checks every setting; the error ([`PostgresError::InvalidConfig`])
+    /// names the first bad one and, for a duration, its allowed range.
     pub fn validate(&self) -> Result<(), PostgresError> {
         let bad = |m: String| Err(PostgresError::InvalidConfig(m));
         if self.max_connections == 0 {
@@ -122,11 +142,16 @@ impl PostgresConfig {
                 self.min_connections, self.max_connections
             ));
         }
-        if self.connect_timeout.is_zero() {
-            return bad("connect_timeout must be positive".into());
+        QUERY_TIMEOUT.check(self.query_timeout)?;
+        CONNECT_TIMEOUT.check(self.connect_timeout)?;
+        if let Some(d) = self.idle_timeout {
+            IDLE_TIMEOUT.check(d)?;
         }
-        if self.query_timeout.is_zero() {
-            return bad("query_timeout must be positive".into());
+        if let Some(d) = self.max_lifetime {
+            MAX_LIFETIME.check(d)?;
+        }
+        if let Some(d) = self.notify_interval {
+            NOTIFY_INTERVAL.check(d)?;
         }
         if self.max_event_bytes == 0 {
             return bad("max_event_bytes must be positive".into());
@@ -148,35 +173,307 @@ impl PostgresConfig {
             ));
         }
         let options: PgConnectOptions = self.database_url.parse().map_err(|e| {
-            PostgresError::InvalidConfig(format!("database_url is not a valid PostgreSQL URL: {e}"))
+            PostgresError::InvalidConfig(redact_secrets(&format!(
+                "database_url is not a valid PostgreSQL URL: {e}"
+            )))
         })?;
+        QUERY_TIMEOUT.check(self.query_timeout)?;
         Ok(options
             .application_name(&self.application_name)
             .statement_cache_capacity(self.statement_cache_capacity)
             .options([(
                 "statement_timeout",
-                format!("{}ms", self.query_timeout.as_millis()),
+                format!("{}ms", statement_timeout_ms(self.query_timeout)),
             )]))
     }
 }
 
-/// Schema names are spliced into SQL, so only plain lower-case identifiers
-/// pass: no quoting games, no injection.
+/// `query_timeout` in whole milliseconds, rounded up: PostgreSQL reads
+/// `statement_timeout = 0` as "no timeout", so a sub-millisecond remainder
+/// must never round a limit away.
+fn statement_timeout_ms(d: Duration) -> u128 {
+    d.as_nanos().div_ceil(1_000_000)
+}
+
+/// The allowed range of one duration setting.
+struct DurationRange {
+    field: &'static str,
+    min: Duration,
+    max: Duration,
+    /// How the upper bound reads in messages.
+    max_text: &'static str,
+    /// Checked in whole milliseconds rounded up (what is sent to PostgreSQL).
+    whole_ms: bool,
+}
+
+impl DurationRange {
+    fn check(&self, d: Duration) -> Result<(), PostgresError> {
+        let too_big = if self.whole_ms {
+            statement_timeout_ms(d) > self.max.as_millis()
+        } else {
+            d > self.max
+        };
+        if d < self.min || too_big {
+            return Err(PostgresError::InvalidConfig(format!(
+                "{} must be between {:?} and {}, got {}",
+                self.field,
+                self.min,
+                self.max_text,
+                show_duration(d)
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn show_duration(d: Duration) -> String {
+    if d == Duration::MAX {
+        "Duration::MAX".into()
+    } else {
+        format!("{d:?}")
+    }
+}
+
+/// PostgreSQL's `statement_timeout` is an `int` of milliseconds.
+const PG_MAX_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+const ONE_DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+const QUERY_TIMEOUT: DurationRange = DurationRange {
+    field: "query_timeout",
+    min: Duration::from_millis(1),
+    max: PG_MAX_TIMEOUT,
+    max_text: "2147483647ms (PostgreSQL's limit, about 24.8 days)",
+    whole_ms: true,
+};
+const CONNECT_TIMEOUT: DurationRange = DurationRange {
+    field: "connect_timeout",
+    min: Duration::from_millis(1),
+    max: ONE_DAY,
+    max_text: "1 day",
+    whole_ms: false,
+};
+// sqlx's pool maintenance runs every min(idle_timeout, max_lifetime): a
+// zero period would spin, and a huge one overflows its clock.
+const IDLE_TIMEOUT: DurationRange = DurationRange {
+    field: "idle_timeout",
+    min: Duration::from_secs(1),
+    max: ONE_DAY,
+    max_text: "1 day (None keeps idle connections)",
+    whole_ms: false,
+};
+const MAX_LIFETIME: DurationRange = DurationRange {
+    field: "max_lifetime",
+    min: Duration::from_secs(1),
+    max: ONE_DAY,
+    max_text: "1 day (None keeps connections forever)",
+    whole_ms: false,
+};
+const NOTIFY_INTERVAL: DurationRange = DurationRange {
+    field: "notify_interval",
+    min: Duration::ZERO,
+    max: Duration::from_secs(60),
+    max_text: "1 min (None disables NOTIFY)",
+    whole_ms: false,
+};
+
+/// The longest schema name whose NOTIFY channel still fits PostgreSQL's
+/// 63-byte identifier limit (longer channels are refused by `pg_notify`
+/// and truncated by `LISTEN`, so the two would never meet).
+pub(crate) const MAX_SCHEMA_LEN: usize = notify::MAX_CHANNEL_LEN - notify::CHANNEL_PREFIX.len();
+
+/// Schema names are quoted wherever they appear in SQL, so reserved words
+/// (`user`, `select`, ...) work. Only plain lower-case identifiers pass (an
+/// unquoted reference by an operator then means the same schema), short
+/// enough for the NOTIFY channel, and not PostgreSQL's own schemas.
 fn validate_schema_name(name: &str) -> Result<(), PostgresError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
+    let plain = !name.is_empty()
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && !name.starts_with("pg_");
-    if ok {
-        Ok(())
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let problem = if !plain {
+        "must be of a-z, 0-9 and _ and start with a letter or _"
+    } else if name.len() > MAX_SCHEMA_LEN {
+        // Compile-time text would drift from the constant; say it here.
+        return Err(PostgresError::InvalidConfig(format!(
+            "schema {name:?} is {} bytes; at most {MAX_SCHEMA_LEN} fit its NOTIFY channel \
+             ({:?} + schema, 63 bytes at most)",
+            name.len(),
+            notify::CHANNEL_PREFIX
+        )));
+    } else if name.starts_with("pg_") {
+        "must not start with pg_ (reserved for PostgreSQL's own schemas)"
+    } else if name == "information_schema" {
+        "is PostgreSQL's own schema"
     } else {
-        Err(PostgresError::InvalidConfig(format!(
-            "schema {name:?} must be 1-63 characters of a-z, 0-9 and _, start with a letter or _, and not start with pg_"
-        )))
+        return Ok(());
+    };
+    Err(PostgresError::InvalidConfig(format!(
+        "schema {name:?} {problem}"
+    )))
+}
+
+impl fmt::Debug for PostgresConfig {
+    /// Every setting, with the password in `database_url` replaced by `***`.
+    // `retry` is left out on purpose: the store's own retries are being
+    // removed (issue 14 item 8), and this impl must not name the field.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("database_url", &redact_secrets(&self.database_url))
+            .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("query_timeout", &self.query_timeout)
+            .field("test_before_acquire", &self.test_before_acquire)
+            .field("schema", &self.schema)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .field("application_name", &self.application_name)
+            .field("notify_interval", &self.notify_interval)
+            .field("recent_appends_bytes", &self.recent_appends_bytes)
+            .finish_non_exhaustive()
     }
+}
+
+impl fmt::Debug for PostgresEventStore {
+    /// The configuration (password redacted) and the pool's state. The
+    /// pool's connect options are left out: they hold the password, also
+    /// one taken from `PGPASSWORD` or a `.pgpass` file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pool = self.pool();
+        f.debug_struct("PostgresEventStore")
+            .field("config", self.config())
+            .field("pool_size", &pool.size())
+            .field("pool_idle", &pool.num_idle())
+            .field("pool_closed", &pool.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `text` with every password it carries replaced by `***`, so it can be
+/// printed or logged: the password in the user info of each URL in it
+/// (`postgres://user:***@host/db`), and the value of every `password=` key
+/// (a URL query parameter, a `key=value` connection string, `PGPASSWORD=`
+/// and `sslpassword=` alike; quoted values included). Text without secrets
+/// comes back unchanged.
+///
+/// ```
+/// use eventcore_postgres::redact_secrets;
+///
+/// assert_eq!(
+///     redact_secrets("postgres://app:s3cret@db:5432/app?sslmode=require"),
+///     "postgres://app:***@db:5432/app?sslmode=require"
+/// );
+/// assert_eq!(
+///     redact_secrets("host=db user=app password='s3 cret' dbname=app"),
+///     "host=db user=app password=*** dbname=app"
+/// );
+/// assert_eq!(redact_secrets("postgres://app@db/app"), "postgres://app@db/app");
+/// ```
+pub fn redact_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, after) = rest.split_at(i + 3);
+        out.push_str(head);
+        // A URL ends at whitespace (percent-encoding covers the rest).
+        let end = after.find(char::is_whitespace).unwrap_or(after.len());
+        let (url, tail) = after.split_at(end);
+        redact_user_info(url, &mut out);
+        rest = tail;
+    }
+    out.push_str(rest);
+    redact_password_values(&out)
+}
+
+/// Appends `after_scheme` (a URL past its `://`) with the user info's
+/// password replaced.
+fn redact_user_info(after_scheme: &str, out: &mut String) {
+    // '/', '?' and '#' must be percent-encoded in the user info, so the
+    // authority ends at the first of them and the user info at its last '@'.
+    let authority_end = after_scheme
+        .find(['/', '?', '#'])
+        .unwrap_or(after_scheme.len());
+    let authority = &after_scheme[..authority_end];
+    let at = authority.rfind('@').or_else(|| {
+        // A password written with an unencoded '/', '?' or '#' ends the
+        // authority early, leaving "user:pa" and no '@' before it. If what
+        // follows the authority's last ':' is no port and an '@' comes
+        // later, take that '@' as the end of the user info: hiding too much
+        // beats showing a password.
+        let (_, port) = authority.rsplit_once(':')?;
+        let is_port = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        if is_port {
+            None
+        } else {
+            after_scheme.rfind('@')
+        }
+    });
+    match at.map(|at| after_scheme.split_at(at)) {
+        Some((user_info, host_on)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            out.push_str(user);
+            out.push_str(":***");
+            out.push_str(host_on);
+        }
+        _ => out.push_str(after_scheme),
+    }
+}
+
+/// `text` with the value of every `...password = value` replaced by `***`.
+fn redact_password_values(text: &str) -> String {
+    const KEY: &str = "password";
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(found) = lower[search..].find(KEY) {
+        let key_start = search + found;
+        let key_end = key_start + KEY.len();
+        search = key_end;
+        let bytes = text.as_bytes();
+        let mut i = key_end;
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        if bytes.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        let value_start = i;
+        // In a URL query ('?' or '&' before the key) '&' and '#' end the
+        // value; in a key=value string only whitespace does, and a quoted
+        // value runs to its closing quote ('\' escapes).
+        let in_query = key_start > 0 && {
+            let before =
+                text[..key_start].trim_end_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            before.ends_with(['?', '&'])
+        };
+        let value_end = if bytes.get(i) == Some(&b'\'') {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            (i + 1).min(bytes.len())
+        } else {
+            text[i..]
+                .find(|c: char| c.is_whitespace() || (in_query && (c == '&' || c == '#')))
+                .map_or(text.len(), |n| i + n)
+        };
+        if value_end > value_start {
+            out.push_str(&text[copied..value_start]);
+            out.push_str("***");
+            copied = value_end;
+            search = value_end;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// Builds a validated [`PostgresConfig`]. Setters take and return `self`.
@@ -327,5 +624,233 @@ mod tests {
             }
         }
         assert!(b().performance_optimized().build().is_ok());
+    }
+
+    fn refused(builder: PostgresConfigBuilder) -> String {
+        match builder.build() {
+            Err(PostgresError::InvalidConfig(m)) => m,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    /// Item 7 of issue 14: every duration is checked against a range that
+    /// works; `Duration::MAX` and sub-millisecond timeouts are refused with
+    /// the field and the range named, never accepted to panic later.
+    #[test]
+    fn durations_outside_their_ranges_are_refused() {
+        let b = || PostgresConfigBuilder::new().database_url("postgres://localhost/db");
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        let day = secs(86_400);
+        for (field, builder) in [
+            ("query_timeout", b().query_timeout(Duration::MAX)),
+            ("query_timeout", b().query_timeout(Duration::ZERO)),
+            (
+                "query_timeout",
+                b().query_timeout(Duration::from_micros(999)),
+            ),
+            ("query_timeout", b().query_timeout(Duration::from_nanos(1))),
+            ("query_timeout", b().query_timeout(ms(i32::MAX as u64 + 1))),
+            // Would be sent as 2147483648ms after rounding up.
+            (
+                "query_timeout",
+                b().query_timeout(ms(i32::MAX as u64) + Duration::from_nanos(1)),
+            ),
+            ("connect_timeout", b().connect_timeout(Duration::MAX)),
+            ("connect_timeout", b().connect_timeout(Duration::ZERO)),
+            (
+                "connect_timeout",
+                b().connect_timeout(Duration::from_micros(999)),
+            ),
+            ("connect_timeout", b().connect_timeout(day + ms(1))),
+            ("idle_timeout", b().idle_timeout(Duration::MAX)),
+            ("idle_timeout", b().idle_timeout(Duration::ZERO)),
+            ("idle_timeout", b().idle_timeout(ms(999))),
+            ("idle_timeout", b().idle_timeout(day + ms(1))),
+            ("max_lifetime", b().max_lifetime(Duration::MAX)),
+            ("max_lifetime", b().max_lifetime(Duration::ZERO)),
+            ("max_lifetime", b().max_lifetime(day + ms(1))),
+            ("notify_interval", b().notify_interval(Duration::MAX)),
+            ("notify_interval", b().notify_interval(secs(61))),
+        ] {
+            let m = refused(builder);
+            assert!(
+                m.starts_with(field) && m.contains("must be between") && m.contains(" and "),
+                "{field}: {m}"
+            );
+        }
+        let m = refused(b().query_timeout(Duration::MAX));
+        assert!(
+            m.contains("2147483647ms") && m.contains("Duration::MAX"),
+            "{m}"
+        );
+
+        // The edges themselves are fine.
+        for builder in [
+            b().query_timeout(ms(1)),
+            b().query_timeout(ms(i32::MAX as u64)),
+            b().connect_timeout(ms(1)),
+            b().connect_timeout(day),
+            b().idle_timeout(secs(1)),
+            b().idle_timeout(day),
+            b().idle_timeout(None),
+            b().max_lifetime(secs(1)),
+            b().max_lifetime(day),
+            b().max_lifetime(None),
+            b().notify_interval(Duration::ZERO),
+            b().notify_interval(secs(60)),
+            b().notify_interval(None),
+        ] {
+            let config = builder.build().expect("in range");
+            config.connect_options().expect("connect options too");
+        }
+    }
+
+    /// PostgreSQL reads `statement_timeout = 0` as "none": a timeout is sent
+    /// in whole milliseconds rounded up, never down to 0.
+    #[test]
+    fn query_timeout_is_sent_in_whole_milliseconds_rounded_up() {
+        assert_eq!(statement_timeout_ms(Duration::from_millis(1)), 1);
+        assert_eq!(statement_timeout_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(statement_timeout_ms(Duration::from_secs(30)), 30_000);
+        assert_eq!(
+            statement_timeout_ms(Duration::from_millis(i32::MAX as u64)),
+            i32::MAX as u128
+        );
+        let config = PostgresConfigBuilder::new()
+            .database_url("postgres://localhost/db")
+            .query_timeout(Duration::from_micros(1500))
+            .build()
+            .unwrap();
+        let options = format!("{:?}", config.connect_options().unwrap());
+        assert!(options.contains("statement_timeout=2ms"), "{options}");
+    }
+
+    /// Item 12 of issue 14: names that cannot work are refused at `build()`;
+    /// reserved words pass (they are quoted in SQL).
+    #[test]
+    fn schema_names_that_cannot_work_are_refused() {
+        let b = |name: &str| {
+            PostgresConfigBuilder::new()
+                .database_url("postgres://localhost/db")
+                .schema(name)
+        };
+        assert_eq!(MAX_SCHEMA_LEN, 53, "63 - \"eventcore_\".len()");
+        let longest = "a".repeat(MAX_SCHEMA_LEN);
+        assert_eq!(
+            crate::notify::channel(&longest).len(),
+            crate::notify::MAX_CHANNEL_LEN
+        );
+        for name in [
+            "user", "select", "order", "all", "table", "public", "_x", "t1", &longest,
+        ] {
+            b(name)
+                .build()
+                .unwrap_or_else(|e| panic!("{name:?} refused: {e}"));
+        }
+        let too_long = "a".repeat(MAX_SCHEMA_LEN + 1);
+        for (name, needle) in [
+            ("information_schema", "PostgreSQL's own"),
+            ("pg_catalog", "pg_"),
+            ("pg_temp", "pg_"),
+            ("pg_toast", "pg_"),
+            (too_long.as_str(), "NOTIFY channel"),
+            (&"a".repeat(64), "NOTIFY channel"),
+            ("User", "a-z"),
+            ("1abc", "a-z"),
+            ("a-b", "a-z"),
+            ("a b", "a-z"),
+            ("a\"b", "a-z"),
+            ("é", "a-z"),
+            ("", "a-z"),
+        ] {
+            let m = refused(b(name));
+            assert!(m.contains("schema") && m.contains(needle), "{name:?}: {m}");
+        }
+    }
+
+    const SECRET: &str = "hunter2-s3cret";
+
+    /// Item 11 of issue 14: one redaction function for every form.
+    #[test]
+    fn secrets_are_redacted_in_every_form() {
+        for (text, expected) in [
+            (
+                "postgres://alice:s3cret@db.example:5432/app",
+                "postgres://alice:***@db.example:5432/app",
+            ),
+            (
+                "postgresql://alice:p%40ss@host/db?sslmode=require",
+                "postgresql://alice:***@host/db?sslmode=require",
+            ),
+            // An unencoded '@' in the password: the last '@' ends the user info.
+            ("postgres://bob:a@b@host/db", "postgres://bob:***@host/db"),
+            // An unencoded '/' or '?' in the password: hide rather than leak.
+            ("postgres://bob:pa/ss@host/db", "postgres://bob:***@host/db"),
+            ("postgres://bob:pa?ss@host/db", "postgres://bob:***@host/db"),
+            (
+                "postgres://host/db?user=bob&password=hunter2&sslmode=disable",
+                "postgres://host/db?user=bob&password=***&sslmode=disable",
+            ),
+            (
+                "postgres://bob:x@host?PASSWORD=y#frag",
+                "postgres://bob:***@host?PASSWORD=***#frag",
+            ),
+            (
+                "postgres://h/db?sslpassword=k3y&sslmode=verify-full",
+                "postgres://h/db?sslpassword=***&sslmode=verify-full",
+            ),
+            // Nothing secret: unchanged.
+            (
+                "postgres://postgres@127.0.0.1:55432/postgres",
+                "postgres://postgres@127.0.0.1:55432/postgres",
+            ),
+            ("postgres://localhost", "postgres://localhost"),
+            ("postgres://[::1]:5432/db", "postgres://[::1]:5432/db"),
+            ("postgres://h:5432/db?x=a@b", "postgres://h:5432/db?x=a@b"),
+            (
+                "password authentication failed for user \"bob\"",
+                "password authentication failed for user \"bob\"",
+            ),
+            // key=value connection strings and environment assignments.
+            ("host=db password=secret", "host=db password=***"),
+            (
+                "host=db password = 'se cr\\'et' user=x",
+                "host=db password = *** user=x",
+            ),
+            ("PGPASSWORD=secret psql", "PGPASSWORD=*** psql"),
+            ("password=", "password="),
+            // URLs inside text, as in an error message.
+            (
+                "cannot connect to postgres://u:pw@h/db: refused; also postgres://v:pw2@h2",
+                "cannot connect to postgres://u:***@h/db: refused; also postgres://v:***@h2",
+            ),
+        ] {
+            assert_eq!(redact_secrets(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn debug_of_config_and_builder_shows_no_password() {
+        for url in [
+            format!("postgres://app:{SECRET}@db:5432/app"),
+            format!("postgres://app@db/app?password={SECRET}"),
+        ] {
+            let builder = PostgresConfigBuilder::new().database_url(url.clone());
+            let config = PostgresConfig::new(url);
+            for debug in [
+                format!("{config:?}"),
+                format!("{config:#?}"),
+                format!("{builder:?}"),
+            ] {
+                assert!(!debug.contains(SECRET), "{debug}");
+                assert!(debug.contains("***") && debug.contains("db"), "{debug}");
+            }
+        }
+        // An invalid URL's message does not echo the password either.
+        let m = refused(
+            PostgresConfigBuilder::new().database_url(format!("postgres://app:{SECRET}@h:x/db")),
+        );
+        assert!(!m.contains(SECRET), "{m}");
     }
 }

@@ -41,16 +41,19 @@ pub(crate) mod constraint {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PostgresError {
-    /// A configuration value is invalid; the message says which and why.
+    /// A configuration value is invalid; the message starts with the
+    /// setting's name and says why (for a duration, its allowed range).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    /// The database could not be reached.
-    #[error("cannot connect to the database: {0}")]
+    /// The database could not be reached. The message names the cause
+    /// (connection refused, no answer, authentication, ...), with any
+    /// password redacted.
+    #[error("cannot connect to the database: {}", crate::redact_secrets(&.0.to_string()))]
     Connect(#[source] sqlx::Error),
 
     /// A migration failed; the schema is left at the previous version.
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", crate::redact_secrets(&.source.to_string()))]
     Migration {
         /// The failing migration's version.
         version: i32,
@@ -70,6 +73,41 @@ pub enum PostgresError {
         found: i32,
         /// The newest version this release ships.
         known: i32,
+    },
+
+    /// Objects the store relies on are missing from its schema or disabled
+    /// (a dropped table, a dropped or disabled append-only trigger, ...):
+    /// found by [`initialize`](crate::PostgresEventStore::initialize) and,
+    /// as the source of [`eventcore::Error::Backend`], by the first append
+    /// of a store. See "Damaged schemas" in `docs/operations.md`.
+    #[error(
+        "schema {schema} is damaged: {}; restore it from a backup (see docs/operations.md)",
+        missing.join(", ")
+    )]
+    SchemaDamaged {
+        /// The schema.
+        schema: String,
+        /// What is wrong, one entry per object: `table events missing`,
+        /// `trigger events_append_only disabled`, ...
+        missing: Vec<String>,
+    },
+
+    /// The schema is not at the version this release needs (not initialized,
+    /// or created by an older release and not migrated yet): the first
+    /// append of a store refuses with this as the source of
+    /// [`eventcore::Error::Backend`]. Run
+    /// [`initialize`](crate::PostgresEventStore::initialize).
+    #[error(
+        "schema {schema} is {}; this release needs version {expected}: run initialize()",
+        found.map_or_else(|| "not initialized".to_owned(), |v| format!("at version {v}"))
+    )]
+    SchemaNotCurrent {
+        /// The schema.
+        schema: String,
+        /// The version recorded in the database (`None`: no ledger).
+        found: Option<i32>,
+        /// The version this release needs.
+        expected: i32,
     },
 
     /// An event store operation failed.

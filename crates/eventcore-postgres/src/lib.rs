@@ -37,7 +37,21 @@
 //! [`PostgresConfig::schema`]): `event_streams` (one row per stream, its
 //! version), `events` (the log, append-only by trigger) and
 //! `schema_migrations`. [`PostgresEventStore::initialize`] applies the
-//! versioned migrations of `migrations/` under an advisory lock.
+//! versioned migrations of `migrations/` under an advisory lock, then checks
+//! in the catalogs that every table, unique index, function and append-only
+//! trigger the store relies on is there and enabled
+//! ([`PostgresError::SchemaDamaged`] otherwise; [`health_check`] reports the
+//! same). The schema name is quoted in every statement, so reserved words
+//! work; see [`PostgresConfig::schema`] for the names allowed.
+//!
+//! [`health_check`]: PostgresEventStore::health_check
+//!
+//! ## Secrets
+//!
+//! The password of the database URL never appears in `{:?}` of
+//! [`PostgresConfig`], [`PostgresConfigBuilder`] or [`PostgresEventStore`],
+//! nor in this crate's errors and health reports: [`redact_secrets`] masks
+//! it, and is there for your own logging of URLs too.
 //!
 //! ## Global order
 //!
@@ -77,7 +91,7 @@ mod schema;
 mod sql;
 mod store;
 
-pub use config::{PostgresConfig, PostgresConfigBuilder};
+pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
 pub use projection::PostgresCheckpointStore;

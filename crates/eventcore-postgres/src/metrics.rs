@@ -6,10 +6,14 @@ use std::{
 };
 
 use eventcore::GlobalPosition;
-use sqlx::Row;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, pool::PoolConnection};
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{PostgresError, PostgresEventStore, schema::SCHEMA_VERSION, sql};
+use crate::{
+    PostgresError, PostgresEventStore, redact_secrets,
+    schema::{self, SCHEMA_VERSION},
+    sql,
+};
 
 /// Counters updated on every connection acquisition.
 #[derive(Debug, Default)]
@@ -56,14 +60,30 @@ pub struct PoolMetrics {
 
 /// What [`PostgresEventStore::health_check`] found.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct HealthStatus {
-    /// Reachable, schema current, and nothing holding the read horizon back
-    /// for more than [`HealthStatus::HORIZON_WARNING`].
+    /// Reachable, a connection to be had from the pool, schema current and
+    /// intact, and nothing holding the read horizon back for more than
+    /// [`HealthStatus::HORIZON_WARNING`]. Exactly when `problems` is empty.
     pub is_healthy: bool,
-    /// Whether a round trip succeeded.
+    /// Whether a round trip succeeded (on a pooled connection, or on one of
+    /// the check's own when the pool had none to give).
     pub database_reachable: bool,
     /// Time of that round trip (including acquiring a connection).
     pub database_latency: Duration,
+    /// Every pool connection was in use for the whole wait (the database
+    /// itself may be fine: see `database_reachable`). Reported as
+    /// `pool exhausted: N/N in use`.
+    pub pool_exhausted: bool,
+    /// Why the database could not be reached, in short: `connection
+    /// refused`, `no answer within 10s (connect timed out)`,
+    /// `authentication failed`, ... (`None` while reachable). `problems`
+    /// has the underlying error too.
+    pub unreachable_reason: Option<String>,
+    /// Objects the store relies on that are missing from its schema or
+    /// disabled: `table events missing`, `trigger events_append_only
+    /// disabled`, ... (empty when intact or not checked).
+    pub missing_objects: Vec<String>,
     /// Schema version in the database (`None`: not initialized or unreachable).
     pub schema_version: Option<i32>,
     /// Schema version this release expects.
@@ -227,37 +247,127 @@ impl PostgresEventStore {
         }
     }
 
-    /// Checks reachability, latency, schema version, the read horizon and
-    /// the pool. Database problems are reported in the status (with
-    /// `is_healthy = false`), not as errors.
+    /// Checks reachability, latency, the schema (version, and that the
+    /// tables, indexes, function and append-only triggers the store relies
+    /// on are there and enabled), the read horizon and the pool. Database
+    /// problems are reported in the status (with `is_healthy = false`), not
+    /// as errors.
+    ///
+    /// It tells an exhausted pool from an unreachable database: when the
+    /// pool has no connection to give within half a second (or
+    /// `connect_timeout`, if shorter), the check opens one connection of
+    /// its own (bounded by `connect_timeout`). If that works, the database
+    /// is reachable, the checks run on it, and the pool is reported
+    /// (`pool exhausted: N/N in use`); if not, its error says why
+    /// (`connection refused`, no answer, authentication, ...). So a closed
+    /// port is reported in about half a second, a silent server within
+    /// `connect_timeout` and a half.
     pub async fn health_check(&self) -> Result<HealthStatus, PostgresError> {
         let mut problems = Vec::new();
         let started = Instant::now();
-        let reachable = match sqlx::query(sql::SELECT_ONE).execute(self.pool()).await {
-            Ok(_) => true,
-            Err(e) => {
-                problems.push(format!("database unreachable: {e}"));
-                false
+        let connect_timeout = self.inner.config.connect_timeout;
+        // Connections parked by the store between operations are not in
+        // use: hand them back so the check can have one.
+        self.inner.conns.clear();
+        let probe = probe(self.pool(), connect_timeout).await;
+        let mut pool_exhausted = false;
+        let mut unreachable_reason = None;
+        let mut conn = match probe {
+            Probe::Pooled(conn) => Some(Checked::Pooled(conn)),
+            Probe::Direct { conn, pool_busy } => {
+                let m = self.get_pool_metrics();
+                pool_exhausted = pool_busy;
+                problems.push(if pool_busy {
+                    format!(
+                        "pool exhausted: {}/{} in use (the database is reachable)",
+                        m.max_connections, m.max_connections
+                    )
+                } else {
+                    format!(
+                        "the pool gave no connection within {:?} ({}/{} open), though the database accepts one",
+                        pool_wait(connect_timeout),
+                        m.current_connections,
+                        m.max_connections
+                    )
+                });
+                Some(Checked::Direct(conn))
+            }
+            Probe::Unreachable(cause) => {
+                problems.push(format!("database unreachable: {}", cause.text()));
+                unreachable_reason = Some(cause.reason);
+                None
             }
         };
+        let mut reachable = false;
+        if let Some(c) = conn.as_mut() {
+            match sqlx::query(sql::SELECT_ONE).execute(c.conn()).await {
+                Ok(_) => reachable = true,
+                Err(e) => {
+                    // A pooled connection may have died with the server
+                    // that had it; ask the server as it is now.
+                    let cause = match direct(self.pool(), connect_timeout).await {
+                        Ok(fresh) => {
+                            *c = Checked::Direct(fresh);
+                            reachable =
+                                sqlx::query(sql::SELECT_ONE).execute(c.conn()).await.is_ok();
+                            (!reachable).then(|| Cause::of(&e))
+                        }
+                        Err(cause) => Some(cause),
+                    };
+                    if let Some(cause) = cause {
+                        problems.push(format!("database unreachable: {}", cause.text()));
+                        unreachable_reason = Some(cause.reason);
+                    }
+                }
+            }
+        }
         let latency = started.elapsed();
         let mut schema_version = None;
+        let mut missing_objects = Vec::new();
         let mut read_horizon = None;
         let mut oldest_transaction_age = None;
-        if reachable {
-            match self.schema_version().await {
+        if let Some(c) = conn.as_mut().filter(|_| reachable) {
+            let schema = self.inner.config.schema.as_str();
+            match schema::read_version(c.conn(), &self.inner.sql).await {
                 Ok(v) => schema_version = v,
-                Err(e) => problems.push(format!("cannot read schema version: {e}")),
+                Err(e) => problems.push(format!(
+                    "cannot read schema version: {}",
+                    redact_secrets(&e.to_string())
+                )),
             }
-            if schema_version != Some(SCHEMA_VERSION) {
-                problems.push(format!(
-                    "schema version is {schema_version:?}, expected {SCHEMA_VERSION}: run initialize()"
-                ));
+            match schema_version {
+                Some(v) if v > SCHEMA_VERSION => problems.push(format!(
+                    "schema version {v} is newer than this release knows ({SCHEMA_VERSION}): \
+                     writes are refused; upgrade eventcore-postgres"
+                )),
+                Some(v) => {
+                    if v < SCHEMA_VERSION {
+                        problems.push(format!(
+                            "schema version is {v}, expected {SCHEMA_VERSION}: run initialize()"
+                        ));
+                    }
+                    match schema::find_damage(c.conn(), schema, v).await {
+                        Ok(missing) => {
+                            if !missing.is_empty() {
+                                problems.push(format!(
+                                    "schema {schema} is damaged: {}; restore it from a backup",
+                                    missing.join(", ")
+                                ));
+                            }
+                            missing_objects = missing;
+                        }
+                        Err(e) => problems.push(format!(
+                            "cannot check the schema's objects: {}",
+                            redact_secrets(&e.to_string())
+                        )),
+                    }
+                }
+                None => problems.push(format!(
+                    "schema {schema} is not initialized (schema version none, expected \
+                     {SCHEMA_VERSION}): run initialize()"
+                )),
             }
-            match sqlx::query(sql::SELECT_HORIZON)
-                .fetch_one(self.pool())
-                .await
-            {
+            match sqlx::query(sql::SELECT_HORIZON).fetch_one(c.conn()).await {
                 Ok(row) => {
                     read_horizon = row
                         .try_get::<i64, _>(0)
@@ -269,7 +379,10 @@ impl PostgresEventStore {
                         .flatten()
                         .map(|s| Duration::from_secs_f64(s.max(0.0)));
                 }
-                Err(e) => problems.push(format!("cannot read transaction horizon: {e}")),
+                Err(e) => problems.push(format!(
+                    "cannot read transaction horizon: {}",
+                    redact_secrets(&e.to_string())
+                )),
             }
             if let Some(age) = oldest_transaction_age.filter(|a| *a > HealthStatus::HORIZON_WARNING)
             {
@@ -277,6 +390,9 @@ impl PostgresEventStore {
                     "a transaction has been open for {age:?}: $all readers and subscriptions cannot pass it"
                 ));
             }
+        }
+        if let Some(Checked::Direct(c)) = conn {
+            let _ = c.close().await;
         }
         Ok(HealthStatus {
             is_healthy: problems.is_empty(),
@@ -287,7 +403,172 @@ impl PostgresEventStore {
             read_horizon,
             oldest_transaction_age,
             pool: self.get_pool_metrics(),
+            pool_exhausted,
+            unreachable_reason,
+            missing_objects,
             problems,
         })
     }
+}
+
+/// How long a health check waits for a pooled connection before it
+/// connects on its own to find out why there is none.
+const POOL_WAIT: Duration = Duration::from_millis(500);
+
+fn pool_wait(connect_timeout: Duration) -> Duration {
+    connect_timeout.min(POOL_WAIT)
+}
+
+/// The connection a health check runs on.
+enum Checked {
+    Pooled(PoolConnection<Postgres>),
+    Direct(PgConnection),
+}
+
+impl Checked {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Checked::Pooled(c) => c,
+            Checked::Direct(c) => c,
+        }
+    }
+}
+
+/// What asking for a connection found.
+enum Probe {
+    Pooled(PoolConnection<Postgres>),
+    /// The pool gave none in time, but the database took a direct
+    /// connection; `pool_busy`: every pool connection was in use.
+    Direct {
+        conn: PgConnection,
+        pool_busy: bool,
+    },
+    Unreachable(Cause),
+}
+
+/// Why the database could not be reached.
+pub(crate) struct Cause {
+    /// Short and stable: `connection refused`, `no answer within 2s`,
+    /// `authentication failed`, ...
+    pub(crate) reason: String,
+    /// The underlying error, password redacted.
+    pub(crate) detail: Option<String>,
+}
+
+impl Cause {
+    pub(crate) fn of(e: &sqlx::Error) -> Self {
+        use std::io::ErrorKind;
+        let reason = match e {
+            sqlx::Error::Io(io) => match io.kind() {
+                ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+                    "connection reset".to_owned()
+                }
+                ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe => {
+                    "connection closed by the server".to_owned()
+                }
+                ErrorKind::TimedOut => "connect timed out".to_owned(),
+                _ => "network error".to_owned(),
+            },
+            sqlx::Error::Tls(_) => "TLS handshake failed".to_owned(),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some("28P01" | "28000") => "authentication failed".to_owned(),
+                Some("3D000") => "database does not exist".to_owned(),
+                Some("57P03") => "the server is starting up or shutting down".to_owned(),
+                Some("53300") => "too many connections".to_owned(),
+                _ => "refused by the server".to_owned(),
+            },
+            sqlx::Error::PoolTimedOut => "no connection in time".to_owned(),
+            sqlx::Error::PoolClosed => "the pool is closed".to_owned(),
+            _ => "cannot connect".to_owned(),
+        };
+        Self {
+            reason,
+            detail: Some(redact_secrets(&e.to_string())),
+        }
+    }
+
+    fn no_answer(after: Duration) -> Self {
+        Self {
+            reason: format!("no answer within {after:?} (connect timed out)"),
+            detail: None,
+        }
+    }
+
+    /// `reason (detail)`.
+    pub(crate) fn text(&self) -> String {
+        match &self.detail {
+            Some(d) => format!("{} ({d})", self.reason),
+            None => self.reason.clone(),
+        }
+    }
+}
+
+/// A pooled connection if the pool has one within [`pool_wait`]; else a
+/// direct one, which tells an exhausted pool from an unreachable server.
+async fn probe(pool: &PgPool, connect_timeout: Duration) -> Probe {
+    match tokio::time::timeout(pool_wait(connect_timeout), pool.acquire()).await {
+        Ok(Ok(conn)) => return Probe::Pooled(conn),
+        // Refused connects are retried by sqlx until its timeout; other
+        // errors (authentication, say) come back at once and say it all.
+        Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => {
+            return Probe::Unreachable(Cause::of(&e));
+        }
+        _ => {}
+    }
+    let pool_busy = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
+    match direct(pool, connect_timeout).await {
+        Ok(conn) => Probe::Direct { conn, pool_busy },
+        Err(cause) => Probe::Unreachable(cause),
+    }
+}
+
+/// One connection outside the pool, with the pool's connect options.
+async fn direct(pool: &PgPool, connect_timeout: Duration) -> Result<PgConnection, Cause> {
+    let options = pool.connect_options();
+    match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(Cause::of(&e)),
+        Err(_) => Err(Cause::no_answer(connect_timeout)),
+    }
+}
+
+/// Waits for the pool's first connection like `PgPoolOptions::connect_with`,
+/// but reports a database that refuses or does not answer at once, with
+/// the real cause (`connection refused`), instead of "pool timed out" after
+/// the whole `connect_timeout`.
+#[allow(dead_code)] // For `PostgresEventStore::new` (store.rs), wired at merge.
+pub(crate) async fn first_connection(
+    pool: &PgPool,
+    connect_timeout: Duration,
+) -> Result<(), PostgresError> {
+    let started = Instant::now();
+    match tokio::time::timeout(pool_wait(connect_timeout), pool.acquire()).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => {
+            return Err(PostgresError::Connect(e));
+        }
+        _ => {}
+    }
+    let options = pool.connect_options();
+    let left = connect_timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+        }
+        Ok(Err(e)) => return Err(PostgresError::Connect(e)),
+        Err(_) => {
+            return Err(PostgresError::Connect(sqlx::Error::Io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {connect_timeout:?}"),
+                ),
+            )));
+        }
+    }
+    // The server answers: the pool's own attempt will succeed or say why.
+    pool.acquire()
+        .await
+        .map(drop)
+        .map_err(PostgresError::Connect)
 }

@@ -23,8 +23,21 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// Sends a NOTIFY on `$1` (the channel) with an empty payload.
+/// Sends a NOTIFY on `$1` (the channel) with an empty payload. The channel
+/// travels as a value, never spliced into SQL; `LISTEN` quotes it (sqlx).
 const NOTIFY_CHANNEL: &str = "SELECT pg_notify($1, '')";
+
+/// The store's channel is this prefix followed by the schema name.
+pub(crate) const CHANNEL_PREFIX: &str = "eventcore_";
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1): `pg_notify` refuses a
+/// longer channel and `LISTEN` truncates one, so they would never meet.
+pub(crate) const MAX_CHANNEL_LEN: usize = 63;
+
+/// The NOTIFY channel of the store in `schema`.
+pub(crate) fn channel(schema: &str) -> String {
+    format!("{CHANNEL_PREFIX}{schema}")
+}
 
 /// The store's wake-up machinery.
 #[derive(Debug)]
@@ -49,7 +62,7 @@ impl Notifier {
         Self {
             signal: watch::Sender::new(()),
             poke: Arc::new(Notify::new()),
-            channel: format!("eventcore_{schema}"),
+            channel: channel(schema),
             interval,
             tasks: Mutex::default(),
         }

@@ -1,10 +1,13 @@
-//! Versioned migrations, applied by [`PostgresEventStore::initialize`].
+//! Versioned migrations, applied by [`PostgresEventStore::initialize`],
+//! and the checks that the schema still holds what the store relies on.
 
-use sqlx::Row;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::{PgConnection, Row};
 
 use crate::{
     PostgresError, PostgresEventStore,
-    error::{db_error_parts, sqlstate},
+    error::{connection_lost, db_error_parts, sqlstate},
     sql,
 };
 
@@ -37,6 +40,191 @@ const MIGRATIONS: &[Migration] = &[
 
 /// The schema version this release creates.
 pub const SCHEMA_VERSION: i32 = 3;
+
+/// A database object the store relies on.
+struct Required {
+    /// The migration that creates it (objects a later migration drops are
+    /// not listed).
+    since: i32,
+    kind: &'static str,
+    name: &'static str,
+    /// For a trigger: its table.
+    on_table: Option<&'static str>,
+}
+
+const fn required(since: i32, kind: &'static str, name: &'static str) -> Required {
+    Required {
+        since,
+        kind,
+        name,
+        on_table: None,
+    }
+}
+
+/// What the store relies on, by the migration that creates it: the tables,
+/// the unique indexes that keep ids, versions and positions unique (and
+/// that `ON CONFLICT` needs), the write function, and the triggers that
+/// keep events append-only. Later releases append.
+const REQUIRED: &[Required] = &[
+    required(1, "table", "schema_migrations"),
+    required(1, "table", "event_streams"),
+    required(1, "index", "event_streams_pkey"),
+    required(1, "table", "events"),
+    required(1, "index", "events_pkey"),
+    required(1, "index", "events_event_id_key"),
+    required(1, "index", "events_stream_version_key"),
+    required(1, "function", "refuse_event_mutation"),
+    Required {
+        on_table: Some("events"),
+        ..required(1, "trigger", "events_append_only")
+    },
+    Required {
+        on_table: Some("events"),
+        ..required(1, "trigger", "events_no_truncate")
+    },
+    required(2, "table", "projection_checkpoints"),
+    required(2, "index", "projection_checkpoints_pkey"),
+    required(2, "table", "projection_skips"),
+    required(3, "function", "append_to_streams"),
+];
+
+/// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in
+/// `schema`, one entry per object (`table events missing`), in one
+/// catalog query.
+pub(crate) async fn find_damage(
+    conn: &mut PgConnection,
+    schema: &str,
+    version: i32,
+) -> Result<Vec<String>, sqlx::Error> {
+    let wanted: Vec<&Required> = REQUIRED.iter().filter(|r| r.since <= version).collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let kinds: Vec<&str> = wanted.iter().map(|r| r.kind).collect();
+    let names: Vec<&str> = wanted.iter().map(|r| r.name).collect();
+    let tables: Vec<Option<&str>> = wanted.iter().map(|r| r.on_table).collect();
+    let rows = sqlx::query(sql::SELECT_SCHEMA_DAMAGE)
+        .bind(schema)
+        .bind(&kinds)
+        .bind(&names)
+        .bind(&tables)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let kind: String = row.try_get(0)?;
+            let name: String = row.try_get(1)?;
+            let problem: String = row.try_get(2)?;
+            Ok(format!("{kind} {name} {problem}"))
+        })
+        .collect()
+}
+
+/// The recorded schema version on `conn`; `None` if the schema or its
+/// ledger does not exist.
+pub(crate) async fn read_version(
+    conn: &mut PgConnection,
+    statements: &sql::Statements,
+) -> Result<Option<i32>, sqlx::Error> {
+    let result = sqlx::query(sql::sql(&statements.select_schema_version))
+        .fetch_one(&mut *conn)
+        .await;
+    match result {
+        Ok(row) => row.try_get::<Option<i32>, _>(0),
+        Err(e) if is_undefined(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// No schema or no ledger yet: not initialized.
+fn is_undefined(e: &sqlx::Error) -> bool {
+    db_error_parts(e).is_some_and(|(code, _)| {
+        code == sqlstate::UNDEFINED_TABLE || code == sqlstate::INVALID_SCHEMA_NAME
+    })
+}
+
+/// Whether a store has found its schema fit for writes. Only success is
+/// remembered: a store keeps refusing (and re-checking) while the schema is
+/// wrong, and once it was right, later damage is [`health_check`]'s to
+/// report.
+///
+/// [`health_check`]: PostgresEventStore::health_check
+#[derive(Debug, Default)]
+pub(crate) struct WriteGate {
+    verified: AtomicBool,
+}
+
+/// Why the schema cannot take writes, if it cannot.
+async fn write_refusal(
+    conn: &mut PgConnection,
+    store: &PostgresEventStore,
+) -> Result<Option<PostgresError>, sqlx::Error> {
+    let schema = store.config().schema.as_str();
+    Ok(match read_version(conn, &store.inner.sql).await? {
+        Some(v) if v > SCHEMA_VERSION => Some(PostgresError::SchemaTooNew {
+            found: v,
+            known: SCHEMA_VERSION,
+        }),
+        Some(SCHEMA_VERSION) => {
+            let missing = find_damage(conn, schema, SCHEMA_VERSION).await?;
+            (!missing.is_empty()).then(|| PostgresError::SchemaDamaged {
+                schema: schema.to_owned(),
+                missing,
+            })
+        }
+        found => Some(PostgresError::SchemaNotCurrent {
+            schema: schema.to_owned(),
+            found,
+            expected: SCHEMA_VERSION,
+        }),
+    })
+}
+
+/// Checks, once per store (until it passes), that the schema is at
+/// [`SCHEMA_VERSION`] and holds everything the store relies on, so that a
+/// schema migrated by a newer release, not migrated yet, or tampered with
+/// refuses writes before the first append instead of misbehaving. The
+/// refusal is [`eventcore::Error::Backend`] with a [`PostgresError`] source
+/// ([`SchemaTooNew`](PostgresError::SchemaTooNew),
+/// [`SchemaNotCurrent`](PostgresError::SchemaNotCurrent) or
+/// [`SchemaDamaged`](PostgresError::SchemaDamaged)); a connection failure
+/// during the check is the usual transient error. One extra round trip per
+/// store, on its first append.
+// Called first thing in `EventStore::append` (store.rs), wired at merge.
+#[allow(dead_code)]
+pub(crate) async fn ensure_writable(store: &PostgresEventStore) -> Result<(), eventcore::Error> {
+    const OP: &str = "append";
+    let gate = &store.inner.sql.write_gate;
+    if gate.verified.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    // After a server restart every pooled connection is dead and fails
+    // once: those failures say nothing about the schema, so the check moves
+    // on to the next pooled connection. A failure to get one (a failed
+    // connect) is returned as it is, never retried here.
+    let mut stale_left = store.config().max_connections;
+    let refusal = loop {
+        let mut conn = store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| store.map_err(OP, e))?;
+        match write_refusal(&mut conn, store).await {
+            Err(e) if stale_left > 0 && connection_lost(&e) => stale_left -= 1,
+            other => break other.map_err(|e| store.map_err(OP, e))?,
+        }
+    };
+    match refusal {
+        None => {
+            gate.verified.store(true, Ordering::Release);
+            Ok(())
+        }
+        Some(e) => Err(eventcore::Error::Backend {
+            operation: OP,
+            source: Box::new(e),
+        }),
+    }
+}
 
 impl PostgresEventStore {
     /// Creates the schema or migrates it to [`SCHEMA_VERSION`]. Idempotent,
@@ -79,6 +267,17 @@ impl PostgresEventStore {
                 known: SCHEMA_VERSION,
             });
         }
+        // What the applied migrations created must still be there, or the
+        // next migration would fail on it (or build on a broken base).
+        let missing = find_damage(&mut tx, schema, applied)
+            .await
+            .map_err(step(applied, "check"))?;
+        if !missing.is_empty() {
+            return Err(PostgresError::SchemaDamaged {
+                schema: schema.to_owned(),
+                missing,
+            });
+        }
         sqlx::raw_sql(sql::sql(&s.set_local_search_path))
             .execute(&mut *tx)
             .await
@@ -101,6 +300,18 @@ impl PostgresEventStore {
                 .await
                 .map_err(step(m.version, m.name))?;
         }
+        // Every migration's ledger row may be there while what it created
+        // is gone (a dropped table, a disabled trigger): check what the
+        // store relies on before declaring the schema ready.
+        let missing = find_damage(&mut tx, schema, SCHEMA_VERSION)
+            .await
+            .map_err(step(SCHEMA_VERSION, "check"))?;
+        if !missing.is_empty() {
+            return Err(PostgresError::SchemaDamaged {
+                schema: schema.to_owned(),
+                missing,
+            });
+        }
         tx.commit().await.map_err(step(SCHEMA_VERSION, "commit"))?;
         Ok(())
     }
@@ -108,23 +319,14 @@ impl PostgresEventStore {
     /// The schema version recorded in the database (`None` before
     /// [`initialize`](Self::initialize)).
     pub async fn schema_version(&self) -> Result<Option<i32>, PostgresError> {
-        let result = sqlx::query(sql::sql(&self.inner.sql.select_schema_version))
-            .fetch_one(self.pool())
-            .await;
-        match result {
-            Ok(row) => Ok(row
-                .try_get::<Option<i32>, _>(0)
-                .map_err(|e| self.map_err("schema_version", e))?),
-            // No schema or no ledger yet: not initialized.
-            Err(e)
-                if db_error_parts(&e).is_some_and(|(code, _)| {
-                    code == sqlstate::UNDEFINED_TABLE || code == sqlstate::INVALID_SCHEMA_NAME
-                }) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(self.map_err("schema_version", e).into()),
-        }
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| self.map_err("schema_version", e))?;
+        read_version(&mut conn, &self.inner.sql)
+            .await
+            .map_err(|e| self.map_err("schema_version", e).into())
     }
 }
 

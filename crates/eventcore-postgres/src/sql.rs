@@ -1,8 +1,9 @@
 //! Every statement the store sends, one named constant each.
 //!
-//! `{schema}` stands for the configured schema (a validated identifier) and
-//! is filled in once per store by [`Statements::new`]; everything else is a
-//! bind parameter, listed above each statement.
+//! `{schema}` stands for the configured schema and is filled in once per
+//! store by [`Statements::new`] as a quoted identifier (`"user"`), so
+//! reserved words work; everything else is a bind parameter, listed above
+//! each statement. Build no SQL with the schema name any other way.
 
 use std::sync::Arc;
 
@@ -190,6 +191,33 @@ pub(crate) const SELECT_SCHEMA_VERSION: &str =
 /// Cheapest round trip for health checks.
 pub(crate) const SELECT_ONE: &str = "SELECT 1";
 
+/// What the store relies on in its schema, checked in the catalogs: `$1`
+/// the schema's name (as stored, unquoted), then per object `$2` its kind
+/// (`table`, `index`, `function`, `trigger`), `$3` its name and `$4` for a
+/// trigger its table. One row per object that is missing (`missing`) or,
+/// for a trigger, does not fire in ordinary sessions (`disabled`), in the
+/// order given. A missing schema makes every object missing.
+pub(crate) const SELECT_SCHEMA_DAMAGE: &str = "SELECT r.kind, r.name, r.problem FROM ( \
+       SELECT e.i, e.kind, e.name, CASE e.kind \
+         WHEN 'table' THEN CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+             WHERE c.relnamespace = n.oid AND c.relname = e.name AND c.relkind IN ('r', 'p')) \
+           THEN NULL ELSE 'missing' END \
+         WHEN 'index' THEN CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid \
+             WHERE c.relnamespace = n.oid AND c.relname = e.name AND x.indisvalid) \
+           THEN NULL ELSE 'missing' END \
+         WHEN 'function' THEN CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_proc p \
+             WHERE p.pronamespace = n.oid AND p.proname = e.name) \
+           THEN NULL ELSE 'missing' END \
+         WHEN 'trigger' THEN (SELECT CASE WHEN count(*) = 0 THEN 'missing' \
+             WHEN bool_or(t.tgenabled IN ('O', 'A')) THEN NULL ELSE 'disabled' END \
+           FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+           WHERE c.relnamespace = n.oid AND c.relname = e.on_table AND t.tgname = e.name) \
+         ELSE 'unknown kind' END AS problem \
+       FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS e(kind, name, on_table, i) \
+       LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = $1 \
+     ) r WHERE r.problem IS NOT NULL ORDER BY r.i";
+
 /// `$1` lock name (hashed to a key). Serialises concurrent initialize() calls until commit.
 pub(crate) const LOCK_MIGRATIONS: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
 
@@ -211,7 +239,7 @@ pub(crate) const SELECT_STATS: &str = "SELECT (SELECT count(*) FROM {schema}.eve
             (SELECT max(global_position) FROM {schema}.events) AS max_position";
 
 /// A filled-in statement, in the form sqlx takes. The schema was validated
-/// as a plain identifier, so the text is injection-free.
+/// as a plain identifier and is quoted, so the text is injection-free.
 pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(statement.clone())
 }
@@ -271,13 +299,24 @@ pub(crate) struct Statements {
     pub(crate) delete_checkpoint: Arc<str>,
     pub(crate) insert_projection_skip: Arc<str>,
     pub(crate) select_projection_skips: Arc<str>,
+    /// Whether this store has found its schema fit for writes (see
+    /// `schema::ensure_writable`); kept here as the store's per-schema state.
+    pub(crate) write_gate: crate::schema::WriteGate,
+}
+
+/// `name` as a quoted SQL identifier: `user` becomes `"user"`.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl Statements {
-    /// `schema` must already be validated (see `PostgresConfig::validate`).
+    /// `schema` must already be validated (see `PostgresConfig::validate`);
+    /// it is quoted, so reserved words such as `user` work.
     pub(crate) fn new(schema: &str) -> Self {
-        let fill = |template: &str| Arc::from(template.replace("{schema}", schema));
+        let quoted = quote_ident(schema);
+        let fill = |template: &str| Arc::from(template.replace("{schema}", &quoted));
         Self {
+            write_gate: Default::default(),
             append_one_to_new_stream: fill(APPEND_ONE_TO_NEW_STREAM),
             append_one_to_existing_stream: fill(APPEND_ONE_TO_EXISTING_STREAM),
             append_to_new_stream: fill(APPEND_TO_NEW_STREAM),

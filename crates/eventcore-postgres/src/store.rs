@@ -50,7 +50,7 @@ use crate::{
 ///   recognised by its event ids.
 ///
 /// Cloning is cheap and shares the pool.
-#[derive(Clone, Debug)]
+#[derive(Clone)] // Debug: config.rs (redacts the password)
 pub struct PostgresEventStore {
     pub(crate) inner: Arc<Inner>,
 }

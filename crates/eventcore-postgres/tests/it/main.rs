@@ -2,6 +2,7 @@
 //! otherwise the throwaway cluster of `scripts/dev-db`.
 
 mod concurrency;
+mod config;
 mod contract;
 mod deadlines;
 mod faults;
