@@ -537,7 +537,6 @@ async fn direct(pool: &PgPool, connect_timeout: Duration) -> Result<PgConnection
 /// but reports a database that refuses or does not answer at once, with
 /// the real cause (`connection refused`), instead of "pool timed out" after
 /// the whole `connect_timeout`.
-#[allow(dead_code)] // For `PostgresEventStore::new` (store.rs), wired at merge.
 pub(crate) async fn first_connection(
     pool: &PgPool,
     connect_timeout: Duration,

@@ -190,8 +190,6 @@ async fn write_refusal(
 /// [`SchemaDamaged`](PostgresError::SchemaDamaged)); a connection failure
 /// during the check is the usual transient error. One extra round trip per
 /// store, on its first append.
-// Called first thing in `EventStore::append` (store.rs), wired at merge.
-#[allow(dead_code)]
 pub(crate) async fn ensure_writable(store: &PostgresEventStore) -> Result<(), eventcore::Error> {
     const OP: &str = "append";
     let gate = &store.inner.sql.write_gate;

@@ -169,9 +169,8 @@ impl PostgresEventStore {
             .idle_timeout(config.idle_timeout)
             .max_lifetime(config.max_lifetime)
             .test_before_acquire(config.test_before_acquire)
-            .connect_with(config.connect_options()?)
-            .await
-            .map_err(PostgresError::Connect)?;
+            .connect_lazy_with(config.connect_options()?);
+        crate::metrics::first_connection(&pool, config.connect_timeout).await?;
         Ok(Self::assemble(pool, config))
     }
 
@@ -829,6 +828,7 @@ fn to_i64(n: u64) -> i64 {
 impl EventStore for PostgresEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         request.validate(self.inner.config.max_event_bytes)?;
+        crate::schema::ensure_writable(self).await?;
         let span = tracing::debug_span!(
             "eventcore.append",
             streams = request.streams().len(),

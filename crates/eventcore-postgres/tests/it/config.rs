@@ -306,7 +306,6 @@ async fn health_on_a_lazy_pool_against_a_live_server_is_reachable() {
 /// refused" in about half a second, not "pool timed out" after the whole
 /// connect timeout.
 #[tokio::test]
-#[ignore = "needs `crate::metrics::first_connection` in store.rs `new` (wired at merge)"]
 async fn new_reports_a_refused_connection_quickly() {
     let url = format!("postgres://app:{SECRET}@127.0.0.1:{}/db", closed_port());
     let config = PostgresConfig {

@@ -385,7 +385,6 @@ async fn a_newer_schema_is_refused_by_initialize_and_unhealthy() {
 /// schema migrated by a newer release, one not initialized, and a damaged
 /// one; once the schema is right, the same store writes.
 #[tokio::test]
-#[ignore = "needs `crate::schema::ensure_writable(self).await?` first in store.rs append (wired at merge)"]
 async fn writes_refuse_on_a_newer_missing_or_damaged_schema() {
     let stream = StreamId::new("refused-1").unwrap();
     let one = || {

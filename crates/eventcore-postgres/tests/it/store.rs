@@ -246,18 +246,37 @@ async fn read_all_delivers_the_good_rows_before_a_bad_one_then_names_it() {
     .unwrap();
     store.append(one(&stream, "After")).await.unwrap();
 
-    let page = store.read_all(GlobalPosition::START, 100).await.unwrap();
+    // Other tests' open transactions may hold the read horizon back for a
+    // moment: a read that returns nothing yet is repeated.
+    let read = |after: GlobalPosition| {
+        let store = store.clone();
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                match store.read_all(after, 100).await {
+                    Ok(page) if page.is_empty() && started.elapsed() < Duration::from_secs(30) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => return other,
+                }
+            }
+        }
+    };
+    let types = |page: Vec<eventcore::StoredEvent>| {
+        page.into_iter().map(|e| e.event_type).collect::<Vec<_>>()
+    };
     assert_eq!(
-        page.iter()
-            .map(|e| e.event_type.as_str())
-            .collect::<Vec<_>>(),
+        types(read(GlobalPosition::START).await.unwrap()),
         ["Before"]
     );
-    let err = store.read_all(p1, 100).await.unwrap_err();
+    let err = read(p1).await.unwrap_err();
     assert!(matches!(err, Error::CorruptRow { .. }), "{err:?}");
     assert_eq!(err.position(), Some(GlobalPosition::new(bad)));
     // Past it, reading goes on.
-    assert_eq!(all_after(&store, GlobalPosition::new(bad)).await, ["After"]);
+    assert_eq!(
+        types(read(GlobalPosition::new(bad)).await.unwrap()),
+        ["After"]
+    );
 }
 
 #[tokio::test]
