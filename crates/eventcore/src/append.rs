@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::{Error, EventId, ExpectedVersion, GlobalPosition, NewEvent, StreamId, StreamVersion};
+use crate::{
+    Error, EventId, ExpectedVersion, GlobalPosition, InvalidEventReason, JsonPart, NewEvent,
+    StreamId, StreamVersion, rules,
+};
 
 /// Default limit on one event's serialized data plus metadata, in bytes.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -93,18 +96,30 @@ impl AppendRequest {
             .flat_map(|s| s.events.iter().map(|e| e.event_id))
     }
 
-    /// Checks what can be checked without a store: no stream twice, no event
-    /// id twice, at most [`MAX_EVENTS_PER_APPEND`] events, and no event whose
-    /// serialized data plus metadata exceeds `max_event_bytes`.
+    /// Checks what can be checked without a store: no stream twice, no
+    /// expected version above [`StreamVersion::MAX`], no event id twice, at
+    /// most [`MAX_EVENTS_PER_APPEND`] events, every event within the rules
+    /// of [`NewEvent`] (so that it reads back identically) and no event
+    /// whose serialized data plus metadata exceeds `max_event_bytes`.
     ///
     /// Every store calls this before touching storage, so bad input fails the
-    /// same way everywhere.
+    /// same way everywhere: [`Error::InvalidAppend`],
+    /// [`Error::ExpectedVersionOutOfRange`], [`Error::InvalidEvent`] or
+    /// [`Error::PayloadTooLarge`].
     pub fn validate(&self, max_event_bytes: usize) -> Result<(), Error> {
         let mut streams = HashSet::with_capacity(self.streams.len());
         for s in &self.streams {
             if !streams.insert(&s.stream_id) {
                 return Err(Error::InvalidAppend {
                     reason: format!("stream '{}' appears more than once", s.stream_id),
+                });
+            }
+            if let ExpectedVersion::Exact(v) = s.expected
+                && v > StreamVersion::MAX
+            {
+                return Err(Error::ExpectedVersionOutOfRange {
+                    stream_id: s.stream_id.clone(),
+                    expected: s.expected,
                 });
             }
         }
@@ -124,11 +139,16 @@ impl AppendRequest {
                         reason: format!("event id {} appears more than once", e.event_id),
                     });
                 }
-                if e.event_type.is_empty() {
-                    return Err(Error::InvalidAppend {
-                        reason: format!("event {} has an empty type name", e.event_id),
-                    });
-                }
+                let invalid = |reason| Error::InvalidEvent {
+                    stream_id: Some(s.stream_id.clone()),
+                    event_id: e.event_id,
+                    event_type: e.event_type.clone(),
+                    reason,
+                };
+                // Metadata first: measuring it serializes it.
+                rules::check_type_and_version(&e.event_type, e.schema_version)
+                    .map_err(invalid)?;
+                rules::check_metadata(&e.metadata).map_err(invalid)?;
                 let size = encoded_size(e);
                 if size > max_event_bytes {
                     return Err(Error::PayloadTooLarge {
@@ -138,6 +158,12 @@ impl AppendRequest {
                         limit: max_event_bytes,
                     });
                 }
+                rules::check_json(e.data.get(), rules::MAX_JSON_DEPTH).map_err(|problem| {
+                    invalid(InvalidEventReason::Json {
+                        part: JsonPart::Data,
+                        problem,
+                    })
+                })?;
             }
         }
         Ok(())
