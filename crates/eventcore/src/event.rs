@@ -88,7 +88,11 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// assert!(Deposited::decode("Deposited", 3, &old).is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    fn decode(event_type: &str, schema_version: u32, data: &EventData) -> Result<Self, DecodeError> {
+    fn decode(
+        event_type: &str,
+        schema_version: u32,
+        data: &EventData,
+    ) -> Result<Self, DecodeError> {
         if schema_version != Self::SCHEMA_VERSION {
             return Err(DecodeError::UnknownSchemaVersion {
                 recorded: schema_version,
@@ -624,7 +628,11 @@ mod finite {
     type R = Result<(), Found>;
 
     fn float(finite: bool) -> R {
-        if finite { Ok(()) } else { Err(Found::NonFinite) }
+        if finite {
+            Ok(())
+        } else {
+            Err(Found::NonFinite)
+        }
     }
 
     impl ser::Serializer for Walk {
@@ -1060,6 +1068,158 @@ mod tests {
         assert!(data.to_value().is_err());
         assert!(data.deserialize::<serde_json::Value>().is_err());
         assert!(serde_json::to_string(&data).is_err());
+    }
+
+    mod typed {
+        use serde::{Deserialize, Serialize};
+        use serde_json::json;
+
+        use crate::{
+            DecodeError, Error, Event, EventData, EventId, EventMetadata, InvalidEventReason,
+            NewEvent,
+        };
+
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub(super) enum Account {
+            Deposited { amount: u64 },
+            Withdrawn { amount: u64 },
+        }
+
+        impl Event for Account {
+            fn event_type(&self) -> &'static str {
+                match self {
+                    Account::Deposited { .. } => "Deposited",
+                    Account::Withdrawn { .. } => "Withdrawn",
+                }
+            }
+        }
+
+        #[test]
+        fn default_decode_checks_the_recorded_type_and_schema_version() {
+            let deposited = EventData::from(json!({ "Deposited": { "amount": 5 } }));
+            assert_eq!(
+                Account::decode("Deposited", 1, &deposited).unwrap(),
+                Account::Deposited { amount: 5 }
+            );
+            match Account::decode("Withdrawn", 1, &deposited) {
+                Err(DecodeError::TypeMismatch { recorded, decoded }) => {
+                    assert_eq!((recorded.as_str(), decoded), ("Withdrawn", "Deposited"));
+                }
+                other => panic!("expected a type mismatch, got {other:?}"),
+            }
+            for version in [0, 2, 99, u32::MAX] {
+                assert!(matches!(
+                    Account::decode("Deposited", version, &deposited),
+                    Err(DecodeError::UnknownSchemaVersion { recorded, known: 1 }) if recorded == version
+                ));
+            }
+            let garbage = EventData::from(json!({ "Deposited": { "amount": "lots" } }));
+            assert!(matches!(
+                Account::decode("Deposited", 1, &garbage),
+                Err(DecodeError::Payload(_))
+            ));
+        }
+
+        /// Two variants with the same serialized shape: the second decodes
+        /// as the first, so it could never be read back as itself.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(untagged)]
+        enum Ambiguous {
+            First { n: u64 },
+            Second { n: u64 },
+        }
+
+        impl Event for Ambiguous {
+            fn event_type(&self) -> &'static str {
+                match self {
+                    Ambiguous::First { .. } => "First",
+                    Ambiguous::Second { .. } => "Second",
+                }
+            }
+        }
+
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        struct Reading {
+            value: f64,
+            previous: Option<f64>,
+        }
+
+        impl Event for Reading {
+            fn event_type(&self) -> &'static str {
+                "Reading"
+            }
+        }
+
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Unnamed;
+        impl Event for Unnamed {
+            fn event_type(&self) -> &'static str {
+                "Un\nnamed"
+            }
+        }
+
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Versionless;
+        impl Event for Versionless {
+            const SCHEMA_VERSION: u32 = 0;
+            fn event_type(&self) -> &'static str {
+                "Versionless"
+            }
+        }
+
+        fn reason<E: Event>(event: &E) -> InvalidEventReason {
+            match NewEvent::with_id(EventId::new(), event, EventMetadata::new()) {
+                Err(Error::InvalidEvent {
+                    reason,
+                    stream_id: None,
+                    event_type,
+                    ..
+                }) => {
+                    assert_eq!(event_type, event.event_type());
+                    reason
+                }
+                other => panic!("expected InvalidEvent, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn typed_events_that_would_not_read_back_are_refused_when_built() {
+            assert!(NewEvent::new(&Ambiguous::First { n: 1 }, EventMetadata::new()).is_ok());
+            assert!(matches!(
+                reason(&Ambiguous::Second { n: 1 }),
+                InvalidEventReason::DoesNotDecode(DecodeError::TypeMismatch { .. })
+            ));
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let plain = Reading {
+                    value: bad,
+                    previous: None,
+                };
+                assert!(matches!(reason(&plain), InvalidEventReason::NonFiniteFloat));
+                // `None` and NaN both write `null`: NaN would read back as None.
+                let optional = Reading {
+                    value: 1.0,
+                    previous: Some(bad),
+                };
+                assert!(matches!(
+                    reason(&optional),
+                    InvalidEventReason::NonFiniteFloat
+                ));
+            }
+            let fine = Reading {
+                value: 1e300,
+                previous: None,
+            };
+            let event = NewEvent::new(&fine, EventMetadata::new()).unwrap();
+            assert_eq!(event.data.deserialize::<Reading>().unwrap(), fine);
+            assert!(matches!(
+                reason(&Unnamed),
+                InvalidEventReason::TypeName { .. }
+            ));
+            assert!(matches!(
+                reason(&Versionless),
+                InvalidEventReason::SchemaVersion { version: 0 }
+            ));
+        }
     }
 
     fn round_trip(t: DateTime<Utc>) -> DateTime<Utc> {

@@ -335,7 +335,15 @@ mod tests {
 
     #[test]
     fn stream_ids_that_look_alike_are_refused() {
-        for ws in [" ", "   ", "\u{a0}", "\u{3000}", " acct-1", "acct-1 ", "\u{2003}acct-1"] {
+        for ws in [
+            " ",
+            "   ",
+            "\u{a0}",
+            "\u{3000}",
+            " acct-1",
+            "acct-1 ",
+            "\u{2003}acct-1",
+        ] {
             assert_eq!(
                 StreamId::new(ws),
                 Err(InvalidStreamId::SurroundingWhitespace),

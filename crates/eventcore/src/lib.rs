@@ -124,10 +124,12 @@ pub use append::{
 pub use async_trait::async_trait;
 pub use command::{Command, Decision};
 pub use error::{
-    CommandError, Error, InvalidEventReason, InvalidStreamId, JsonPart, JsonProblem, VersionConflict,
+    CommandError, Error, InvalidEventReason, InvalidStreamId, JsonPart, JsonProblem,
+    VersionConflict,
 };
 pub use event::{
-    DecodeError, Event, EventData, EventMetadata, NewEvent, RecordedEvent, StoredEvent, decode_current,
+    DecodeError, Event, EventData, EventMetadata, NewEvent, RecordedEvent, StoredEvent,
+    decode_current,
 };
 pub use executor::{CacheableCommand, CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};

@@ -683,10 +683,22 @@ mod tests {
         assert_eq!(check_name("acct-1", 255), Ok(()));
         assert_eq!(check_name("zoë's account", 255), Ok(()));
         assert_eq!(check_name("", 255), Err(NameProblem::Empty));
-        assert_eq!(check_name(" ", 255), Err(NameProblem::SurroundingWhitespace));
-        assert_eq!(check_name(" a", 255), Err(NameProblem::SurroundingWhitespace));
-        assert_eq!(check_name("a\u{3000}", 255), Err(NameProblem::SurroundingWhitespace));
-        assert_eq!(check_name("\u{a0}a", 255), Err(NameProblem::SurroundingWhitespace));
+        assert_eq!(
+            check_name(" ", 255),
+            Err(NameProblem::SurroundingWhitespace)
+        );
+        assert_eq!(
+            check_name(" a", 255),
+            Err(NameProblem::SurroundingWhitespace)
+        );
+        assert_eq!(
+            check_name("a\u{3000}", 255),
+            Err(NameProblem::SurroundingWhitespace)
+        );
+        assert_eq!(
+            check_name("\u{a0}a", 255),
+            Err(NameProblem::SurroundingWhitespace)
+        );
         assert_eq!(
             check_name("a\tb", 255),
             Err(NameProblem::Control { ch: '\t', index: 1 })
@@ -699,9 +711,24 @@ mod tests {
             })
         );
         for ch in [
-            '\u{ad}', '\u{61c}', '\u{180e}', '\u{200b}', '\u{200d}', '\u{200e}', '\u{200f}',
-            '\u{2028}', '\u{202a}', '\u{202e}', '\u{2060}', '\u{2064}', '\u{2066}', '\u{2069}',
-            '\u{feff}', '\u{e0001}', '\u{e0041}', '\u{e007f}',
+            '\u{ad}',
+            '\u{61c}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{2028}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{feff}',
+            '\u{e0001}',
+            '\u{e0041}',
+            '\u{e007f}',
         ] {
             assert!(
                 matches!(

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::bank::{AccountEvent, JointWithdraw, Transfer};
 use super::seed;
 use crate::{
-    AppendRequest, Command, CommandError, CommandExecutor, DecodeError, Decision, Error, Event,
+    AppendRequest, Command, CommandError, CommandExecutor, Decision, DecodeError, Error, Event,
     EventData, EventId, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
     InvalidEventReason, JsonPart, JsonProblem, MAX_JSON_DEPTH, NewEvent, RecordedEvent,
     RetryPolicy, StoredEvent, StreamId, StreamVersion,
@@ -675,10 +675,13 @@ pub async fn invalid_events_are_refused_and_write_nothing<S: EventStore + ?Sized
         .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
         .unwrap()
         .and_utc();
-    let mut typed_name = raw("E", 1);
-    typed_name.schema_version = 0;
+    let mut version_zero = raw("E", 1);
+    version_zero.schema_version = 0;
     let cases: Vec<(&str, NewEvent)> = vec![
-        ("NUL in a string", NewEvent::raw("E", json!({ "a": "x\u{0}y" }))),
+        (
+            "NUL in a string",
+            NewEvent::raw("E", json!({ "a": "x\u{0}y" })),
+        ),
         ("NUL in a key", NewEvent::raw("E", json!({ "\u{0}": 1 }))),
         ("too deep", NewEvent::raw("E", nested(MAX_JSON_DEPTH + 1))),
         ("serde_json's limit", NewEvent::raw("E", nested(200))),
@@ -703,9 +706,12 @@ pub async fn invalid_events_are_refused_and_write_nothing<S: EventStore + ?Sized
         ("NUL in type", NewEvent::raw("Dep\u{0}osited", json!({}))),
         ("newline in type", NewEvent::raw("Deposited\n", json!({}))),
         ("spaces around type", NewEvent::raw(" Deposited", json!({}))),
-        ("zero-width type", NewEvent::raw("Depo\u{200b}sited", json!({}))),
+        (
+            "zero-width type",
+            NewEvent::raw("Depo\u{200b}sited", json!({})),
+        ),
         ("long type", NewEvent::raw("T".repeat(256), json!({}))),
-        ("schema version 0", typed_name),
+        ("schema version 0", version_zero),
         ("schema version above i32", {
             let mut e = raw("E", 1);
             e.schema_version = i32::MAX as u32 + 1;
@@ -715,8 +721,7 @@ pub async fn invalid_events_are_refused_and_write_nothing<S: EventStore + ?Sized
     for (what, bad) in cases {
         let bad_id = bad.event_id;
         let good = raw("E", 1);
-        let request = AppendRequest::new()
-            .append(s.clone(), ExpectedVersion::Any, vec![good, bad]);
+        let request = AppendRequest::new().append(s.clone(), ExpectedVersion::Any, vec![good, bad]);
         match store.append(request).await {
             Err(Error::InvalidEvent {
                 stream_id,
@@ -735,8 +740,8 @@ pub async fn invalid_events_are_refused_and_write_nothing<S: EventStore + ?Sized
         );
     }
     // The limits themselves are accepted and read back.
-    let mut edge = NewEvent::raw("E", nested(MAX_JSON_DEPTH - 1));
-    edge.metadata = EventMetadata::new().with_custom("deep", nested(MAX_JSON_DEPTH - 2));
+    let mut edge = NewEvent::raw("E", nested(MAX_JSON_DEPTH));
+    edge.metadata = EventMetadata::new().with_custom("deep", nested(MAX_JSON_DEPTH - 1));
     edge.metadata.occurred_at = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
         .unwrap()
         .and_hms_nano_opt(23, 59, 59, 999_999_999)
