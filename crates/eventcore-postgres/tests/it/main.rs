@@ -5,6 +5,7 @@ mod concurrency;
 mod contract;
 mod faults;
 mod projections;
+mod roundtrip;
 mod schema;
 mod store;
 mod support;
