@@ -10,6 +10,9 @@
 //! and expected versions up to `u64::MAX`. The property: an append the store
 //! accepts reads back identically; one it refuses fails with a typed error
 //! and writes nothing.
+//!
+//! `ROUNDTRIP_STATS=1` (with `--nocapture`) prints each append's outcome, to
+//! see which rules the cases reach.
 
 use std::collections::{BTreeMap, HashMap};
 
