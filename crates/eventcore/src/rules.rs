@@ -245,7 +245,7 @@ impl<'a> Scanner<'a> {
 
     fn run(mut self, max_depth: usize) -> Result<(), JsonProblem> {
         let mut stack: Vec<Frame> = Vec::new();
-        let mut keys: Vec<Cow<'a, str>> = Vec::new();
+        let mut keys: Vec<(u64, Cow<'a, str>)> = Vec::new();
         'value: loop {
             self.skip_ws();
             match self.peek().ok_or_else(|| self.syntax())? {
@@ -316,7 +316,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// An object key and its colon; the key joins `keys`.
-    fn key(&mut self, keys: &mut Vec<Cow<'a, str>>) -> Result<(), JsonProblem> {
+    fn key(&mut self, keys: &mut Vec<(u64, Cow<'a, str>)>) -> Result<(), JsonProblem> {
         if self.peek() != Some(b'"') {
             return Err(self.syntax());
         }
@@ -324,12 +324,13 @@ impl<'a> Scanner<'a> {
         let escaped = self.string()?;
         let text: &'a str = self.text;
         let quoted = &text[start..self.i];
-        keys.push(if escaped {
+        let key = if escaped {
             // Checked above, so this reads; escapes are rare in keys.
             Cow::Owned(serde_json::from_str::<String>(quoted).map_err(|_| self.syntax())?)
         } else {
             Cow::Borrowed(&quoted[1..quoted.len() - 1])
-        });
+        };
+        keys.push((fingerprint(&key), key));
         self.skip_ws();
         if self.peek() != Some(b':') {
             return Err(self.syntax());
@@ -353,7 +354,15 @@ impl<'a> Scanner<'a> {
         self.i += 1;
         let mut escaped = false;
         loop {
-            // The common case: plain bytes up to the closing quote.
+            // The common case: plain bytes up to the closing quote, eight
+            // at a time while none of them needs a look.
+            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+                if needs_look(word) {
+                    break;
+                }
+                self.i += 8;
+            }
             while let Some(&c) = self.b.get(self.i) {
                 if c == b'"' || c == b'\\' || c < 0x20 {
                     break;
@@ -513,22 +522,46 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Whether any byte of `word` is a quote, a backslash or below 0x20 (the
+/// classic "has a zero byte" bit trick, exact for "any").
+fn needs_look(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = zero_byte(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    quote | backslash | control != 0
+}
+
+/// A cheap fingerprint of a key, compared before the key itself.
+fn fingerprint(key: &str) -> u64 {
+    let mut h = key.len() as u64;
+    for chunk in key.as_bytes().chunks(8) {
+        let mut word = [0_u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    h
+}
+
 /// Fails when two of one object's keys are equal. Small objects compare
-/// pairwise; larger ones sort (the keys are dropped right after).
-fn check_unique(keys: &mut [Cow<'_, str>]) -> Result<(), JsonProblem> {
+/// pairwise (fingerprints first); larger ones sort (the keys are dropped
+/// right after).
+fn check_unique(keys: &mut [(u64, Cow<'_, str>)]) -> Result<(), JsonProblem> {
     let duplicate = |k: &Cow<'_, str>| JsonProblem::DuplicateKey {
         key: k.clone().into_owned(),
     };
     if keys.len() <= 16 {
-        for (n, k) in keys.iter().enumerate() {
-            if keys[..n].contains(k) {
+        for (n, (h, k)) in keys.iter().enumerate() {
+            if keys[..n].iter().any(|(g, j)| g == h && j == k) {
                 return Err(duplicate(k));
             }
         }
     } else {
         keys.sort_unstable();
         if let Some(pair) = keys.windows(2).find(|w| w[0] == w[1]) {
-            return Err(duplicate(&pair[0]));
+            return Err(duplicate(&pair[0].1));
         }
     }
     Ok(())
@@ -658,6 +691,32 @@ mod tests {
         ));
         let distinct: Vec<String> = (0..40).map(|n| format!("\"k{n}\":{n}")).collect();
         assert_eq!(problem(&format!("{{{}}}", distinct.join(","))), None);
+    }
+
+    #[test]
+    fn the_eight_byte_skip_sees_what_the_byte_loop_sees() {
+        let looks = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
+        for filler in [b'a', 0xc3, 0xff, b' ', 0x7f] {
+            for at in 0..8 {
+                for b in 0..=255_u8 {
+                    let mut bytes = [filler; 8];
+                    bytes[at] = b;
+                    assert_eq!(
+                        needs_look(u64::from_le_bytes(bytes)),
+                        bytes.iter().any(|&c| looks(c)),
+                        "{bytes:?}"
+                    );
+                }
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let bytes = x.to_le_bytes();
+            assert_eq!(needs_look(x), bytes.iter().any(|&c| looks(c)), "{bytes:?}");
+        }
     }
 
     #[test]
