@@ -2,7 +2,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::{Error, EventId, ExpectedVersion, GlobalPosition, NewEvent, StreamId, StreamVersion};
+use crate::{
+    Error, EventId, ExpectedVersion, GlobalPosition, InvalidEventReason, JsonPart, NewEvent,
+    StreamId, StreamVersion, rules,
+};
 
 /// Default limit on one event's serialized data plus metadata, in bytes.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
@@ -93,18 +96,30 @@ impl AppendRequest {
             .flat_map(|s| s.events.iter().map(|e| e.event_id))
     }
 
-    /// Checks what can be checked without a store: no stream twice, no event
-    /// id twice, at most [`MAX_EVENTS_PER_APPEND`] events, and no event whose
-    /// serialized data plus metadata exceeds `max_event_bytes`.
+    /// Checks what can be checked without a store: no stream twice, no
+    /// expected version above [`StreamVersion::MAX`], no event id twice, at
+    /// most [`MAX_EVENTS_PER_APPEND`] events, every event within the rules
+    /// of [`NewEvent`] (so that it reads back identically) and no event
+    /// whose serialized data plus metadata exceeds `max_event_bytes`.
     ///
     /// Every store calls this before touching storage, so bad input fails the
-    /// same way everywhere.
+    /// same way everywhere: [`Error::InvalidAppend`],
+    /// [`Error::ExpectedVersionOutOfRange`], [`Error::InvalidEvent`] or
+    /// [`Error::PayloadTooLarge`].
     pub fn validate(&self, max_event_bytes: usize) -> Result<(), Error> {
         let mut streams = HashSet::with_capacity(self.streams.len());
         for s in &self.streams {
             if !streams.insert(&s.stream_id) {
                 return Err(Error::InvalidAppend {
                     reason: format!("stream '{}' appears more than once", s.stream_id),
+                });
+            }
+            if let ExpectedVersion::Exact(v) = s.expected
+                && v > StreamVersion::MAX
+            {
+                return Err(Error::ExpectedVersionOutOfRange {
+                    stream_id: s.stream_id.clone(),
+                    expected: s.expected,
                 });
             }
         }
@@ -124,11 +139,15 @@ impl AppendRequest {
                         reason: format!("event id {} appears more than once", e.event_id),
                     });
                 }
-                if e.event_type.is_empty() {
-                    return Err(Error::InvalidAppend {
-                        reason: format!("event {} has an empty type name", e.event_id),
-                    });
-                }
+                let invalid = |reason| Error::InvalidEvent {
+                    stream_id: Some(s.stream_id.clone()),
+                    event_id: e.event_id,
+                    event_type: e.event_type.clone(),
+                    reason,
+                };
+                // Metadata first: measuring it serializes it.
+                rules::check_type_and_version(&e.event_type, e.schema_version).map_err(invalid)?;
+                rules::check_metadata(&e.metadata).map_err(invalid)?;
                 let size = encoded_size(e);
                 if size > max_event_bytes {
                     return Err(Error::PayloadTooLarge {
@@ -138,6 +157,12 @@ impl AppendRequest {
                         limit: max_event_bytes,
                     });
                 }
+                rules::check_json(e.data.get(), rules::MAX_JSON_DEPTH).map_err(|problem| {
+                    invalid(InvalidEventReason::Json {
+                        part: JsonPart::Data,
+                        problem,
+                    })
+                })?;
             }
         }
         Ok(())
@@ -189,6 +214,7 @@ impl AppendOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{JsonProblem, MAX_EVENT_TYPE_LEN, MAX_JSON_DEPTH, MAX_SCHEMA_VERSION};
     use serde_json::json;
 
     fn sid(s: &str) -> StreamId {
@@ -216,6 +242,200 @@ mod tests {
             dup_id.validate(DEFAULT_MAX_EVENT_BYTES),
             Err(Error::InvalidAppend { .. })
         ));
+    }
+
+    fn invalid(event: NewEvent) -> InvalidEventReason {
+        let id = event.event_id;
+        let req = AppendRequest::new().append(sid("a"), ExpectedVersion::Any, vec![event]);
+        match req.validate(DEFAULT_MAX_EVENT_BYTES) {
+            Err(Error::InvalidEvent {
+                stream_id,
+                event_id,
+                reason,
+                ..
+            }) => {
+                assert_eq!(stream_id, Some(sid("a")));
+                assert_eq!(event_id, id);
+                reason
+            }
+            other => panic!("expected InvalidEvent, got {other:?}"),
+        }
+    }
+
+    fn accepted(event: NewEvent) {
+        let req = AppendRequest::new().append(sid("a"), ExpectedVersion::Any, vec![event]);
+        req.validate(DEFAULT_MAX_EVENT_BYTES).expect("accepted");
+    }
+
+    fn nested(depth: usize) -> serde_json::Value {
+        (0..depth).fold(json!("leaf"), |v, _| json!({ "k": v }))
+    }
+
+    #[test]
+    fn type_names_and_schema_versions() {
+        for name in [
+            "",
+            "\0",
+            "A\nB",
+            "A\u{0}",
+            " A",
+            "A ",
+            "\u{3000}",
+            "A\u{200b}B",
+            "A\u{202e}",
+        ] {
+            assert!(
+                matches!(
+                    invalid(NewEvent::raw(name, json!({}))),
+                    InvalidEventReason::TypeName { .. }
+                ),
+                "{name:?}"
+            );
+        }
+        assert!(matches!(
+            invalid(NewEvent::raw("T".repeat(MAX_EVENT_TYPE_LEN + 1), json!({}))),
+            InvalidEventReason::TypeName { .. }
+        ));
+        accepted(NewEvent::raw("T".repeat(MAX_EVENT_TYPE_LEN), json!({})));
+        accepted(NewEvent::raw("Account Opened.v2 (zoë)", json!({})));
+        for (version, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_SCHEMA_VERSION, true),
+            (MAX_SCHEMA_VERSION + 1, false),
+            (u32::MAX, false),
+        ] {
+            let mut e = NewEvent::raw("T", json!({}));
+            e.schema_version = version;
+            if ok {
+                accepted(e);
+            } else {
+                assert!(matches!(
+                    invalid(e),
+                    InvalidEventReason::SchemaVersion { .. }
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn payloads_that_would_not_read_back() {
+        let json_problem = |e| match invalid(e) {
+            InvalidEventReason::Json {
+                part: JsonPart::Data,
+                problem,
+            } => problem,
+            other => panic!("expected a data problem, got {other:?}"),
+        };
+        let text = |t: &str| {
+            let mut e = NewEvent::raw("T", json!(null));
+            e.data = crate::EventData::from_json_unchecked(t);
+            e
+        };
+        accepted(NewEvent::raw("T", nested(MAX_JSON_DEPTH)));
+        assert_eq!(
+            json_problem(NewEvent::raw("T", nested(MAX_JSON_DEPTH + 1))),
+            JsonProblem::TooDeep {
+                limit: MAX_JSON_DEPTH
+            }
+        );
+        assert!(matches!(
+            json_problem(NewEvent::raw("T", json!(["\u{0}"]))),
+            JsonProblem::Nul { .. }
+        ));
+        assert!(matches!(
+            json_problem(text(r#"["\udbff"]"#)),
+            JsonProblem::LoneSurrogate { .. }
+        ));
+        assert!(matches!(
+            json_problem(text("[1e400]")),
+            JsonProblem::NumberOutOfRange { .. }
+        ));
+        assert!(matches!(
+            json_problem(text("[1,")),
+            JsonProblem::Syntax { .. }
+        ));
+        assert!(matches!(json_problem(text("")), JsonProblem::Syntax { .. }));
+        assert!(matches!(
+            json_problem(text(r#"{"a":1,"a":1}"#)),
+            JsonProblem::DuplicateKey { .. }
+        ));
+        accepted(text(r#" {"a": [1e300, -0.0, 1e-400, "\ud83d\ude00"]} "#));
+    }
+
+    #[test]
+    fn metadata_that_would_not_read_back() {
+        let with_time = |y: i32, nanos: u32| {
+            let mut e = NewEvent::raw("T", json!({}));
+            e.metadata.occurred_at = chrono::NaiveDate::from_ymd_opt(y, 12, 31)
+                .unwrap()
+                .and_hms_nano_opt(23, 59, 59, nanos)
+                .unwrap()
+                .and_utc();
+            e
+        };
+        for (year, nanos) in [
+            (10000, 0),
+            (0, 0),
+            (-1, 0),
+            (2016, 1_000_000_000),
+            (2016, 1_999_999_999),
+        ] {
+            assert!(matches!(
+                invalid(with_time(year, nanos)),
+                InvalidEventReason::OccurredAt { .. }
+            ));
+        }
+        accepted(with_time(1, 0));
+        accepted(with_time(9999, 999_999_999));
+        let custom = |v: serde_json::Value| {
+            let mut e = NewEvent::raw("T", json!({}));
+            e.metadata = e.metadata.with_custom("k", v);
+            e
+        };
+        // The custom map is level 1, its value level 2.
+        accepted(custom(nested(MAX_JSON_DEPTH - 1)));
+        for v in [nested(MAX_JSON_DEPTH), nested(200), json!([[["\u{0}"]]])] {
+            assert!(matches!(
+                invalid(custom(v)),
+                InvalidEventReason::Json {
+                    part: JsonPart::CustomMetadata,
+                    ..
+                }
+            ));
+        }
+        let mut e = NewEvent::raw("T", json!({}));
+        e.metadata = e.metadata.with_custom("a\u{0}", 1);
+        assert!(matches!(invalid(e), InvalidEventReason::Json { .. }));
+    }
+
+    #[test]
+    fn expected_versions_above_the_largest_storable_are_refused() {
+        for (v, ok) in [
+            (StreamVersion::MAX.get(), true),
+            (StreamVersion::MAX.get() + 1, false),
+            (u64::MAX, false),
+        ] {
+            let expected = ExpectedVersion::Exact(StreamVersion::new(v));
+            for req in [
+                AppendRequest::new().check(sid("a"), expected),
+                AppendRequest::new().append(
+                    sid("a"),
+                    expected,
+                    vec![NewEvent::raw("T", json!({}))],
+                ),
+            ] {
+                let result = req.validate(DEFAULT_MAX_EVENT_BYTES);
+                if ok {
+                    result.unwrap();
+                } else {
+                    assert!(matches!(
+                        result,
+                        Err(Error::ExpectedVersionOutOfRange { expected: e, .. }) if e == expected
+                    ));
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The one error type of the core crate.
 
-use crate::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
+use chrono::{DateTime, Utc};
+
+use crate::{DecodeError, EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 
 /// Why a string is not a valid [`StreamId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +27,135 @@ pub enum InvalidStreamId {
         /// Its byte offset.
         index: usize,
     },
+    /// The id starts or ends with whitespace (so a whitespace-only id is
+    /// refused too): ` acct-1 ` would otherwise be another stream than
+    /// `acct-1`.
+    #[error("stream id starts or ends with whitespace")]
+    SurroundingWhitespace,
+    /// The id contains an invisible format character (zero-width space or
+    /// joiner, bidi control, byte order mark, soft hyphen, tag, ...; see
+    /// [`StreamId`]), which would make two different ids look the same.
+    #[error("stream id contains invisible character {ch:?} at byte {index}")]
+    InvisibleCharacter {
+        /// The offending character.
+        ch: char,
+        /// Its byte offset.
+        index: usize,
+    },
+}
+
+/// The part of an event a [`JsonProblem`] was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JsonPart {
+    /// The event's data (its payload).
+    Data,
+    /// The custom entries of its metadata ([`EventMetadata::custom`](crate::EventMetadata::custom)).
+    CustomMetadata,
+}
+
+impl std::fmt::Display for JsonPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JsonPart::Data => "data",
+            JsonPart::CustomMetadata => "custom metadata",
+        })
+    }
+}
+
+/// Why JSON would not read back as written, on some store. Offsets are
+/// byte offsets into the JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JsonProblem {
+    /// Not JSON text (possible through
+    /// [`EventData::from_json_unchecked`](crate::EventData::from_json_unchecked)).
+    #[error("not valid JSON (at byte {offset})")]
+    Syntax {
+        /// Where reading stopped.
+        offset: usize,
+    },
+    /// Arrays and objects nested deeper than
+    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH).
+    #[error("nested deeper than {limit} levels")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+    },
+    /// A NUL character (`\u0000`) in a string or key: PostgreSQL's `jsonb`
+    /// cannot hold it.
+    #[error("NUL character (\\u0000) in a string or key{}", offset.map(|o| format!(" at byte {o}")).unwrap_or_default())]
+    Nul {
+        /// Where, when found in JSON text.
+        offset: Option<usize>,
+    },
+    /// An escaped UTF-16 surrogate without its pair (`"\ud800"`): not a
+    /// character, so it cannot be stored as text.
+    #[error("unpaired surrogate escape at byte {offset}")]
+    LoneSurrogate {
+        /// Where the escape starts.
+        offset: usize,
+    },
+    /// A number that serde_json cannot read as a finite `f64` (such as
+    /// `1e400`), or whose exponent or digits after the point exceed
+    /// [`MAX_NUMBER_SCALE`](crate::MAX_NUMBER_SCALE) (PostgreSQL's `numeric`
+    /// cannot hold it).
+    #[error("number out of range at byte {offset}")]
+    NumberOutOfRange {
+        /// Where the number starts.
+        offset: usize,
+    },
+    /// An object with the same key twice: stores would keep one of them,
+    /// and a typed decode would see a different object than was sent.
+    #[error("key {key:?} appears twice in one object")]
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
+}
+
+/// Why an event was refused: see [`Error::InvalidEvent`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidEventReason {
+    /// The type name breaks the rule of [`NewEvent::event_type`](crate::NewEvent::event_type):
+    /// empty, longer than [`MAX_EVENT_TYPE_LEN`](crate::MAX_EVENT_TYPE_LEN)
+    /// bytes, a control or invisible character, or whitespace at an end.
+    #[error("invalid type name: {problem}")]
+    TypeName {
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The schema version is 0 or above
+    /// [`MAX_SCHEMA_VERSION`](crate::MAX_SCHEMA_VERSION).
+    #[error("schema version {version} is outside 1..=2147483647")]
+    SchemaVersion {
+        /// The rejected version.
+        version: u32,
+    },
+    /// The data or custom metadata would not read back as written.
+    #[error("{part}: {problem}")]
+    Json {
+        /// Where the problem is.
+        part: JsonPart,
+        /// What it is.
+        problem: JsonProblem,
+    },
+    /// `occurred_at` is outside years 0001-9999 or is a leap second.
+    #[error("occurred_at {occurred_at:?} is outside years 0001-9999 or a leap second")]
+    OccurredAt {
+        /// The rejected time.
+        occurred_at: DateTime<Utc>,
+    },
+    /// A typed event holds a NaN or infinite float, which JSON writes as
+    /// `null` and so cannot read back.
+    #[error("a float field is NaN or infinite (JSON has no such number)")]
+    NonFiniteFloat,
+    /// A typed event's serialized form does not decode back into its type
+    /// (through [`Event::decode`](crate::Event::decode) at the current
+    /// schema version): it could never be read.
+    #[error("its serialized form does not decode back: {0}")]
+    DoesNotDecode(#[source] DecodeError),
 }
 
 /// An optimistic-concurrency conflict: a stream was not at the version a
@@ -68,6 +199,37 @@ pub enum Error {
     InvalidAppend {
         /// What is wrong with the request.
         reason: String,
+    },
+
+    /// An event breaks a rule that every store enforces so that whatever an
+    /// append accepts reads back identically: its type name, schema
+    /// version, data, custom metadata or `occurred_at` (see
+    /// [`InvalidEventReason`]). Refused before anything is sent; nothing
+    /// was written.
+    #[error(
+        "invalid event {event_id} of type {event_type:?}{}: {reason}",
+        stream_id.as_ref().map(|s| format!(" for stream '{s}'")).unwrap_or_default()
+    )]
+    InvalidEvent {
+        /// The stream it was meant for (`None` when refused while it was
+        /// built, before it had one).
+        stream_id: Option<StreamId>,
+        /// The event's id.
+        event_id: EventId,
+        /// Its recorded type name (possibly the offending part).
+        event_type: String,
+        /// What is wrong.
+        reason: InvalidEventReason,
+    },
+
+    /// An append expected a stream version above
+    /// [`StreamVersion::MAX`], which no store can hold. Nothing was written.
+    #[error("stream '{stream_id}': expected {expected}, above the largest storable version")]
+    ExpectedVersionOutOfRange {
+        /// The stream.
+        stream_id: StreamId,
+        /// The expectation.
+        expected: ExpectedVersion,
     },
 
     /// An event's serialized payload (data plus metadata) exceeds the store's limit.
@@ -123,7 +285,7 @@ pub enum Error {
         schema_version: u32,
         /// Why decoding failed.
         #[source]
-        source: serde_json::Error,
+        source: DecodeError,
     },
 
     /// A user event could not be serialized.

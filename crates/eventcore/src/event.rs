@@ -12,8 +12,11 @@ use crate::{Error, EventId, GlobalPosition, StreamId, StreamVersion};
 /// A domain event: the user's own serde type.
 ///
 /// The store records [`Event::event_type`] and [`Event::SCHEMA_VERSION`] with
-/// each event and decodes it back with [`Event::decode`], so an enum can
-/// evolve: bump the schema version and teach `decode` the old shape.
+/// each event and decodes it back with [`Event::decode`], which checks both:
+/// a row recorded under another type name, or under a schema version the
+/// type does not know, is a [`DecodeError`], never a silently wrong event.
+/// To evolve a type, bump its schema version and override `decode` to
+/// upcast the old shapes.
 ///
 /// ```
 /// use eventcore::Event;
@@ -35,22 +38,122 @@ use crate::{Error, EventId, GlobalPosition, StreamId, StreamVersion};
 /// }
 /// ```
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// The version of the serialized shape, recorded with every event.
+    /// The version of the serialized shape, recorded with every event. Must
+    /// be in `1..=`[`MAX_SCHEMA_VERSION`](crate::MAX_SCHEMA_VERSION).
     const SCHEMA_VERSION: u32 = 1;
 
-    /// The stable name recorded with the event (used for filtering and
-    /// decoding; keep it stable when renaming Rust types).
+    /// The stable name recorded with the event, checked when it is decoded
+    /// (keep it stable when renaming Rust types). It must follow the rules
+    /// of [`NewEvent::event_type`].
     fn event_type(&self) -> &'static str;
 
-    /// Rebuilds an event from its stored form. The default deserializes
-    /// `data` with serde; override it to upcast older schema versions.
+    /// Rebuilds an event from its stored form.
+    ///
+    /// The default accepts only [`Self::SCHEMA_VERSION`]
+    /// ([`DecodeError::UnknownSchemaVersion`] otherwise), deserializes
+    /// `data` with serde and checks that the result's
+    /// [`event_type`](Event::event_type) is the recorded one
+    /// ([`DecodeError::TypeMismatch`] otherwise); that is
+    /// [`decode_current`]. Override it to upcast older schema versions:
+    ///
+    /// ```
+    /// use eventcore::{DecodeError, Event, EventData, decode_current};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// struct Deposited { cents: u64 }
+    ///
+    /// impl Event for Deposited {
+    ///     // Version 1 stored whole euros as `amount`.
+    ///     const SCHEMA_VERSION: u32 = 2;
+    ///     fn event_type(&self) -> &'static str { "Deposited" }
+    ///
+    ///     fn decode(event_type: &str, schema_version: u32, data: &EventData) -> Result<Self, DecodeError> {
+    ///         match schema_version {
+    ///             1 => {
+    ///                 #[derive(Deserialize)]
+    ///                 struct V1 { amount: u64 }
+    ///                 let old: V1 = data.deserialize()?;
+    ///                 let event = Deposited { cents: old.amount * 100 };
+    ///                 DecodeError::check_type(event, event_type)
+    ///             }
+    ///             Self::SCHEMA_VERSION => decode_current(event_type, data),
+    ///             recorded => Err(DecodeError::UnknownSchemaVersion { recorded, known: Self::SCHEMA_VERSION }),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let old = EventData::from_json(r#"{"amount": 3}"#)?;
+    /// assert_eq!(Deposited::decode("Deposited", 1, &old)?, Deposited { cents: 300 });
+    /// assert!(Deposited::decode("Deposited", 3, &old).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     fn decode(
         event_type: &str,
         schema_version: u32,
         data: &EventData,
-    ) -> Result<Self, serde_json::Error> {
-        let _ = (event_type, schema_version);
-        data.deserialize()
+    ) -> Result<Self, DecodeError> {
+        if schema_version != Self::SCHEMA_VERSION {
+            return Err(DecodeError::UnknownSchemaVersion {
+                recorded: schema_version,
+                known: Self::SCHEMA_VERSION,
+            });
+        }
+        decode_current(event_type, data)
+    }
+}
+
+/// Deserializes `data` as the current shape of `E` and checks that the
+/// decoded event's type name is `event_type`, the recorded one: what the
+/// default [`Event::decode`] does for [`Event::SCHEMA_VERSION`], for
+/// overrides to call.
+pub fn decode_current<E: Event>(event_type: &str, data: &EventData) -> Result<E, DecodeError> {
+    DecodeError::check_type(data.deserialize()?, event_type)
+}
+
+/// Why a stored event does not decode into the requested type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload does not deserialize into the type.
+    #[error("payload does not deserialize: {0}")]
+    Payload(#[from] serde_json::Error),
+    /// The payload deserialized into an event of another type name than the
+    /// recorded one (a `Withdrawn` row holding a `Deposited` payload).
+    #[error("recorded as type '{recorded}', but the payload decodes as type '{decoded}'")]
+    TypeMismatch {
+        /// The type name recorded with the event.
+        recorded: String,
+        /// The type name of the decoded value.
+        decoded: &'static str,
+    },
+    /// The recorded schema version is not one the type knows how to read.
+    #[error("unknown schema version {recorded} (this type reads version {known})")]
+    UnknownSchemaVersion {
+        /// The schema version recorded with the event.
+        recorded: u32,
+        /// The type's [`Event::SCHEMA_VERSION`].
+        known: u32,
+    },
+    /// Any other reason, from a custom [`Event::decode`] (an upcast that
+    /// failed, say).
+    #[error("{0}")]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl DecodeError {
+    /// `event` if its type name is `recorded`, else
+    /// [`DecodeError::TypeMismatch`].
+    pub fn check_type<E: Event>(event: E, recorded: &str) -> Result<E, DecodeError> {
+        let decoded = event.event_type();
+        if decoded == recorded {
+            Ok(event)
+        } else {
+            Err(DecodeError::TypeMismatch {
+                recorded: recorded.to_owned(),
+                decoded,
+            })
+        }
     }
 }
 
@@ -67,7 +170,8 @@ impl EventData {
     }
 
     /// Wraps JSON text, checking that it is valid JSON. Surrounding
-    /// whitespace is dropped.
+    /// whitespace is dropped. (Appends check more: see
+    /// [`NewEvent::data`].)
     pub fn from_json(text: impl AsRef<str>) -> Result<Self, serde_json::Error> {
         let raw: &RawValue = serde_json::from_str(text.as_ref())?;
         Ok(Self(raw.get().into()))
@@ -78,7 +182,8 @@ impl EventData {
     /// in, skips a second full parse of every payload it reads.
     ///
     /// Text that is not JSON is not undefined behaviour: decoding or
-    /// serializing it fails with an error instead.
+    /// serializing it fails with an error instead, and appending it is
+    /// refused ([`JsonProblem::Syntax`](crate::JsonProblem::Syntax)).
     pub fn from_json_unchecked(text: impl Into<Arc<str>>) -> Self {
         Self(text.into())
     }
@@ -385,37 +490,85 @@ fn parse_jsonb_form(json: &[u8]) -> Option<EventMetadata> {
 }
 
 /// An event ready to append: already serialized, with its id.
+///
+/// Every store checks each event before it writes anything, so that what an
+/// append accepts reads back identically, and refuses one that breaks a
+/// rule with [`Error::InvalidEvent`] naming it (see the fields for the
+/// rules). [`NewEvent::new`] also checks a typed event when it builds it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewEvent {
     /// Its id; re-sending the same id makes the append idempotent.
     pub event_id: EventId,
-    /// The recorded type name.
+    /// The recorded type name: non-empty, at most
+    /// [`MAX_EVENT_TYPE_LEN`](crate::MAX_EVENT_TYPE_LEN) bytes, no control
+    /// character, no invisible format character and no whitespace at
+    /// either end (the rule of [`StreamId`]).
     pub event_type: String,
-    /// The recorded schema version.
+    /// The recorded schema version, in
+    /// `1..=`[`MAX_SCHEMA_VERSION`](crate::MAX_SCHEMA_VERSION).
     pub schema_version: u32,
-    /// The serialized event.
+    /// The serialized event: one JSON value, nested at most
+    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH) deep, without `\u0000` or
+    /// unpaired surrogate escapes in strings and keys, without a key twice
+    /// in one object, with numbers that read as finite `f64`s and whose
+    /// exponent and digits after the point stay within
+    /// [`MAX_NUMBER_SCALE`](crate::MAX_NUMBER_SCALE).
+    ///
+    /// It reads back as the same JSON value: same structure, strings and
+    /// keys; numbers equal as numbers, not necessarily spelled the same or
+    /// of the same serde_json kind (PostgreSQL reorders keys and prints
+    /// `1e2` as `100` and `-0.0` as `0.0`, so an integral float may come back
+    /// as a serde_json integer: compare numbers with `as_f64`). Typed events
+    /// decode to the same value, `f64`s bit for bit except that the sign of
+    /// a zero may be lost.
     pub data: EventData,
-    /// Its metadata.
+    /// Its metadata: `occurred_at` in years 0001-9999 and not a leap
+    /// second; custom entries nested at most
+    /// [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH) deep (the custom map is
+    /// level 1), without NUL in strings or keys. Reads back equal, with
+    /// custom numbers under the rule of [`NewEvent::data`].
     pub metadata: EventMetadata,
 }
 
 impl NewEvent {
     /// Serializes a typed event with a fresh id.
+    ///
+    /// Fails with [`Error::Encode`] if serde cannot serialize it, and with
+    /// [`Error::InvalidEvent`] if it could not be read back: an invalid type
+    /// name or schema version, a NaN or infinite float
+    /// ([`InvalidEventReason::NonFiniteFloat`](crate::InvalidEventReason::NonFiniteFloat)),
+    /// or a serialized form that [`Event::decode`] does not read back
+    /// ([`InvalidEventReason::DoesNotDecode`](crate::InvalidEventReason::DoesNotDecode)).
     pub fn new<E: Event>(event: &E, metadata: EventMetadata) -> Result<Self, Error> {
         Self::with_id(EventId::new(), event, metadata)
     }
 
-    /// Serializes a typed event with the given id.
+    /// Serializes a typed event with the given id; checked as by
+    /// [`NewEvent::new`].
     pub fn with_id<E: Event>(
         event_id: EventId,
         event: &E,
         metadata: EventMetadata,
     ) -> Result<Self, Error> {
         let event_type = event.event_type();
+        let invalid = |reason| Error::InvalidEvent {
+            stream_id: None,
+            event_id,
+            event_type: event_type.to_owned(),
+            reason,
+        };
+        crate::rules::check_type_and_version(event_type, E::SCHEMA_VERSION).map_err(invalid)?;
         let data = EventData::from_serialize(event).map_err(|source| Error::Encode {
             event_type: event_type.to_owned(),
             source,
         })?;
+        // serde_json writes NaN and infinities as `null`; only then can the
+        // text hold a `null` that the event did not.
+        if data.get().contains("null") && finite::has_non_finite(event) {
+            return Err(invalid(crate::InvalidEventReason::NonFiniteFloat));
+        }
+        E::decode(event_type, E::SCHEMA_VERSION, &data)
+            .map_err(|e| invalid(crate::InvalidEventReason::DoesNotDecode(e)))?;
         Ok(Self {
             event_id,
             event_type: event_type.to_owned(),
@@ -426,6 +579,7 @@ impl NewEvent {
     }
 
     /// A raw event from already-serialized parts (tools, migrations, tests).
+    /// Checked when appended.
     pub fn raw(event_type: impl Into<String>, data: serde_json::Value) -> Self {
         Self {
             event_id: EventId::new(),
@@ -433,6 +587,255 @@ impl NewEvent {
             schema_version: 1,
             data: data.into(),
             metadata: EventMetadata::new(),
+        }
+    }
+}
+
+/// Finds NaN and infinite floats in a serializable value, by walking it
+/// with a serializer that writes nothing.
+mod finite {
+    use serde::ser::{self, Serialize};
+
+    /// Whether serializing `value` meets a NaN or infinite `f32`/`f64`.
+    pub(super) fn has_non_finite<T: Serialize + ?Sized>(value: &T) -> bool {
+        matches!(value.serialize(Walk), Err(Found::NonFinite))
+    }
+
+    #[derive(Debug)]
+    pub(super) enum Found {
+        NonFinite,
+        /// The value's own serialization failed (it already serialized once
+        /// with serde_json, so this is a value that fails on purpose).
+        Other,
+    }
+
+    impl std::fmt::Display for Found {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("non-finite float")
+        }
+    }
+
+    impl std::error::Error for Found {}
+
+    impl ser::Error for Found {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Found::Other
+        }
+    }
+
+    pub(super) struct Walk;
+
+    type R = Result<(), Found>;
+
+    fn float(finite: bool) -> R {
+        if finite {
+            Ok(())
+        } else {
+            Err(Found::NonFinite)
+        }
+    }
+
+    impl ser::Serializer for Walk {
+        type Ok = ();
+        type Error = Found;
+        type SerializeSeq = Walk;
+        type SerializeTuple = Walk;
+        type SerializeTupleStruct = Walk;
+        type SerializeTupleVariant = Walk;
+        type SerializeMap = Walk;
+        type SerializeStruct = Walk;
+        type SerializeStructVariant = Walk;
+
+        fn serialize_bool(self, _: bool) -> R {
+            Ok(())
+        }
+        fn serialize_i8(self, _: i8) -> R {
+            Ok(())
+        }
+        fn serialize_i16(self, _: i16) -> R {
+            Ok(())
+        }
+        fn serialize_i32(self, _: i32) -> R {
+            Ok(())
+        }
+        fn serialize_i64(self, _: i64) -> R {
+            Ok(())
+        }
+        fn serialize_i128(self, _: i128) -> R {
+            Ok(())
+        }
+        fn serialize_u8(self, _: u8) -> R {
+            Ok(())
+        }
+        fn serialize_u16(self, _: u16) -> R {
+            Ok(())
+        }
+        fn serialize_u32(self, _: u32) -> R {
+            Ok(())
+        }
+        fn serialize_u64(self, _: u64) -> R {
+            Ok(())
+        }
+        fn serialize_u128(self, _: u128) -> R {
+            Ok(())
+        }
+        fn serialize_f32(self, v: f32) -> R {
+            float(v.is_finite())
+        }
+        fn serialize_f64(self, v: f64) -> R {
+            float(v.is_finite())
+        }
+        fn serialize_char(self, _: char) -> R {
+            Ok(())
+        }
+        fn serialize_str(self, _: &str) -> R {
+            Ok(())
+        }
+        fn serialize_bytes(self, _: &[u8]) -> R {
+            Ok(())
+        }
+        fn serialize_none(self) -> R {
+            Ok(())
+        }
+        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn serialize_unit(self) -> R {
+            Ok(())
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> R {
+            Ok(())
+        }
+        fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> R {
+            Ok(())
+        }
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            value: &T,
+        ) -> R {
+            value.serialize(Walk)
+        }
+        fn serialize_seq(self, _: Option<usize>) -> Result<Walk, Found> {
+            Ok(Walk)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Walk, Found> {
+            Ok(Walk)
+        }
+        fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Walk, Found> {
+            Ok(Walk)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Walk, Found> {
+            Ok(Walk)
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Walk, Found> {
+            Ok(Walk)
+        }
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Walk, Found> {
+            Ok(Walk)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Walk, Found> {
+            Ok(Walk)
+        }
+        fn collect_str<T: std::fmt::Display + ?Sized>(self, _: &T) -> R {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeSeq for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeTuple for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeTupleStruct for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeTupleVariant for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeMap for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> R {
+            key.serialize(Walk)
+        }
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStruct for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStructVariant for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
         }
     }
 }
@@ -461,8 +864,10 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// Decodes the payload into `E`. A failure is an [`Error::Decode`] naming
-    /// the stream, version, position and type, never a silent skip.
+    /// Decodes the payload into `E` with [`Event::decode`], which checks the
+    /// recorded type name and schema version. A failure is an
+    /// [`Error::Decode`] naming the stream, version, position and type,
+    /// never a silent skip.
     pub fn decode<E: Event>(&self) -> Result<RecordedEvent<E>, Error> {
         let event =
             E::decode(&self.event_type, self.schema_version, &self.data).map_err(|source| {
@@ -663,6 +1068,158 @@ mod tests {
         assert!(data.to_value().is_err());
         assert!(data.deserialize::<serde_json::Value>().is_err());
         assert!(serde_json::to_string(&data).is_err());
+    }
+
+    mod typed {
+        use serde::{Deserialize, Serialize};
+        use serde_json::json;
+
+        use crate::{
+            DecodeError, Error, Event, EventData, EventId, EventMetadata, InvalidEventReason,
+            NewEvent,
+        };
+
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub(super) enum Account {
+            Deposited { amount: u64 },
+            Withdrawn { amount: u64 },
+        }
+
+        impl Event for Account {
+            fn event_type(&self) -> &'static str {
+                match self {
+                    Account::Deposited { .. } => "Deposited",
+                    Account::Withdrawn { .. } => "Withdrawn",
+                }
+            }
+        }
+
+        #[test]
+        fn default_decode_checks_the_recorded_type_and_schema_version() {
+            let deposited = EventData::from(json!({ "Deposited": { "amount": 5 } }));
+            assert_eq!(
+                Account::decode("Deposited", 1, &deposited).unwrap(),
+                Account::Deposited { amount: 5 }
+            );
+            match Account::decode("Withdrawn", 1, &deposited) {
+                Err(DecodeError::TypeMismatch { recorded, decoded }) => {
+                    assert_eq!((recorded.as_str(), decoded), ("Withdrawn", "Deposited"));
+                }
+                other => panic!("expected a type mismatch, got {other:?}"),
+            }
+            for version in [0, 2, 99, u32::MAX] {
+                assert!(matches!(
+                    Account::decode("Deposited", version, &deposited),
+                    Err(DecodeError::UnknownSchemaVersion { recorded, known: 1 }) if recorded == version
+                ));
+            }
+            let garbage = EventData::from(json!({ "Deposited": { "amount": "lots" } }));
+            assert!(matches!(
+                Account::decode("Deposited", 1, &garbage),
+                Err(DecodeError::Payload(_))
+            ));
+        }
+
+        /// Two variants with the same serialized shape: the second decodes
+        /// as the first, so it could never be read back as itself.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(untagged)]
+        enum Ambiguous {
+            First { n: u64 },
+            Second { n: u64 },
+        }
+
+        impl Event for Ambiguous {
+            fn event_type(&self) -> &'static str {
+                match self {
+                    Ambiguous::First { .. } => "First",
+                    Ambiguous::Second { .. } => "Second",
+                }
+            }
+        }
+
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        struct Reading {
+            value: f64,
+            previous: Option<f64>,
+        }
+
+        impl Event for Reading {
+            fn event_type(&self) -> &'static str {
+                "Reading"
+            }
+        }
+
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Unnamed;
+        impl Event for Unnamed {
+            fn event_type(&self) -> &'static str {
+                "Un\nnamed"
+            }
+        }
+
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Versionless;
+        impl Event for Versionless {
+            const SCHEMA_VERSION: u32 = 0;
+            fn event_type(&self) -> &'static str {
+                "Versionless"
+            }
+        }
+
+        fn reason<E: Event>(event: &E) -> InvalidEventReason {
+            match NewEvent::with_id(EventId::new(), event, EventMetadata::new()) {
+                Err(Error::InvalidEvent {
+                    reason,
+                    stream_id: None,
+                    event_type,
+                    ..
+                }) => {
+                    assert_eq!(event_type, event.event_type());
+                    reason
+                }
+                other => panic!("expected InvalidEvent, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn typed_events_that_would_not_read_back_are_refused_when_built() {
+            assert!(NewEvent::new(&Ambiguous::First { n: 1 }, EventMetadata::new()).is_ok());
+            assert!(matches!(
+                reason(&Ambiguous::Second { n: 1 }),
+                InvalidEventReason::DoesNotDecode(DecodeError::TypeMismatch { .. })
+            ));
+            for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                let plain = Reading {
+                    value: bad,
+                    previous: None,
+                };
+                assert!(matches!(reason(&plain), InvalidEventReason::NonFiniteFloat));
+                // `None` and NaN both write `null`: NaN would read back as None.
+                let optional = Reading {
+                    value: 1.0,
+                    previous: Some(bad),
+                };
+                assert!(matches!(
+                    reason(&optional),
+                    InvalidEventReason::NonFiniteFloat
+                ));
+            }
+            let fine = Reading {
+                value: 1e300,
+                previous: None,
+            };
+            let event = NewEvent::new(&fine, EventMetadata::new()).unwrap();
+            assert_eq!(event.data.deserialize::<Reading>().unwrap(), fine);
+            assert!(matches!(
+                reason(&Unnamed),
+                InvalidEventReason::TypeName { .. }
+            ));
+            assert!(matches!(
+                reason(&Versionless),
+                InvalidEventReason::SchemaVersion { version: 0 }
+            ));
+        }
     }
 
     fn round_trip(t: DateTime<Utc>) -> DateTime<Utc> {

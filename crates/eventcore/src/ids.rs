@@ -6,12 +6,30 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, InvalidStreamId};
+use crate::rules::{NameProblem, check_name};
 
 /// The name of an event stream, such as `account-42`.
 ///
-/// Valid ids are non-empty, at most [`StreamId::MAX_LEN`] bytes of UTF-8 and
-/// free of control characters, so they survive logs, URLs and database
-/// columns unchanged. Cloning is cheap (shared).
+/// The rule, the same on every store (both share this constructor):
+///
+/// * non-empty and at most [`StreamId::MAX_LEN`] bytes of UTF-8;
+/// * no whitespace at the start or end (so whitespace-only ids are
+///   refused): ` acct-1 ` is not a second `acct-1`; inner spaces are fine;
+/// * no control character (Unicode `Cc`: NUL, tab, newline, DEL, ...);
+/// * no invisible format character (Unicode `Cf`: zero-width space and
+///   joiners U+200B-U+200D, left-to-right/right-to-left marks U+200E/U+200F,
+///   bidi embeddings, overrides and isolates U+202A-U+202E and
+///   U+2066-U+2069, word joiner and invisible operators U+2060-U+2064, the
+///   rest of U+2060-U+206F, byte order mark U+FEFF, soft hyphen U+00AD,
+///   Arabic letter mark U+061C, Mongolian vowel separator U+180E, tags
+///   U+E0000-U+E007F and the other `Cf` characters of Unicode 16) and no
+///   line or paragraph separator (U+2028, U+2029).
+///
+/// Ids are compared byte for byte, without Unicode normalization: `é`
+/// written as one code point and as `e` plus a combining accent are two
+/// different streams. So they survive logs, URLs and database columns
+/// unchanged, and two ids that print the same are the same id (up to
+/// normalization and look-alike letters). Cloning is cheap (shared).
 ///
 /// ```
 /// use eventcore::{StreamId, InvalidStreamId};
@@ -20,6 +38,9 @@ use crate::error::{Error, InvalidStreamId};
 /// assert_eq!(id.as_str(), "account-42");
 /// assert_eq!(StreamId::new(""), Err(InvalidStreamId::Empty));
 /// assert!(matches!(StreamId::new("a\nb"), Err(InvalidStreamId::ControlCharacter { .. })));
+/// assert_eq!(StreamId::new(" account-42"), Err(InvalidStreamId::SurroundingWhitespace));
+/// assert!(matches!(StreamId::new("account\u{200B}-42"), Err(InvalidStreamId::InvisibleCharacter { .. })));
+/// assert!(StreamId::new("compte de Zoë").is_ok());
 /// # Ok::<(), InvalidStreamId>(())
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,21 +50,18 @@ impl StreamId {
     /// Longest accepted id, in bytes (the width of the PostgreSQL column).
     pub const MAX_LEN: usize = 255;
 
-    /// Validates and wraps `id`.
+    /// Validates and wraps `id` (see [`StreamId`] for the rule).
     pub fn new(id: impl AsRef<str>) -> Result<Self, InvalidStreamId> {
         let id = id.as_ref();
-        if id.is_empty() {
-            return Err(InvalidStreamId::Empty);
-        }
-        if id.len() > Self::MAX_LEN {
-            return Err(InvalidStreamId::TooLong {
-                len: id.len(),
-                max: Self::MAX_LEN,
-            });
-        }
-        if let Some((index, ch)) = id.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(InvalidStreamId::ControlCharacter { ch, index });
-        }
+        check_name(id, Self::MAX_LEN).map_err(|problem| match problem {
+            NameProblem::Empty => InvalidStreamId::Empty,
+            NameProblem::TooLong { len, max } => InvalidStreamId::TooLong { len, max },
+            NameProblem::Control { ch, index } => InvalidStreamId::ControlCharacter { ch, index },
+            NameProblem::Invisible { ch, index } => {
+                InvalidStreamId::InvisibleCharacter { ch, index }
+            }
+            NameProblem::SurroundingWhitespace => InvalidStreamId::SurroundingWhitespace,
+        })?;
         Ok(Self(Arc::from(id)))
     }
 
@@ -182,6 +200,12 @@ impl StreamVersion {
     /// The version of a stream with no events.
     pub const NONE: StreamVersion = StreamVersion(0);
 
+    /// The largest version a store can hold (`i64::MAX`: PostgreSQL keeps
+    /// versions in a `bigint`). An append expecting
+    /// [`ExpectedVersion::Exact`] above it is refused with
+    /// [`Error::ExpectedVersionOutOfRange`](crate::Error::ExpectedVersionOutOfRange).
+    pub const MAX: StreamVersion = StreamVersion(i64::MAX as u64);
+
     /// Wraps a raw version number.
     pub const fn new(v: u64) -> Self {
         Self(v)
@@ -252,7 +276,8 @@ pub enum ExpectedVersion {
     NoStream,
     /// The stream must have at least one event.
     StreamExists,
-    /// The stream must be at exactly this version (`Exact(0)` means "no stream").
+    /// The stream must be at exactly this version (`Exact(0)` means "no
+    /// stream"), at most [`StreamVersion::MAX`].
     Exact(StreamVersion),
 }
 
@@ -306,6 +331,53 @@ mod tests {
             Err(InvalidStreamId::ControlCharacter { ch: '\0', index: 2 })
         );
         assert!(serde_json::from_str::<StreamId>("\"\"").is_err());
+    }
+
+    #[test]
+    fn stream_ids_that_look_alike_are_refused() {
+        for ws in [
+            " ",
+            "   ",
+            "\u{a0}",
+            "\u{3000}",
+            " acct-1",
+            "acct-1 ",
+            "\u{2003}acct-1",
+        ] {
+            assert_eq!(
+                StreamId::new(ws),
+                Err(InvalidStreamId::SurroundingWhitespace),
+                "{ws:?}"
+            );
+        }
+        assert_eq!(
+            StreamId::new("\t"),
+            Err(InvalidStreamId::ControlCharacter { ch: '\t', index: 0 })
+        );
+        for (id, ch) in [
+            ("acct\u{200b}-1", '\u{200b}'),
+            ("acct\u{200d}-1", '\u{200d}'),
+            ("acct\u{202e}-1", '\u{202e}'),
+            ("acct\u{2066}-1", '\u{2066}'),
+            ("acct\u{200f}-1", '\u{200f}'),
+            ("acct\u{feff}-1", '\u{feff}'),
+            ("acct\u{ad}-1", '\u{ad}'),
+            ("acct\u{e0041}-1", '\u{e0041}'),
+            ("acct\u{2028}-1", '\u{2028}'),
+        ] {
+            assert_eq!(
+                StreamId::new(id),
+                Err(InvalidStreamId::InvisibleCharacter { ch, index: 4 }),
+                "{id:?}"
+            );
+        }
+        assert!(serde_json::from_str::<StreamId>("\" acct-1\"").is_err());
+        // Inner spaces and any script are fine; no normalization.
+        let composed = StreamId::new("caf\u{e9}").unwrap();
+        let decomposed = StreamId::new("cafe\u{301}").unwrap();
+        assert_ne!(composed, decomposed);
+        assert!(StreamId::new("my account 1").is_ok());
+        assert!(StreamId::new("口座-1").is_ok());
     }
 
     #[test]

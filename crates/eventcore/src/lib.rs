@@ -92,7 +92,12 @@
 //!   [`ExpectedVersion`]; a stale one fails with [`Error::Conflict`] naming
 //!   the stream and both versions, and the executor re-runs the command.
 //! * **Idempotent appends** by [`EventId`].
-//! * **Typed events**: your serde types, decoded back or failing with
+//! * **Accepted means readable**: every store checks each event before it
+//!   writes anything (type name, schema version, JSON depth, characters and
+//!   numbers, metadata times; see [`NewEvent`]) and refuses what it could
+//!   not read back identically with [`Error::InvalidEvent`] naming it.
+//! * **Typed events**: your serde types, decoded back (type name and schema
+//!   version checked, see [`Event::decode`]) or failing with
 //!   [`Error::Decode`], never skipped.
 //! * **Retries**: conflicts re-run the command, transient faults re-send the
 //!   append, both per [`RetryPolicy`].
@@ -106,6 +111,7 @@ mod ids;
 mod memory;
 mod projection;
 mod retry;
+mod rules;
 mod store;
 mod subscription;
 pub mod testing;
@@ -117,8 +123,14 @@ pub use append::{
 /// Re-exported so projections can be written without a direct dependency.
 pub use async_trait::async_trait;
 pub use command::{Command, Decision};
-pub use error::{CommandError, Error, InvalidStreamId, VersionConflict};
-pub use event::{Event, EventData, EventMetadata, NewEvent, RecordedEvent, StoredEvent};
+pub use error::{
+    CommandError, Error, InvalidEventReason, InvalidStreamId, JsonPart, JsonProblem,
+    VersionConflict,
+};
+pub use event::{
+    DecodeError, Event, EventData, EventMetadata, NewEvent, RecordedEvent, StoredEvent,
+    decode_current,
+};
 pub use executor::{CacheableCommand, CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 pub use memory::InMemoryEventStore;
@@ -127,5 +139,6 @@ pub use projection::{
     ProjectionRunner, RunSummary, RunnerOptions, SkippedEvent,
 };
 pub use retry::RetryPolicy;
+pub use rules::{MAX_EVENT_TYPE_LEN, MAX_JSON_DEPTH, MAX_NUMBER_SCALE, MAX_SCHEMA_VERSION};
 pub use store::{DEFAULT_READ_PAGE, EventStore, read_each_stream};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};

@@ -7,6 +7,7 @@ mod contract;
 mod deadlines;
 mod faults;
 mod projections;
+mod roundtrip;
 mod schema;
 mod store;
 mod support;

@@ -20,9 +20,10 @@ use serde_json::json;
 use super::bank::{AccountEvent, JointWithdraw, Transfer};
 use super::seed;
 use crate::{
-    AppendRequest, Command, CommandError, CommandExecutor, Decision, Error, EventId, EventMetadata,
-    EventStore, ExpectedVersion, GlobalPosition, NewEvent, RecordedEvent, RetryPolicy, StoredEvent,
-    StreamId, StreamVersion,
+    AppendRequest, Command, CommandError, CommandExecutor, Decision, DecodeError, Error, Event,
+    EventData, EventId, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
+    InvalidEventReason, JsonPart, JsonProblem, MAX_JSON_DEPTH, NewEvent, RecordedEvent,
+    RetryPolicy, StoredEvent, StreamId, StreamVersion,
 };
 
 /// Generates one `#[tokio::test]` per contract case. The calling crate needs
@@ -41,6 +42,10 @@ macro_rules! event_store_contract_tests {
             read_all_is_ordered_and_pages,
             undecodable_event_is_an_error,
             bad_input_is_refused_and_writes_nothing,
+            invalid_events_are_refused_and_write_nothing,
+            expected_versions_above_max_are_refused,
+            decode_checks_type_and_schema_version,
+            edge_values_read_back_identically,
             concurrent_appends_lose_nothing,
             concurrent_transfers_conserve_money,
             no_write_skew,
@@ -627,6 +632,355 @@ pub async fn bad_input_is_refused_and_writes_nothing<S: EventStore + ?Sized>(sto
         .filter(|e| [&s, &s2, &other].contains(&&e.stream_id))
         .count();
     assert_eq!(written, 0, "nothing was written");
+}
+
+/// Events that a store could write but not read back identically are
+/// refused before anything is sent, with [`Error::InvalidEvent`] naming the
+/// stream, the event and the rule, and the same way on every store: deep or
+/// NUL-holding or unreadable payloads and custom metadata, times outside
+/// years 0001-9999, bad type names and schema versions.
+pub async fn invalid_events_are_refused_and_write_nothing<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("invalid");
+    let nested = |depth: usize| {
+        let mut v = json!(1);
+        for _ in 0..depth {
+            v = json!([v]);
+        }
+        v
+    };
+    let at = |year: i32| {
+        chrono::NaiveDate::from_ymd_opt(year, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+    };
+    let with_meta = |m: EventMetadata| {
+        let mut e = raw("E", 1);
+        e.metadata = m;
+        e
+    };
+    let with_time = |t| {
+        let mut m = EventMetadata::new();
+        m.occurred_at = t;
+        with_meta(m)
+    };
+    let with_data = |text: &str| {
+        let mut e = raw("E", 1);
+        e.data = EventData::from_json_unchecked(text);
+        e
+    };
+    let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+        .unwrap()
+        .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+        .unwrap()
+        .and_utc();
+    let mut version_zero = raw("E", 1);
+    version_zero.schema_version = 0;
+    let cases: Vec<(&str, NewEvent)> = vec![
+        (
+            "NUL in a string",
+            NewEvent::raw("E", json!({ "a": "x\u{0}y" })),
+        ),
+        ("NUL in a key", NewEvent::raw("E", json!({ "\u{0}": 1 }))),
+        ("too deep", NewEvent::raw("E", nested(MAX_JSON_DEPTH + 1))),
+        ("serde_json's limit", NewEvent::raw("E", nested(200))),
+        ("lone surrogate", with_data(r#"{"a":"\ud800"}"#)),
+        ("number out of range", with_data(r#"{"a":1e400}"#)),
+        ("numeric scale", with_data(r#"{"a":1e-16384}"#)),
+        ("duplicate key", with_data(r#"{"a":1,"a":2}"#)),
+        ("not JSON", with_data("{not json")),
+        ("year 10000", with_time(at(10000))),
+        ("year 0", with_time(at(0))),
+        ("year -1", with_time(at(-1))),
+        ("leap second", with_time(leap)),
+        (
+            "custom metadata 200 deep",
+            with_meta(EventMetadata::new().with_custom("deep", nested(200))),
+        ),
+        (
+            "NUL in custom metadata",
+            with_meta(EventMetadata::new().with_custom("user", "a\u{0}")),
+        ),
+        ("empty type", NewEvent::raw("", json!({}))),
+        ("NUL in type", NewEvent::raw("Dep\u{0}osited", json!({}))),
+        ("newline in type", NewEvent::raw("Deposited\n", json!({}))),
+        ("spaces around type", NewEvent::raw(" Deposited", json!({}))),
+        (
+            "zero-width type",
+            NewEvent::raw("Depo\u{200b}sited", json!({})),
+        ),
+        ("long type", NewEvent::raw("T".repeat(256), json!({}))),
+        ("schema version 0", version_zero),
+        ("schema version above i32", {
+            let mut e = raw("E", 1);
+            e.schema_version = i32::MAX as u32 + 1;
+            e
+        }),
+    ];
+    for (what, bad) in cases {
+        let bad_id = bad.event_id;
+        let good = raw("E", 1);
+        let request = AppendRequest::new().append(s.clone(), ExpectedVersion::Any, vec![good, bad]);
+        match store.append(request).await {
+            Err(Error::InvalidEvent {
+                stream_id,
+                event_id,
+                ..
+            }) => {
+                assert_eq!(stream_id.as_ref(), Some(&s), "{what}: names the stream");
+                assert_eq!(event_id, bad_id, "{what}: names the event");
+            }
+            other => panic!("{what}: expected InvalidEvent, got {other:?}"),
+        }
+        assert_eq!(
+            store.stream_version(&s).await.unwrap(),
+            StreamVersion::NONE,
+            "{what}: nothing written"
+        );
+    }
+    // The limits themselves are accepted and read back.
+    let mut edge = NewEvent::raw("E", nested(MAX_JSON_DEPTH));
+    edge.metadata = EventMetadata::new().with_custom("deep", nested(MAX_JSON_DEPTH - 1));
+    edge.metadata.occurred_at = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .unwrap()
+        .and_hms_nano_opt(23, 59, 59, 999_999_999)
+        .unwrap()
+        .and_utc();
+    let mut first = raw("T".repeat(255).as_str(), 1);
+    first.metadata.occurred_at = at(1);
+    first.schema_version = i32::MAX as u32;
+    store
+        .append(AppendRequest::new().append(
+            s.clone(),
+            ExpectedVersion::NoStream,
+            vec![first.clone(), edge.clone()],
+        ))
+        .await
+        .expect("events at the limits are accepted");
+    let back = store
+        .read_stream_to_end(&s, StreamVersion::new(1))
+        .await
+        .expect("and read back");
+    assert_eq!(back.len(), 2);
+    for (sent, got) in [first, edge].iter().zip(&back) {
+        assert_eq!(got.event_type, sent.event_type);
+        assert_eq!(got.schema_version, sent.schema_version);
+        assert_eq!(got.metadata, sent.metadata);
+        assert_eq!(got.data.to_value().unwrap(), sent.data.to_value().unwrap());
+    }
+}
+
+/// `ExpectedVersion::Exact` above [`StreamVersion::MAX`] (the largest
+/// version a store can hold) is a typed error on every store, in appends and
+/// check-only streams alike, never a conflict or an unchecked write.
+pub async fn expected_versions_above_max_are_refused<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("huge");
+    let other = unique("huge-other");
+    store
+        .append(AppendRequest::new().append(
+            s.clone(),
+            ExpectedVersion::Any,
+            vec![raw("E", 1), raw("E", 2)],
+        ))
+        .await
+        .unwrap();
+    for v in [StreamVersion::MAX.get() + 1, 1 << 63 | 2, u64::MAX] {
+        let expected = ExpectedVersion::Exact(StreamVersion::new(v));
+        let requests = [
+            AppendRequest::new().append(s.clone(), expected, vec![raw("E", 3)]),
+            AppendRequest::new()
+                .append(other.clone(), ExpectedVersion::Any, vec![raw("E", 1)])
+                .check(s.clone(), expected),
+            AppendRequest::new()
+                .append(other.clone(), ExpectedVersion::Any, vec![raw("E", 1)])
+                .append(s.clone(), expected, vec![raw("E", 3)]),
+        ];
+        for request in requests {
+            match store.append(request).await {
+                Err(Error::ExpectedVersionOutOfRange {
+                    stream_id,
+                    expected: e,
+                }) => {
+                    assert_eq!(stream_id, s);
+                    assert_eq!(e, expected);
+                }
+                other => panic!("Exact({v}): expected ExpectedVersionOutOfRange, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        store.stream_version(&s).await.unwrap(),
+        StreamVersion::new(2)
+    );
+    assert_eq!(
+        store.stream_version(&other).await.unwrap(),
+        StreamVersion::NONE
+    );
+    // The largest storable version is an ordinary expectation: a conflict.
+    let expected = ExpectedVersion::Exact(StreamVersion::MAX);
+    let result = store
+        .append(AppendRequest::new().check(s.clone(), expected))
+        .await;
+    expect_conflict(result, &s, expected, 2);
+}
+
+/// A row recorded under one type name (or schema version) never decodes
+/// silently as another: `Debited` holding a `Deposited` payload and a
+/// schema version the type does not know are decode errors.
+pub async fn decode_checks_type_and_schema_version<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("mislabelled");
+    let mut unknown_version = NewEvent::raw("Deposited", json!({ "Deposited": { "amount": 1 } }));
+    unknown_version.schema_version = 99;
+    store
+        .append(AppendRequest::new().append(
+            s.clone(),
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::raw("Debited", json!({ "Deposited": { "amount": 1 } })),
+                unknown_version,
+                NewEvent::raw("Deposited", json!({ "Deposited": { "amount": 1 } })),
+            ],
+        ))
+        .await
+        .unwrap();
+    let stored = store
+        .read_stream_to_end(&s, StreamVersion::new(1))
+        .await
+        .unwrap();
+    match stored[0].decode::<AccountEvent>() {
+        Err(Error::Decode {
+            source: DecodeError::TypeMismatch { recorded, decoded },
+            event_type,
+            ..
+        }) => {
+            assert_eq!((recorded.as_str(), decoded), ("Debited", "Deposited"));
+            assert_eq!(event_type, "Debited");
+        }
+        other => panic!("expected a type mismatch, got {other:?}"),
+    }
+    match stored[1].decode::<AccountEvent>() {
+        Err(Error::Decode {
+            source: DecodeError::UnknownSchemaVersion { recorded, known },
+            schema_version,
+            ..
+        }) => {
+            assert_eq!((recorded, known), (99, AccountEvent::SCHEMA_VERSION));
+            assert_eq!(schema_version, 99);
+        }
+        other => panic!("expected an unknown schema version, got {other:?}"),
+    }
+    assert_eq!(
+        stored[2].decode::<AccountEvent>().unwrap().event,
+        AccountEvent::Deposited { amount: 1 }
+    );
+}
+
+/// A typed event for the edge-value cases: floats at their extremes,
+/// 128-bit integers, text from all planes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Extremes {
+    floats: Vec<f64>,
+    small: Vec<f32>,
+    maybe: Option<f64>,
+    wide: (i128, u128),
+    text: String,
+}
+
+impl Event for Extremes {
+    fn event_type(&self) -> &'static str {
+        "Extremes"
+    }
+}
+
+/// Values at the edges of what JSON, serde_json and the store hold read
+/// back identically: `f64`s bit for bit (with `float_roundtrip`, PostgreSQL
+/// printing `1e300` as 301 digits still reads back the same `f64`), 128-bit
+/// integers, text from every plane; and typed events that could not read
+/// back (NaN, infinities) are refused when built.
+pub async fn edge_values_read_back_identically<S: EventStore + ?Sized>(store: &S) {
+    let s = unique("edges");
+    let event = Extremes {
+        floats: vec![
+            1e300,
+            -1e300,
+            f64::MAX,
+            f64::MIN,
+            f64::MIN_POSITIVE,
+            5e-324,
+            0.1 + 0.2,
+            1e16,
+            123_456_789.123_456_79,
+            std::f64::consts::PI,
+            2.0_f64.powi(60),
+            0.0,
+        ],
+        small: vec![f32::MAX, f32::MIN_POSITIVE, 0.1, 1e-45, 3.4e38],
+        maybe: Some(1e-300),
+        wide: (i128::MIN, u128::MAX),
+        text: "zoë \u{1F600} \u{7f} \u{2028} \u{FEFF} \u{10FFFF} \"\\ \n\t日本".to_owned(),
+    };
+    let typed = NewEvent::new(&event, EventMetadata::new()).expect("finite event is accepted");
+    let raw_event = NewEvent::raw(
+        "Raw",
+        json!({ "u": u64::MAX, "i": i64::MIN, "f": 1.5e-7, "nested": [[[{ "k": "\u{1F600}" }]]] }),
+    );
+    let raw_value = raw_event.data.to_value().unwrap();
+    store
+        .append(AppendRequest::new().append(
+            s.clone(),
+            ExpectedVersion::NoStream,
+            vec![typed, raw_event],
+        ))
+        .await
+        .unwrap();
+    let back = store
+        .read_stream_to_end(&s, StreamVersion::new(1))
+        .await
+        .unwrap();
+    let decoded = back[0].decode::<Extremes>().unwrap().event;
+    for (a, b) in decoded.floats.iter().zip(&event.floats) {
+        assert_eq!(a.to_bits(), b.to_bits(), "{a:e} read back as {b:e}");
+    }
+    assert_eq!(decoded, event);
+    assert_eq!(back[1].data.to_value().unwrap(), raw_value);
+
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut e = event.clone();
+        e.maybe = Some(bad);
+        assert!(
+            matches!(
+                NewEvent::new(&e, EventMetadata::new()),
+                Err(Error::InvalidEvent {
+                    reason: InvalidEventReason::NonFiniteFloat,
+                    stream_id: None,
+                    ..
+                })
+            ),
+            "{bad} is refused"
+        );
+        let mut e = event.clone();
+        e.small[0] = bad as f32;
+        assert!(NewEvent::new(&e, EventMetadata::new()).is_err());
+    }
+    // Through the executor and seed too, before anything is sent.
+    let mut nul = event.clone();
+    nul.text = "a\u{0}b".to_owned();
+    match super::seed(store, &s, [nul]).await {
+        Err(Error::InvalidEvent {
+            reason:
+                InvalidEventReason::Json {
+                    part: JsonPart::Data,
+                    problem: JsonProblem::Nul { .. },
+                },
+            ..
+        }) => {}
+        other => panic!("expected InvalidEvent for NUL, got {other:?}"),
+    }
+    assert_eq!(
+        store.stream_version(&s).await.unwrap(),
+        StreamVersion::new(2)
+    );
 }
 
 /// Many tasks appending to a few shared streams: versions stay contiguous,
