@@ -869,4 +869,8 @@ impl EventStore for PostgresEventStore {
     fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
         Some(self.inner.notifier.subscribe(&self.inner.pool))
     }
+
+    async fn read_blocker(&self) -> Result<Option<eventcore::ReadBlocker>, Error> {
+        self.oldest_open_transaction().await
+    }
 }
