@@ -33,10 +33,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "lean_write_path",
         sql: include_str!("../migrations/0003_lean_write_path.sql"),
     },
+    Migration {
+        version: 4,
+        name: "fenced_leases",
+        sql: include_str!("../migrations/0004_fenced_leases.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 impl PostgresEventStore {
     /// Creates the schema or migrates it to [`SCHEMA_VERSION`]. Idempotent,
