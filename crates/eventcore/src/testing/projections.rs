@@ -787,11 +787,16 @@ where
         matches!(&backwards, Err(Error::Projection { .. })),
         "{backwards:?}"
     );
-    let lease = checkpoints
-        .try_acquire(&name)
-        .await
-        .unwrap()
-        .expect("no runner is active");
+    let lease = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(lease) = checkpoints.try_acquire(&name).await.unwrap() {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no runner is active");
     let busy = checkpoints.skip(&name, positions[1], "test").await;
     assert!(
         matches!(&busy, Err(e) if e.to_string().contains("active")),
