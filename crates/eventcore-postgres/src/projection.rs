@@ -16,8 +16,12 @@ use tokio::sync::{oneshot, watch};
 
 use crate::{PostgresEventStore, sql};
 
-/// A heartbeat of a lease connection (a 250 ms sleep on the server) that
-/// takes longer than this means the link is dead: the lease is given up.
+/// How often a lease connection checks that it is alive. In between it is
+/// idle, so releasing the lease (closing it) is immediate.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
+
+/// A heartbeat that takes longer than this means the link is dead: the
+/// lease is given up.
 const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// [`CheckpointStore`] in the store's schema (tables from migrations 0002
@@ -219,17 +223,13 @@ impl PostgresCheckpointStore {
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| s.map_err("acquire lease", e))?;
-        sqlx::query(sql::LEASE_SESSION)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| s.map_err("acquire lease", e))?;
         Ok(Some(generation))
     }
 }
 
 /// Holds a lease connection: a heartbeat until the lease is released (the
-/// connection is then closed, which releases the advisory lock) or the
-/// connection fails (the lease is then lost).
+/// connection is then closed, which releases the advisory lock at once) or
+/// the connection fails (the lease is then lost).
 async fn hold(
     mut conn: PgConnection,
     lost: Arc<watch::Sender<bool>>,
@@ -237,12 +237,12 @@ async fn hold(
     projection: String,
 ) {
     loop {
-        if !matches!(
-            released.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        ) {
-            let _ = conn.close().await;
-            return;
+        tokio::select! {
+            _ = &mut released => {
+                let _ = conn.close().await;
+                return;
+            }
+            () = tokio::time::sleep(HEARTBEAT_EVERY) => {}
         }
         let beat = tokio::time::timeout(
             HEARTBEAT_DEADLINE,

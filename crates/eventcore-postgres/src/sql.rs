@@ -266,13 +266,10 @@ pub(crate) const SELECT_PROJECTION_SKIPS: &str = "SELECT position, stream_id, er
 /// connection closes, so it dies with its process.
 pub(crate) const TRY_LOCK_PROJECTION: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
 
-/// Lease connections run their heartbeat without a statement timeout.
-pub(crate) const LEASE_SESSION: &str = "SET statement_timeout = 0";
-
-/// A lease connection's heartbeat: it keeps the connection busy, so a
+/// A lease connection's heartbeat, every few dozen milliseconds: a
 /// terminated backend or a dead link is noticed at once, not at the next
 /// checkpoint.
-pub(crate) const LEASE_HEARTBEAT: &str = "SELECT pg_sleep(0.25)";
+pub(crate) const LEASE_HEARTBEAT: &str = "SELECT 1";
 
 /// What holds the read horizon back: the open transaction with the oldest
 /// transaction id, in any database of the cluster (ids are cluster-wide),
