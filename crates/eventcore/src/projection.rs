@@ -72,12 +72,10 @@ pub trait Projection: Send {
         &mut self,
         events: Vec<RecordedEvent<Self::Event>>,
     ) -> Result<(), BoxError> {
-        let mut applied = 0;
-        for event in events {
+        for (applied, event) in events.into_iter().enumerate() {
             if let Err(source) = self.apply(event).await {
                 return Err(Box::new(PartialBatch { applied, source }));
             }
-            applied += 1;
         }
         Ok(())
     }
@@ -717,21 +715,22 @@ where
             if let Err(e) = step {
                 break Err(e);
             }
-            if run.unsaved >= self.options.checkpoint_every || run.skipped_since_save {
-                if let Err(e) = self.checkpoint(&name, &*lease, &mut run).await {
-                    break Err(e);
-                }
+            if (run.unsaved >= self.options.checkpoint_every || run.skipped_since_save)
+                && let Err(e) = self.checkpoint(&name, &*lease, &mut run).await
+            {
+                break Err(e);
             }
             waiting_since = Instant::now();
         };
         // Save what is done, unless another runner may own it by now.
-        if run.unsaved > 0 && !matches!(outcome, Err(Error::LeaseLost { .. })) {
-            if let Err(e) = self.checkpoint(&name, &*lease, &mut run).await {
-                match outcome {
-                    Ok(()) => outcome = Err(e),
-                    Err(_) => {
-                        tracing::warn!(projection = %name, error = %e, "cannot save the checkpoint of a failed run")
-                    }
+        if run.unsaved > 0
+            && !matches!(outcome, Err(Error::LeaseLost { .. }))
+            && let Err(e) = self.checkpoint(&name, &*lease, &mut run).await
+        {
+            match outcome {
+                Ok(()) => outcome = Err(e),
+                Err(_) => {
+                    tracing::warn!(projection = %name, error = %e, "cannot save the checkpoint of a failed run");
                 }
             }
         }
