@@ -763,7 +763,9 @@ where
     ) -> Option<Error> {
         let waited = since.elapsed();
         let expired = self.options.catch_up_timeout.is_some_and(|t| waited >= t);
-        if waited < STALL_WARNING && !expired {
+        let warn = waited >= STALL_WARNING
+            && warned_at.is_none_or(|at| at.elapsed() >= STALL_WARNING_EVERY);
+        if !warn && !expired {
             return None;
         }
         let blocker = match self.store.read_blocker().await {
@@ -786,21 +788,19 @@ where
                 }),
             });
         }
-        if warned_at.is_none_or(|at| at.elapsed() >= STALL_WARNING_EVERY) {
-            *warned_at = Some(Instant::now());
-            let holder = blocker.map_or_else(
-                || "nothing the store can name".to_owned(),
-                |b| b.to_string(),
-            );
-            tracing::warn!(
-                projection = name,
-                %target,
-                reached = %reached.unwrap_or(GlobalPosition::START),
-                waited_s = waited.as_secs_f64(),
-                held_back_by = %holder,
-                "catching up: committed events are not readable yet; waiting"
-            );
-        }
+        *warned_at = Some(Instant::now());
+        let holder = blocker.map_or_else(
+            || "nothing the store can name".to_owned(),
+            |b| b.to_string(),
+        );
+        tracing::warn!(
+            projection = name,
+            %target,
+            reached = %reached.unwrap_or(GlobalPosition::START),
+            waited_s = waited.as_secs_f64(),
+            held_back_by = %holder,
+            "catching up: committed events are not readable yet; waiting"
+        );
         None
     }
 

@@ -146,7 +146,9 @@ impl SubscriptionOptions {
 ///   then goes on *after* it: the consumer decides whether to stop (drop the
 ///   stream) or to record it and read on. It is never repeated. (If a page
 ///   of a read fails as a whole, the subscription re-reads it one event at a
-///   time to deliver the good events before the bad one.)
+///   time to deliver the good events before the bad one.) Such errors are
+///   not filtered: the stream of a row that cannot be read may not be
+///   known.
 /// * Any other error (no position: a missing table, refused permissions)
 ///   is yielded once, and the subscription ends.
 ///
