@@ -87,6 +87,13 @@ pub(crate) struct TailArgs {
     /// Keep polling for new events (every 200 ms) until Ctrl-C.
     #[arg(long, short = 'f')]
     pub(crate) follow: bool,
+
+    /// Give up (exit 2) when events committed before the start stay
+    /// unreadable this long: an open transaction elsewhere holds readers
+    /// back. Without it, tail waits, saying on stderr which transaction it
+    /// waits for.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) timeout: Option<u64>,
 }
 
 /// Validated settings for one run.
@@ -196,6 +203,7 @@ mod tests {
         let err = parse(&["stream", ""]).unwrap_err().to_string();
         assert!(err.contains("stream id is empty"), "{err}");
         assert!(parse(&["tail", "--limit", "0"]).is_err());
+        assert!(parse(&["tail", "--timeout", "0"]).is_err());
         assert!(parse(&["--connect-timeout", "0", "pool"]).is_err());
 
         let bad_schema = config_error(&[

@@ -1,6 +1,9 @@
 //! The subcommands: each one a few library calls and some printing.
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use eventcore::{EventStore, GlobalPosition, StreamVersion};
@@ -17,6 +20,12 @@ const PAGE: usize = 500;
 
 /// How long `tail --follow` waits before asking again when it is caught up.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// `tail` says on stderr what it waits for once it has waited this long for
+/// events it knows are committed...
+const WAIT_NOTICE: Duration = Duration::from_secs(1);
+/// ...and again at most this often.
+const WAIT_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 /// Exit status of `health` when the store is not healthy.
 pub(crate) const UNHEALTHY: u8 = 1;
@@ -285,6 +294,11 @@ async fn tail(
 
 /// Prints pages of `read_all` until caught up (or, following, forever),
 /// flushing after every page. Returns when `--limit` events were printed.
+///
+/// Events committed before the start may be unreadable for a while: an
+/// open transaction holds the read horizon back (see
+/// docs/adr/0001-global-order.md). Waiting for them, it says on stderr
+/// which transaction it waits for, and gives up after `--timeout`.
 async fn read_all_pages(
     store: &PostgresEventStore,
     args: &TailArgs,
@@ -292,6 +306,7 @@ async fn read_all_pages(
 ) -> anyhow::Result<()> {
     let mut after = GlobalPosition::new(args.after);
     let mut remaining = args.limit;
+    let timeout = args.timeout.map(Duration::from_secs);
     // Everything committed before the command started is printed, even if a
     // transaction elsewhere still holds the read horizon below it for a
     // moment (see docs/adr/0001-global-order.md).
@@ -299,15 +314,23 @@ async fn read_all_pages(
         .head_position()
         .await
         .context("cannot read the newest position")?;
+    let mut waiting_since: Option<Instant> = None;
+    let mut noticed_at: Option<Instant> = None;
     loop {
         let want = page_size(remaining);
         if want == 0 {
             return Ok(());
         }
-        let page = store
-            .read_all(after, want)
-            .await
-            .with_context(|| format!("cannot read events after position {after}"))?;
+        let page = store.read_all(after, want).await.map_err(|e| {
+            let hint = match e.position() {
+                Some(p) => {
+                    format!("; the event at {p} cannot be read: `--after {p}` starts after it")
+                }
+                None => String::new(),
+            };
+            anyhow::Error::new(e)
+                .context(format!("cannot read events after position {after}{hint}"))
+        })?;
         for event in &page {
             out.event(event, true)?;
         }
@@ -317,10 +340,35 @@ async fn read_all_pages(
         }
         if let Some(last) = page.last() {
             after = last.position;
+            waiting_since = None;
         }
         if page.len() < want {
-            if !args.follow && after >= head {
+            let behind = after < head;
+            if !args.follow && !behind {
                 return Ok(());
+            }
+            if behind {
+                let waited = waiting_since.get_or_insert_with(Instant::now).elapsed();
+                let expired = timeout.is_some_and(|t| waited >= t);
+                if expired || waited >= WAIT_NOTICE {
+                    let held = match store.read_blocker().await {
+                        Ok(Some(blocker)) => format!("held back by {blocker}"),
+                        Ok(None) => "nothing known holds them back".to_owned(),
+                        Err(e) => format!("cannot tell what holds them back: {e}"),
+                    };
+                    if expired {
+                        bail!(
+                            "gave up after {:.1} s waiting for events up to position {head} (read up to {after}): {held}",
+                            waited.as_secs_f64()
+                        );
+                    }
+                    if noticed_at.is_none_or(|at| at.elapsed() >= WAIT_NOTICE_EVERY) {
+                        noticed_at = Some(Instant::now());
+                        eprintln!(
+                            "waiting for events up to position {head} (read up to {after}) to become readable: {held}"
+                        );
+                    }
+                }
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }

@@ -12,6 +12,7 @@
 //! $ eventcore stats --json                  # streams, events, max position, schema version
 //! $ eventcore stream account-42 --from 10 --limit 5
 //! $ eventcore tail --after 123456 --follow  # all streams in global order, until Ctrl-C
+//! $ eventcore tail --timeout 30             # give up if an open transaction holds readers back 30 s
 //! $ eventcore pool                          # connection pool metrics
 //! $ eventcore --schema tenant_a stats       # a store in another schema
 //! ```

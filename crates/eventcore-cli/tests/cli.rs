@@ -515,3 +515,71 @@ fn tail_follow_stops_at_the_limit() {
     let r = run_ok(&schema, &["tail", "--follow", "--limit", "2", "--json"]);
     assert_eq!(ids_of(&r.json_lines()), event_ids(&seeded)[..2]);
 }
+
+/// Regression (issue 14, item 10): while a transaction holding an xid is
+/// open in another connection, an event committed after it is not
+/// readable. `tail` says on stderr which transaction it waits for (its
+/// backend pid and age) and, with `--timeout`, gives up with exit status 2
+/// instead of waiting forever; once the transaction ends it prints
+/// everything.
+#[test]
+fn tail_names_the_transaction_it_waits_for_and_gives_up_after_the_timeout() {
+    use sqlx::Connection;
+
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    let first = seed(&schema, "account-1", &[1]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mut blocker, pid) = runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(database_url())
+            .await
+            .expect("connect");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("pid");
+        sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id();")
+            .execute(&mut conn)
+            .await
+            .expect("open a transaction holding an xid");
+        (conn, pid)
+    });
+    let second = seed(&schema, "account-1", &[2]);
+
+    let r = run(&schema, &["tail", "--timeout", "2", "--json"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert_eq!(ids_of(&r.json_lines()), event_ids(&first), "{r:?}");
+    assert!(
+        r.stderr.contains("waiting for events up to position"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("gave up after"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("held back by the transaction of backend pid"),
+        "{r:?}"
+    );
+    if !r.stderr.contains(&format!("pid {pid} ")) {
+        // Another client of the shared cluster held an even older one.
+        eprintln!(
+            "note: an older transaction than ours was named: {}",
+            r.stderr
+        );
+    }
+
+    runtime.block_on(async {
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut blocker)
+            .await
+            .expect("commit");
+    });
+    let all: Vec<String> = event_ids(&first)
+        .into_iter()
+        .chain(event_ids(&second))
+        .collect();
+    let r = run_ok(&schema, &["tail", "--timeout", "30", "--json"]);
+    assert_eq!(ids_of(&r.json_lines()), all);
+}

@@ -13,6 +13,7 @@ use crate::{
     PostgresError, PostgresEventStore, redact_secrets,
     schema::{self, SCHEMA_VERSION},
     sql,
+    store::Call,
 };
 
 /// Counters updated on every connection acquisition.
@@ -161,10 +162,12 @@ impl PostgresEventStore {
 
     /// Counts streams and events (a full count: slow on very large stores).
     pub async fn stats(&self) -> Result<StoreStats, PostgresError> {
-        let row = sqlx::query(sql::sql(&self.inner.sql.select_stats))
-            .fetch_one(self.pool())
-            .await
-            .map_err(|e| self.map_err("stats", e))?;
+        let query = sqlx::query(sql::sql(&self.inner.sql.select_stats)).fetch_one(self.pool());
+        let row = self
+            .bounded("stats", Call::Read, async {
+                query.await.map_err(|e| self.map_err("stats", e))
+            })
+            .await?;
         let get = |i| {
             row.try_get::<Option<i64>, _>(i)
                 .map_err(|e| self.map_err("stats", e))
@@ -263,6 +266,13 @@ impl PostgresEventStore {
     /// port is reported in about half a second, a silent server within
     /// `connect_timeout` and a half.
     pub async fn health_check(&self) -> Result<HealthStatus, PostgresError> {
+        // The probes bound themselves; the client deadline covers a server
+        // that answers them and then goes silent.
+        self.bounded("health_check", Call::Read, self.check_health())
+            .await
+    }
+
+    async fn check_health(&self) -> Result<HealthStatus, PostgresError> {
         let mut problems = Vec::new();
         let started = Instant::now();
         let connect_timeout = self.inner.config.connect_timeout;

@@ -7,8 +7,9 @@ use sqlx::{PgConnection, Row};
 
 use crate::{
     PostgresError, PostgresEventStore,
-    error::{connection_lost, db_error_parts, sqlstate},
+    error::{db_error_parts, sqlstate},
     sql,
+    store::Call,
 };
 
 /// One migration file from `migrations/`.
@@ -36,10 +37,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "lean_write_path",
         sql: include_str!("../migrations/0003_lean_write_path.sql"),
     },
+    Migration {
+        version: 4,
+        name: "fenced_leases",
+        sql: include_str!("../migrations/0004_fenced_leases.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// A database object the store relies on.
 struct Required {
@@ -196,22 +202,14 @@ pub(crate) async fn ensure_writable(store: &PostgresEventStore) -> Result<(), ev
     if gate.verified.load(Ordering::Acquire) {
         return Ok(());
     }
-    // After a server restart every pooled connection is dead and fails
-    // once: those failures say nothing about the schema, so the check moves
-    // on to the next pooled connection. A failure to get one (a failed
-    // connect) is returned as it is, never retried here.
-    let mut stale_left = store.config().max_connections;
-    let refusal = loop {
-        let mut conn = store
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| store.map_err(OP, e))?;
-        match write_refusal(&mut conn, store).await {
-            Err(e) if stale_left > 0 && connection_lost(&e) => stale_left -= 1,
-            other => break other.map_err(|e| store.map_err(OP, e))?,
-        }
-    };
+    let refusal = store
+        .call(OP, Call::Read, || async {
+            let mut conn = store.acquire(OP).await?;
+            let refusal = write_refusal(&mut conn, store).await;
+            conn.finished(&refusal);
+            refusal.map_err(|e| store.map_err(OP, e))
+        })
+        .await?;
     match refusal {
         None => {
             gate.verified.store(true, Ordering::Release);
@@ -317,14 +315,17 @@ impl PostgresEventStore {
     /// The schema version recorded in the database (`None` before
     /// [`initialize`](Self::initialize)).
     pub async fn schema_version(&self) -> Result<Option<i32>, PostgresError> {
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| self.map_err("schema_version", e))?;
-        read_version(&mut conn, &self.inner.sql)
-            .await
-            .map_err(|e| self.map_err("schema_version", e).into())
+        self.bounded("schema_version", Call::Read, async {
+            let mut conn = self
+                .pool()
+                .acquire()
+                .await
+                .map_err(|e| self.map_err("schema_version", e))?;
+            read_version(&mut conn, &self.inner.sql)
+                .await
+                .map_err(|e| self.map_err("schema_version", e).into())
+        })
+        .await
     }
 }
 

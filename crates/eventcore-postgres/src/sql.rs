@@ -248,14 +248,39 @@ pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
 pub(crate) const SELECT_CHECKPOINT: &str =
     "SELECT position FROM {schema}.projection_checkpoints WHERE projection = $1";
 
-/// `$1` projection name, `$2` position. Checkpoints never move backwards.
-pub(crate) const UPSERT_CHECKPOINT: &str = "INSERT INTO {schema}.projection_checkpoints AS c (projection, position) VALUES ($1, $2) \
-     ON CONFLICT (projection) DO UPDATE \
-     SET position = greatest(c.position, excluded.position), updated_at = now()";
+/// `$1` projection name. Takes the runner role: creates the projection's
+/// row (no checkpoint yet) or bumps its lease generation, and returns the
+/// generation. The row lock makes it wait for a checkpoint transaction of
+/// the previous runner still in flight: that one commits first, or fails
+/// the fence.
+pub(crate) const BUMP_LEASE_GENERATION: &str = "INSERT INTO {schema}.projection_checkpoints AS c (projection, position, generation) \
+     VALUES ($1, NULL, 1) \
+     ON CONFLICT (projection) DO UPDATE SET generation = c.generation + 1, updated_at = now() \
+     RETURNING generation";
 
-/// `$1` projection name.
-pub(crate) const DELETE_CHECKPOINT: &str =
-    "DELETE FROM {schema}.projection_checkpoints WHERE projection = $1";
+/// `$1` projection name, `$2` position, `$3` the lease generation of the
+/// runner saving. The fence: no row is updated once another runner took
+/// the lease. Checkpoints never move backwards.
+pub(crate) const SAVE_CHECKPOINT: &str = "UPDATE {schema}.projection_checkpoints \
+     SET position = greatest(position, $2), updated_at = now() \
+     WHERE projection = $1 AND generation = $3";
+
+/// `$1` projection name, `$2` lease generation. Forgets the checkpoint but
+/// keeps the row, whose generation is the fence. Fenced like a save.
+pub(crate) const RESET_CHECKPOINT: &str = "UPDATE {schema}.projection_checkpoints \
+     SET position = NULL, updated_at = now() \
+     WHERE projection = $1 AND generation = $2";
+
+/// `$1` projection name. Its checkpoint, row locked: an operator's skip.
+pub(crate) const SELECT_CHECKPOINT_FOR_UPDATE: &str =
+    "SELECT position FROM {schema}.projection_checkpoints WHERE projection = $1 FOR UPDATE";
+
+/// `$1` a projection's checkpoint (0 if none), `$2` a position to skip:
+/// the stream of the event there (no row: NULL), whether any event lies
+/// between the two, and whether the position is below the read horizon.
+pub(crate) const SELECT_SKIP_TARGET: &str = "SELECT (SELECT stream_id FROM {schema}.events WHERE global_position = $2), \
+       EXISTS (SELECT 1 FROM {schema}.events WHERE global_position > $1 AND global_position < $2), \
+       $2 < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
 
 /// `$1` projection, `$2` position, `$3` stream id, `$4` error text.
 pub(crate) const INSERT_PROJECTION_SKIP: &str = "INSERT INTO {schema}.projection_skips (projection, position, stream_id, error) \
@@ -268,6 +293,27 @@ pub(crate) const SELECT_PROJECTION_SKIPS: &str = "SELECT position, stream_id, er
 /// `$1` lock name (hashed to a key). A session lock: held until the
 /// connection closes, so it dies with its process.
 pub(crate) const TRY_LOCK_PROJECTION: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
+
+/// A lease connection's heartbeat, every few dozen milliseconds: a
+/// terminated backend or a dead link is noticed at once, not at the next
+/// checkpoint.
+pub(crate) const LEASE_HEARTBEAT: &str = "SELECT 1";
+
+/// What holds the read horizon back: the open transaction with the oldest
+/// transaction id, in any database of the cluster (ids are cluster-wide),
+/// of a session or prepared. Its pid (NULL if prepared), seconds open (0
+/// when not visible to this role), state and application name (a prepared
+/// transaction's gid).
+pub(crate) const SELECT_READ_BLOCKER: &str = "SELECT pid, age_s, state, app FROM ( \
+       SELECT pid, age(backend_xid) AS xid_age, \
+              coalesce(extract(epoch FROM now() - xact_start)::float8, 0) AS age_s, \
+              coalesce(state, '') AS state, coalesce(application_name, '') AS app \
+         FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+       UNION ALL \
+       SELECT NULL, age(transaction), coalesce(extract(epoch FROM now() - prepared)::float8, 0), \
+              'prepared', gid \
+         FROM pg_prepared_xacts \
+     ) t ORDER BY xid_age DESC LIMIT 1";
 
 /// Statements with the schema filled in, shared by all connections.
 #[derive(Debug)]
@@ -295,8 +341,11 @@ pub(crate) struct Statements {
     pub(crate) select_stats: Arc<str>,
     pub(crate) select_checkpoint: Arc<str>,
     pub(crate) select_head_position: Arc<str>,
-    pub(crate) upsert_checkpoint: Arc<str>,
-    pub(crate) delete_checkpoint: Arc<str>,
+    pub(crate) bump_lease_generation: Arc<str>,
+    pub(crate) save_checkpoint: Arc<str>,
+    pub(crate) reset_checkpoint: Arc<str>,
+    pub(crate) select_checkpoint_for_update: Arc<str>,
+    pub(crate) select_skip_target: Arc<str>,
     pub(crate) insert_projection_skip: Arc<str>,
     pub(crate) select_projection_skips: Arc<str>,
     /// Whether this store has found its schema fit for writes (see
@@ -339,8 +388,11 @@ impl Statements {
             select_stats: fill(SELECT_STATS),
             select_checkpoint: fill(SELECT_CHECKPOINT),
             select_head_position: fill(SELECT_HEAD_POSITION),
-            upsert_checkpoint: fill(UPSERT_CHECKPOINT),
-            delete_checkpoint: fill(DELETE_CHECKPOINT),
+            bump_lease_generation: fill(BUMP_LEASE_GENERATION),
+            save_checkpoint: fill(SAVE_CHECKPOINT),
+            reset_checkpoint: fill(RESET_CHECKPOINT),
+            select_checkpoint_for_update: fill(SELECT_CHECKPOINT_FOR_UPDATE),
+            select_skip_target: fill(SELECT_SKIP_TARGET),
             insert_projection_skip: fill(INSERT_PROJECTION_SKIP),
             select_projection_skips: fill(SELECT_PROJECTION_SKIPS),
         }

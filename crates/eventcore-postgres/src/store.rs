@@ -251,6 +251,33 @@ impl PostgresEventStore {
             .saturating_add(CLIENT_DEADLINE_MARGIN)
     }
 
+    /// Bounds `work`, which uses the pool directly (administrative calls,
+    /// health, projection bookkeeping), by the same client deadline as
+    /// [`call`](Self::call), without its retry of stale connections. A
+    /// write cut off by it may have committed ([`Error::OutcomeUnknown`]).
+    pub(crate) async fn bounded<T, E: From<Error>>(
+        &self,
+        operation: &'static str,
+        kind: Call,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let deadline = self.call_deadline();
+        match tokio::time::timeout(deadline, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                let timeout = Error::Timeout {
+                    operation,
+                    elapsed: deadline,
+                };
+                Err(match kind {
+                    Call::Read => timeout,
+                    Call::Write => outcome_unknown(operation, timeout),
+                }
+                .into())
+            }
+        }
+    }
+
     /// One store call. `attempt` takes a connection and runs its
     /// statements; it is bounded by [`call_deadline`](Self::call_deadline)
     /// and repeated only when it ran into a pooled connection that had died
@@ -1007,5 +1034,9 @@ impl EventStore for PostgresEventStore {
 
     fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
         Some(self.inner.notifier.subscribe(&self.inner.pool))
+    }
+
+    async fn read_blocker(&self) -> Result<Option<eventcore::ReadBlocker>, Error> {
+        self.oldest_open_transaction().await
     }
 }

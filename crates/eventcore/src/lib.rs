@@ -135,10 +135,10 @@ pub use executor::{CacheableCommand, CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 pub use memory::InMemoryEventStore;
 pub use projection::{
-    BoxError, CheckpointStore, ErrorStrategy, InMemoryCheckpointStore, Lease, Projection,
-    ProjectionRunner, RunSummary, RunnerOptions, SkippedEvent,
+    BoxError, CatchUpTimeout, CheckpointStore, ErrorStrategy, InMemoryCheckpointStore, Lease,
+    PartialBatch, Projection, ProjectionRunner, RunSummary, RunnerOptions, SkippedEvent,
 };
 pub use retry::RetryPolicy;
 pub use rules::{MAX_EVENT_TYPE_LEN, MAX_JSON_DEPTH, MAX_NUMBER_SCALE, MAX_SCHEMA_VERSION};
-pub use store::{DEFAULT_READ_PAGE, EventStore, read_each_stream};
+pub use store::{DEFAULT_READ_PAGE, EventStore, ReadBlocker, read_each_stream};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};

@@ -1,6 +1,6 @@
 //! The storage contract every backend implements.
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
@@ -85,6 +85,17 @@ pub trait EventStore: Send + Sync {
         None
     }
 
+    /// What keeps committed events from being readable by
+    /// [`read_all`](EventStore::read_all) right now, if the store can tell:
+    /// on PostgreSQL, the oldest open transaction that holds a transaction
+    /// id (readers stop below it, see `docs/adr/0001-global-order.md`).
+    /// Readers waiting for events they know are committed report it
+    /// ([`ProjectionRunner::run_until_caught_up`](crate::ProjectionRunner::run_until_caught_up),
+    /// `eventcore tail`). `None` (the default) means nothing is known to.
+    async fn read_blocker(&self) -> Result<Option<ReadBlocker>, Error> {
+        Ok(None)
+    }
+
     /// Reads every event of `stream` from version `from` on, page by page.
     async fn read_stream_to_end(
         &self,
@@ -104,6 +115,39 @@ pub trait EventStore: Send + Sync {
                 return Ok(events);
             }
         }
+    }
+}
+
+/// What holds `read_all`'s horizon back: a transaction that is still open
+/// and may yet commit events below the newest ones (see
+/// [`EventStore::read_blocker`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadBlocker {
+    /// The server process (PostgreSQL backend pid) running the transaction;
+    /// `None` for a prepared (two-phase) transaction, which has none.
+    pub pid: Option<u32>,
+    /// How long the transaction has been open.
+    pub age: Duration,
+    /// What the session is doing (`active`, `idle in transaction`, ...).
+    pub state: String,
+    /// The session's `application_name` (for a prepared transaction, its
+    /// global id).
+    pub application_name: String,
+}
+
+impl fmt::Display for ReadBlocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "the transaction of backend pid {pid}")?,
+            None => write!(f, "a prepared transaction")?,
+        }
+        write!(
+            f,
+            " (application '{}', {}), open for {:.1} s",
+            self.application_name,
+            self.state,
+            self.age.as_secs_f64()
+        )
     }
 }
 
@@ -164,6 +208,10 @@ macro_rules! forward_store {
 
             fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
                 (**self).commit_signal()
+            }
+
+            async fn read_blocker(&self) -> Result<Option<ReadBlocker>, Error> {
+                (**self).read_blocker().await
             }
         }
     )*};

@@ -6,7 +6,7 @@ use std::{collections::VecDeque, time::Duration};
 use futures::Stream;
 use tokio::{sync::watch, time::Instant};
 
-use crate::{Error, Event, EventStore, GlobalPosition, RecordedEvent, StoredEvent};
+use crate::{Error, Event, EventStore, GlobalPosition, RecordedEvent, RetryPolicy, StoredEvent};
 
 /// Which events a subscription delivers. Filtering happens after reading,
 /// so the cursor still advances past events that do not match.
@@ -132,11 +132,25 @@ impl SubscriptionOptions {
 }
 
 /// Delivers every event after a position, in global order, exactly once,
-/// first from storage and then live as writers commit. Never ends by
-/// itself; drop it to stop.
+/// first from storage and then live as writers commit. It does not end by
+/// itself, except after an error it cannot read past (below); drop it to
+/// stop.
 ///
-/// A transient read error is retried with backoff; any other error is
-/// yielded once and the subscription goes on from the same position.
+/// Errors:
+///
+/// * A transient read error ([`Error::is_transient`]) is retried with
+///   backoff, never yielded.
+/// * An unreadable stored event ([`Error::CorruptRow`] with a position, or
+///   any error with an [`Error::position`] past the last event delivered) is
+///   yielded **once**, after every event before it, and the subscription
+///   then goes on *after* it: the consumer decides whether to stop (drop the
+///   stream) or to record it and read on. It is never repeated. (If a page
+///   of a read fails as a whole, the subscription re-reads it one event at a
+///   time to deliver the good events before the bad one.) Such errors are
+///   not filtered: the stream of a row that cannot be read may not be
+///   known.
+/// * Any other error (no position: a missing table, refused permissions)
+///   is yielded once, and the subscription ends.
 ///
 /// ```
 /// use eventcore::{subscribe, testing::{bank::AccountEvent, seed}, InMemoryEventStore, StreamId, SubscriptionOptions};
@@ -158,18 +172,10 @@ pub fn subscribe<S>(
 where
     S: EventStore,
 {
-    let state = State {
-        signal: store.commit_signal(),
-        store,
-        cursor: options.after,
-        buffer: VecDeque::new(),
-        options,
-        failures: 0,
-        caught_up: false,
-        lagging: 0,
-        last_read: None,
-    };
-    futures::stream::unfold(state, |mut state| async move {
+    futures::stream::unfold(Subscription::new(store, options), |mut state| async move {
+        if state.ended {
+            return None;
+        }
         let item = state.next().await;
         Some((item, state))
     })
@@ -189,13 +195,16 @@ where
     subscribe(store, options).map(|r| r.and_then(|e| e.decode::<E>()))
 }
 
-struct State<S> {
+/// The state behind [`subscribe`]; projection runners take whole pages
+/// from it ([`Subscription::next_page`]).
+pub(crate) struct Subscription<S> {
     store: S,
     cursor: GlobalPosition,
     buffer: VecDeque<StoredEvent>,
     options: SubscriptionOptions,
     /// The store's commit signal, if it has one; `None` means pure polling.
     signal: Option<watch::Receiver<()>>,
+    /// Transient read failures in a row.
     failures: u32,
     /// The last read returned a short page.
     caught_up: bool,
@@ -205,17 +214,59 @@ struct State<S> {
     lagging: u32,
     /// When the last read started, for `min_read_interval`.
     last_read: Option<Instant>,
+    /// A read failed on the event at this position: read one event at a
+    /// time up to it, so the good events before it are delivered.
+    narrow_to: Option<GlobalPosition>,
+    /// An error nobody can read past was yielded: nothing more comes.
+    ended: bool,
 }
 
 /// Short re-reads after a wake-up (0.5 ms doubling up to 64 ms) before
 /// falling back to waiting.
 const MAX_LAGGING_READS: u32 = 8;
 
-impl<S: EventStore> State<S> {
+/// Backoff between retries of transient read failures: 10 ms doubling to
+/// 2 s, with full jitter. A subscription never gives up on them.
+fn transient_backoff() -> RetryPolicy {
+    RetryPolicy::new()
+        .base_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_secs(2))
+}
+
+impl<S: EventStore> Subscription<S> {
+    pub(crate) fn new(store: S, options: SubscriptionOptions) -> Self {
+        Self {
+            signal: store.commit_signal(),
+            store,
+            cursor: options.after,
+            buffer: VecDeque::new(),
+            options,
+            failures: 0,
+            caught_up: false,
+            lagging: 0,
+            last_read: None,
+            narrow_to: None,
+            ended: false,
+        }
+    }
+
     async fn next(&mut self) -> Result<StoredEvent, Error> {
+        self.fill().await?;
+        Ok(self.buffer.pop_front().expect("fill leaves an event"))
+    }
+
+    /// Every event buffered (at least one), in order: the rest of the last
+    /// page read, or the next page.
+    pub(crate) async fn next_page(&mut self) -> Result<Vec<StoredEvent>, Error> {
+        self.fill().await?;
+        Ok(self.buffer.drain(..).collect())
+    }
+
+    /// Reads until the buffer holds an event, or fails.
+    async fn fill(&mut self) -> Result<(), Error> {
         loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Ok(event);
+            if !self.buffer.is_empty() {
+                return Ok(());
             }
             // A short page means we were caught up: wait for news before
             // reading again instead of paying for an empty read.
@@ -229,11 +280,12 @@ impl<S: EventStore> State<S> {
                 signal.borrow_and_update();
             }
             self.last_read = Some(Instant::now());
-            match self
-                .store
-                .read_all(self.cursor, self.options.batch_size)
-                .await
-            {
+            let limit = if self.narrow_to.is_some() {
+                1
+            } else {
+                self.options.batch_size
+            };
+            match self.store.read_all(self.cursor, limit).await {
                 Ok(page) if page.is_empty() => {
                     self.failures = 0;
                     // Committed events may sit behind an older transaction
@@ -256,24 +308,51 @@ impl<S: EventStore> State<S> {
                 Ok(page) => {
                     self.failures = 0;
                     self.lagging = 0;
-                    self.caught_up = page.len() < self.options.batch_size;
-                    if let Some(last) = page.last() {
-                        self.cursor = last.position;
+                    let last = page.last().map_or(self.cursor, |e| e.position);
+                    match self.narrow_to {
+                        // Still short of the bad event: keep reading one by
+                        // one, without waiting.
+                        Some(bad) if last < bad => {}
+                        _ => {
+                            self.narrow_to = None;
+                            self.caught_up = page.len() < limit;
+                        }
                     }
+                    self.cursor = last;
                     let filter = &self.options.filter;
                     self.buffer
                         .extend(page.into_iter().filter(|e| filter.matches(e)));
                 }
                 Err(e) if e.is_transient() => {
                     self.failures += 1;
-                    let delay = Duration::from_millis(10 << self.failures.min(7));
+                    let delay = transient_backoff().delay_after(self.failures);
                     tracing::warn!(error = %e, retry_in = ?delay, "subscription read failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    // Back off so a persistent error does not spin.
-                    tokio::time::sleep(self.options.poll_interval).await;
-                    return Err(e);
+                    self.failures = 0;
+                    match e.position() {
+                        // Good events may precede the bad one in the page
+                        // that failed: fetch them one at a time first.
+                        Some(bad) if bad > self.cursor && limit > 1 => {
+                            tracing::debug!(error = %e, "read failed on one event; reading up to it one by one");
+                            self.narrow_to = Some(bad);
+                        }
+                        // The bad event is the next one: report it once and
+                        // go on after it.
+                        Some(bad) if bad > self.cursor => {
+                            tracing::warn!(error = %e, position = %bad, "subscription cannot read an event; reporting it and reading on after it");
+                            self.narrow_to = None;
+                            self.cursor = bad;
+                            return Err(e);
+                        }
+                        // Nothing to step past: report it once and end.
+                        _ => {
+                            tracing::error!(error = %e, "subscription failed; ending it");
+                            self.ended = true;
+                            return Err(e);
+                        }
+                    }
                 }
             }
         }

@@ -118,8 +118,8 @@ async fn main() -> anyhow::Result<()> {
         .await
     } else {
         let store = connect_postgres(&args, workload).await?;
-        let read_model = ReadModel::postgres(&store).await?;
         let checkpoints = PostgresCheckpointStore::new(store.clone());
+        let read_model = ReadModel::postgres(&store, checkpoints.clone()).await?;
         run(store, checkpoints, read_model, workload).await
     }
 }

@@ -9,10 +9,13 @@
 //!   deliver a few events again (at-least-once); `apply` is idempotent
 //!   because each account remembers the last position it applied.
 //! * **PostgreSQL**, a table `<schema>.account_balances` next to the store's
-//!   events. Each event updates its row *and* the projection's checkpoint in
-//!   one transaction ([`PostgresCheckpointStore::save_in`]), so the effect is
-//!   exactly once: a crash either keeps both or neither. The row also keeps
-//!   its last position, so even a stray second delivery changes nothing.
+//!   events. Each page of events the runner reads updates the rows *and* the
+//!   projection's checkpoint in one transaction
+//!   ([`Projection::apply_batch`] and [`PostgresCheckpointStore::save_in`]),
+//!   so the effect is exactly once: a crash either keeps both or neither,
+//!   and a runner that lost its lease to another cannot commit at all (the
+//!   checkpoint write is fenced). The rows also keep their last position, so
+//!   even a stray second delivery changes nothing.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -100,6 +103,36 @@ impl Projection for BalanceProjection {
         Ok(())
     }
 
+    /// A page at a time: on PostgreSQL one transaction for the rows of all
+    /// its events and the checkpoint. (If it fails, the runner delivers the
+    /// page's events one by one through `apply` to find the culprit.)
+    async fn apply_batch(
+        &mut self,
+        events: Vec<RecordedEvent<AccountEvent>>,
+    ) -> Result<(), BoxError> {
+        let ReadModel::Postgres(pg) = &self.read_model else {
+            for event in events {
+                self.apply(event).await?;
+            }
+            return Ok(());
+        };
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        let mut rows = Vec::with_capacity(events.len());
+        for event in &events {
+            let account = event
+                .stream_id
+                .as_str()
+                .strip_prefix(STREAM_PREFIX)
+                .ok_or_else(|| format!("'{}' is not an account stream", event.stream_id))?;
+            rows.push((account, event.event.delta(), event.position));
+        }
+        let fresh = pg.apply_batch(&rows).await?;
+        self.progress.record_batch(last, fresh, events.len() as u64);
+        Ok(())
+    }
+
     async fn reset(&mut self) -> Result<(), BoxError> {
         self.read_model.reset().await?;
         self.progress.reset();
@@ -125,6 +158,15 @@ impl Progress {
         counter.fetch_add(1, Ordering::Relaxed);
         self.last_position
             .fetch_max(position.get(), Ordering::Release);
+    }
+
+    /// A batch of `total` events up to `last`, `fresh` of which changed a
+    /// balance.
+    fn record_batch(&self, last: GlobalPosition, fresh: u64, total: u64) {
+        self.applied.fetch_add(fresh, Ordering::Relaxed);
+        self.duplicates
+            .fetch_add(total.saturating_sub(fresh), Ordering::Relaxed);
+        self.last_position.fetch_max(last.get(), Ordering::Release);
     }
 
     fn reset(&self) {
@@ -163,9 +205,17 @@ impl ReadModel {
         ReadModel::Memory(MemoryBalances::default())
     }
 
-    /// The table in `store`'s schema, created if missing.
-    pub(crate) async fn postgres(store: &PostgresEventStore) -> anyhow::Result<Self> {
-        Ok(ReadModel::Postgres(PgBalances::create(store).await?))
+    /// The table in `store`'s schema, created if missing. `checkpoints`
+    /// must be (a clone of) the checkpoint store the projection's runner is
+    /// given: the checkpoint written with the rows is fenced by the lease
+    /// that runner holds through it.
+    pub(crate) async fn postgres(
+        store: &PostgresEventStore,
+        checkpoints: PostgresCheckpointStore,
+    ) -> anyhow::Result<Self> {
+        Ok(ReadModel::Postgres(
+            PgBalances::create(store, checkpoints).await?,
+        ))
     }
 
     /// Where the balances live, for printing.
@@ -245,12 +295,16 @@ pub(crate) struct PgBalances {
     checkpoints: PostgresCheckpointStore,
     table: String,
     upsert: Arc<str>,
+    upsert_batch: Arc<str>,
     select: Arc<str>,
     delete: Arc<str>,
 }
 
 impl PgBalances {
-    async fn create(store: &PostgresEventStore) -> anyhow::Result<Self> {
+    async fn create(
+        store: &PostgresEventStore,
+        checkpoints: PostgresCheckpointStore,
+    ) -> anyhow::Result<Self> {
         // The schema name was validated by the store's config (letters,
         // digits and `_`), so it is safe to format into SQL.
         let table = format!("{}.account_balances", store.config().schema);
@@ -272,10 +326,26 @@ impl PgBalances {
              SET balance = b.balance + excluded.balance, last_position = excluded.last_position \
              WHERE b.last_position < excluded.last_position"
         );
+        // A batch: per account the sum of the events it has not applied yet
+        // (a position past its last one), in one statement. Returns how many
+        // events were fresh.
+        let upsert_batch = format!(
+            "WITH e AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS e(account, delta, pos)), \
+             fresh AS (SELECT e.* FROM e LEFT JOIN {table} b ON b.account = e.account \
+                       WHERE b.last_position IS NULL OR e.pos > b.last_position), \
+             upserted AS ( \
+               INSERT INTO {table} AS b (account, balance, last_position) \
+               SELECT account, sum(delta)::bigint, max(pos) FROM fresh GROUP BY account \
+               ON CONFLICT (account) DO UPDATE \
+               SET balance = b.balance + excluded.balance, last_position = excluded.last_position \
+               RETURNING 1) \
+             SELECT count(*) FROM fresh"
+        );
         Ok(Self {
             pool: store.pool().clone(),
-            checkpoints: PostgresCheckpointStore::new(store.clone()),
+            checkpoints,
             upsert: upsert.into(),
+            upsert_batch: upsert_batch.into(),
             select: format!("SELECT account, balance FROM {table}").into(),
             delete: format!("DELETE FROM {table}").into(),
             table,
@@ -302,6 +372,32 @@ impl PgBalances {
         self.checkpoints.save_in(&mut tx, NAME, position).await?;
         tx.commit().await?;
         Ok(changed == 1)
+    }
+
+    /// One transaction: the rows of every event and the checkpoint after
+    /// the last commit together. Returns how many events changed a balance.
+    async fn apply_batch(&self, rows: &[(&str, i128, GlobalPosition)]) -> Result<u64, BoxError> {
+        let Some(&(_, _, last)) = rows.last() else {
+            return Ok(0);
+        };
+        let mut accounts = Vec::with_capacity(rows.len());
+        let mut deltas = Vec::with_capacity(rows.len());
+        let mut positions = Vec::with_capacity(rows.len());
+        for &(account, delta, position) in rows {
+            accounts.push(account);
+            deltas.push(i64::try_from(delta)?);
+            positions.push(i64::try_from(position.get())?);
+        }
+        let mut tx = self.pool.begin().await?;
+        let fresh: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.upsert_batch)))
+            .bind(&accounts)
+            .bind(&deltas)
+            .bind(&positions)
+            .fetch_one(&mut *tx)
+            .await?;
+        self.checkpoints.save_in(&mut tx, NAME, last).await?;
+        tx.commit().await?;
+        Ok(u64::try_from(fresh)?)
     }
 
     /// Forgets the checkpoint first, then the rows: a crash in between

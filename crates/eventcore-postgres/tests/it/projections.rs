@@ -2,18 +2,22 @@
 //! faults.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use eventcore::{
-    BoxError, EventFilter, GlobalPosition, Projection, ProjectionRunner, RecordedEvent,
-    RunnerOptions, StreamId, SubscriptionOptions, subscribe,
+    BoxError, CatchUpTimeout, CheckpointStore, Error, ErrorStrategy, EventFilter, EventStore,
+    GlobalPosition, Projection, ProjectionRunner, RecordedEvent, RunnerOptions, StreamId,
+    SubscriptionOptions, subscribe,
     testing::{bank::AccountEvent, seed},
 };
 use eventcore_postgres::{PostgresCheckpointStore, PostgresEventStore};
 use futures::StreamExt;
-use sqlx::Connection;
+use sqlx::{AssertSqlSafe, Connection, PgPool};
 
 use crate::support::{config, database_url, store_with};
 
@@ -133,6 +137,7 @@ fn quick() -> RunnerOptions {
         poll_interval: Duration::from_millis(50),
         checkpoint_every: 1,
         lease_retry: Duration::from_millis(25),
+        ..RunnerOptions::default()
     }
 }
 
@@ -187,96 +192,6 @@ async fn projection_follows_sixteen_writers() {
         &expected,
     );
     assert_eq!(summary.checkpoint, expected.last().copied());
-}
-
-/// The active runner's process "dies" (its lease connection is terminated):
-/// a standby runner in another "process" takes over from the checkpoint and
-/// nothing is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn standby_takes_over_when_the_active_runner_dies() {
-    let (active_store, active_app) = named_store(None).await;
-    let schema = active_store.config().schema.clone();
-    let (standby_store, _) = named_store(Some(&schema)).await;
-    let account = StreamId::new("load-takeover").unwrap();
-    seed(
-        &active_store,
-        &account,
-        (0..20).map(|amount| AccountEvent::Deposited { amount }),
-    )
-    .await
-    .unwrap();
-
-    let first = Ledger {
-        name: "takeover".into(),
-        seen: Arc::default(),
-    };
-    let active = {
-        let (store, first) = (active_store.clone(), first.clone());
-        tokio::spawn(async move {
-            let checkpoints = PostgresCheckpointStore::new(store.clone());
-            let mut runner = ProjectionRunner::new(first, store, checkpoints).with_options(quick());
-            runner.run_continuous(futures::future::pending()).await
-        })
-    };
-    eventually("active runner caught up", || {
-        first.seen.lock().unwrap().len() >= 20
-    })
-    .await;
-
-    let second = Ledger {
-        name: "takeover".into(),
-        seen: Arc::default(),
-    };
-    let standby = {
-        let (store, second) = (standby_store.clone(), second.clone());
-        tokio::spawn(async move {
-            let checkpoints = PostgresCheckpointStore::new(store.clone());
-            let mut runner =
-                ProjectionRunner::new(second, store, checkpoints).with_options(quick());
-            runner.run_continuous(futures::future::pending()).await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        second.seen.lock().unwrap().is_empty(),
-        "the standby waits while the active runner lives"
-    );
-
-    assert!(terminate(&active_app).await >= 1);
-    // New events after the crash: the active runner notices its lost lease
-    // at its next checkpoint and stops; the standby takes them.
-    seed(
-        &standby_store,
-        &account,
-        (20..30).map(|amount| AccountEvent::Deposited { amount }),
-    )
-    .await
-    .unwrap();
-    let result = tokio::time::timeout(PATIENCE, active)
-        .await
-        .expect("the dead runner stops")
-        .unwrap();
-    assert!(
-        result.is_err(),
-        "the runner whose lease died reports it: {result:?}"
-    );
-    let expected = eventcore::testing::settled_positions(&standby_store, "load-takeover", 30).await;
-    eventually("the standby took over and caught up", || {
-        second.seen.lock().unwrap().last() == expected.last()
-    })
-    .await;
-    standby.abort();
-    let mut union: Vec<_> = first
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .chain(second.seen.lock().unwrap().iter())
-        .copied()
-        .collect();
-    union.sort();
-    union.dedup();
-    eventcore::testing::assert_same_sequence("nothing lost across the takeover", &union, &expected);
 }
 
 /// Subscribers in another "process" (another store on the same schema) are
@@ -496,4 +411,642 @@ async fn own_appends_are_read_from_memory_and_match_the_log() {
     .await
     .unwrap();
     assert_eq!(local.recent_append_stats().held, 0);
+}
+
+/// Writes a row that cannot be read back (metadata of the wrong shape)
+/// into `stream`, behind the store's back, at a position inside the read
+/// horizon (a transaction's own position, as the store assigns them).
+/// Returns its position.
+async fn insert_corrupt_row(
+    store: &PostgresEventStore,
+    stream: &str,
+    version: i64,
+) -> GlobalPosition {
+    let schema = &store.config().schema;
+    let position: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
+         VALUES ((pg_current_xact_id()::text::bigint << 20) + 1, $1, $2, $3, 'Deposited', 1, '{{\"amount\": 1}}', '[1, 2]') \
+         RETURNING global_position"
+    )))
+    .bind(uuid::Uuid::now_v7())
+    .bind(stream)
+    .bind(version)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    GlobalPosition::new(position as u64)
+}
+
+/// Records what it applies, under a chosen strategy.
+#[derive(Clone)]
+struct Strict {
+    name: String,
+    strategy: ErrorStrategy,
+    seen: Arc<Mutex<Vec<GlobalPosition>>>,
+}
+
+#[eventcore::async_trait]
+impl Projection for Strict {
+    type Event = AccountEvent;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().stream_prefix("bad-")
+    }
+    fn error_strategy(&self) -> ErrorStrategy {
+        self.strategy.clone()
+    }
+    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
+        self.seen.lock().unwrap().push(event.position);
+        Ok(())
+    }
+}
+
+/// A hand-inserted row that cannot be read, between good events: a
+/// subscriber gets every good event before it, one `CorruptRow` naming it,
+/// then the events after it; a `Skip` runner applies all good events and
+/// records the bad one in `projection_skips`; a `Stop` runner stops on it
+/// with its checkpoint just before it, and an operator passes it with
+/// `PostgresCheckpointStore::skip` (refused while events would be passed
+/// unrecorded), after which the runner applies the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_row_is_passed_after_every_good_event_and_recorded() {
+    let (store, _) = named_store(None).await;
+    let good = StreamId::new("bad-good").unwrap();
+    let positions = |outcome: eventcore::AppendOutcome| {
+        let (first, last) = outcome.positions.unwrap();
+        (first.get()..=last.get())
+            .map(GlobalPosition::new)
+            .collect::<Vec<_>>()
+    };
+    let before = positions(
+        seed(
+            &store,
+            &good,
+            (1..=3).map(|amount| AccountEvent::Deposited { amount }),
+        )
+        .await
+        .unwrap(),
+    );
+    let bad = insert_corrupt_row(&store, "bad-row", 1).await;
+    let after = positions(
+        seed(
+            &store,
+            &good,
+            (4..=5).map(|amount| AccountEvent::Deposited { amount }),
+        )
+        .await
+        .unwrap(),
+    );
+    let good_ones: Vec<_> = before.iter().chain(&after).copied().collect();
+
+    let mut live = Box::pin(subscribe(
+        store.clone(),
+        SubscriptionOptions::default()
+            .filter(EventFilter::all().stream_prefix("bad-"))
+            .poll_interval(Duration::from_millis(50)),
+    ));
+    let mut next = async || {
+        tokio::time::timeout(PATIENCE, live.next())
+            .await
+            .expect("delivered in time")
+            .expect("the subscription goes on")
+    };
+    for p in &before {
+        assert_eq!(next().await.unwrap().position, *p);
+    }
+    match next().await {
+        Err(Error::CorruptRow {
+            position, reason, ..
+        }) => {
+            assert_eq!(position, Some(bad));
+            assert!(reason.contains("metadata"), "{reason}");
+        }
+        other => panic!("expected the corrupt row, got {other:?}"),
+    }
+    for p in &after {
+        assert_eq!(next().await.unwrap().position, *p);
+    }
+    let more = tokio::time::timeout(Duration::from_millis(300), live.next()).await;
+    assert!(more.is_err(), "the error is not repeated: {more:?}");
+
+    let checkpoints = PostgresCheckpointStore::new(store.clone());
+    let skipping = Strict {
+        name: "skipping".into(),
+        strategy: ErrorStrategy::Skip,
+        seen: Arc::default(),
+    };
+    let summary = ProjectionRunner::new(skipping.clone(), store.clone(), checkpoints.clone())
+        .with_options(quick())
+        .run_until_caught_up()
+        .await
+        .unwrap();
+    assert_eq!((summary.applied, summary.skipped), (5, 1));
+    assert_eq!(*skipping.seen.lock().unwrap(), good_ones);
+    let skipped = checkpoints.skipped("skipping").await.unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].position, bad);
+    assert!(
+        skipped[0].error.contains("metadata"),
+        "{}",
+        skipped[0].error
+    );
+    assert_eq!(
+        checkpoints.load("skipping").await.unwrap(),
+        after.last().copied()
+    );
+
+    let stopping = Strict {
+        name: "stopping".into(),
+        strategy: ErrorStrategy::Stop,
+        seen: Arc::default(),
+    };
+    let stopped = ProjectionRunner::new(stopping.clone(), store.clone(), checkpoints.clone())
+        .with_options(quick())
+        .run_until_caught_up()
+        .await;
+    match stopped {
+        Err(Error::CorruptRow { position, .. }) => assert_eq!(position, Some(bad)),
+        other => panic!("expected the runner to stop on the corrupt row, got {other:?}"),
+    }
+    assert_eq!(*stopping.seen.lock().unwrap(), before);
+    assert_eq!(checkpoints.load("stopping").await.unwrap(), Some(before[2]));
+
+    let gap = skip_when_free(&checkpoints, "stopping", after[0], "wrong one").await;
+    assert!(
+        matches!(&gap, Err(Error::Projection { .. }) if gap.as_ref().unwrap_err().to_string().contains("between")),
+        "{gap:?}"
+    );
+    skip_when_free(&checkpoints, "stopping", bad, "bad metadata, ticket 12")
+        .await
+        .unwrap();
+    assert_eq!(checkpoints.load("stopping").await.unwrap(), Some(bad));
+    let skipped = checkpoints.skipped("stopping").await.unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(
+        skipped[0].stream_id,
+        Some(StreamId::new("bad-row").unwrap())
+    );
+    assert!(
+        skipped[0].error.contains("ticket 12"),
+        "{}",
+        skipped[0].error
+    );
+    let backwards = skip_when_free(&checkpoints, "stopping", before[0], "late").await;
+    assert!(backwards.is_err(), "never backwards");
+    let summary = ProjectionRunner::new(stopping.clone(), store.clone(), checkpoints.clone())
+        .with_options(quick())
+        .run_until_caught_up()
+        .await
+        .unwrap();
+    assert_eq!(summary.applied, 2);
+    assert_eq!(*stopping.seen.lock().unwrap(), good_ones);
+}
+
+/// `skip`, retried while a runner that just stopped still lets go of its
+/// lease connection.
+async fn skip_when_free(
+    checkpoints: &PostgresCheckpointStore,
+    projection: &str,
+    position: GlobalPosition,
+    reason: &str,
+) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match checkpoints.skip(projection, position, reason).await {
+            Err(e)
+                if e.to_string().contains("active") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The fence, in the caller's transaction: a checkpoint write in flight
+/// holds the row, so a takeover (the generation bump) waits for it to
+/// commit; after the takeover the old holder's `save_in` fails with
+/// `LeaseLost`, its transaction's other writes roll back with it, and its
+/// lease reports the loss at once. A checkpoint store holding no lease
+/// cannot write checkpoints at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn save_in_is_fenced_in_the_callers_transaction() {
+    let (store, _) = named_store(None).await;
+    let schema = store.config().schema.clone();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {schema}.effects (x INT NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {schema}.effects (x) VALUES ($1)");
+    let checkpoints = PostgresCheckpointStore::new(store.clone());
+    let lease = checkpoints
+        .try_acquire("fenced")
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(lease.is_held().await);
+    assert_eq!(checkpoints.load("fenced").await.unwrap(), None);
+
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(insert.clone()))
+        .bind(1)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    checkpoints
+        .save_in(&mut tx, "fenced", GlobalPosition::new(5))
+        .await
+        .unwrap();
+    // Another runner's takeover, as the store bumps the generation.
+    let bump = {
+        let pool = store.pool().clone();
+        let schema = schema.clone();
+        tokio::spawn(async move {
+            sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(format!(
+                "UPDATE {schema}.projection_checkpoints SET generation = generation + 1 \
+                 WHERE projection = 'fenced' RETURNING position"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !bump.is_finished(),
+        "the takeover waits for the write in flight"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(bump.await.unwrap(), Some(5), "and then sees its checkpoint");
+
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(insert))
+        .bind(2)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let stale = checkpoints
+        .save_in(&mut tx, "fenced", GlobalPosition::new(9))
+        .await;
+    assert!(matches!(stale, Err(Error::LeaseLost { .. })), "{stale:?}");
+    drop(tx);
+    let effects: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT x FROM {schema}.effects ORDER BY x"
+    )))
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(effects, [1], "the stale transaction's writes rolled back");
+    assert_eq!(
+        checkpoints.load("fenced").await.unwrap(),
+        Some(GlobalPosition::new(5))
+    );
+    tokio::time::timeout(Duration::from_secs(1), lease.lost())
+        .await
+        .expect("the lease reports the loss");
+    assert!(!lease.is_held().await);
+    assert!(matches!(
+        checkpoints.save("fenced", GlobalPosition::new(10)).await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        checkpoints.reset("fenced").await,
+        Err(Error::LeaseLost { .. })
+    ));
+
+    let unrelated = PostgresCheckpointStore::new(store.clone());
+    let mut conn = store.pool().acquire().await.unwrap();
+    let no_lease = unrelated
+        .save_in(&mut conn, "fenced", GlobalPosition::new(11))
+        .await;
+    assert!(
+        matches!(&no_lease, Err(Error::Projection { source, .. }) if source.to_string().contains("no lease")),
+        "{no_lease:?}"
+    );
+}
+
+/// The exactly-once recipe: each batch inserts one row per event into
+/// `<schema>.applied` and saves the checkpoint with `save_in`, in one
+/// transaction. Nothing deduplicates: a second application of an event is
+/// a second row.
+#[derive(Clone)]
+struct Applications {
+    runner: &'static str,
+    pool: PgPool,
+    checkpoints: PostgresCheckpointStore,
+    insert: Arc<str>,
+}
+
+#[eventcore::async_trait]
+impl Projection for Applications {
+    type Event = AccountEvent;
+    fn name(&self) -> &str {
+        "applications"
+    }
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().stream_prefix("load-")
+    }
+    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
+        self.apply_batch(vec![event]).await
+    }
+    async fn apply_batch(
+        &mut self,
+        events: Vec<RecordedEvent<AccountEvent>>,
+    ) -> Result<(), BoxError> {
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
+        let positions: Vec<i64> = events.iter().map(|e| e.position.get() as i64).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.insert)))
+            .bind(&ids)
+            .bind(&positions)
+            .bind(self.runner)
+            .execute(&mut *tx)
+            .await?;
+        // Work between the effect and the checkpoint: widens the window in
+        // which a runner that lost its lease has a transaction in flight.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        self.checkpoints
+            .save_in(&mut tx, "applications", last)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Regression (issue 14, item 5): with a standby runner waiting, the active
+/// runner's lease connection is terminated while 8 writers append. The
+/// standby takes over; the old runner stops at once with `LeaseLost`; and
+/// every event is applied exactly once through the exactly-once recipe:
+/// the read model's rows, one per application, equal the events, compared
+/// without deduplicating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standby_takes_over_and_every_event_is_applied_exactly_once() {
+    const WRITERS: usize = 8;
+    let (active_store, active_app) = named_store(None).await;
+    let schema = active_store.config().schema.clone();
+    let (standby_store, _) = named_store(Some(&schema)).await;
+    let (writer_store, _) = named_store(Some(&schema)).await;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {schema}.applied (event_id UUID NOT NULL, position BIGINT NOT NULL, runner TEXT NOT NULL)"
+    )))
+    .execute(active_store.pool())
+    .await
+    .unwrap();
+    let insert: Arc<str> = format!(
+        "INSERT INTO {schema}.applied (event_id, position, runner) \
+         SELECT id, p, $3 FROM unnest($1::uuid[], $2::bigint[]) AS e(id, p)"
+    )
+    .into();
+    let count = |runner: &'static str| {
+        let pool = active_store.pool().clone();
+        let sql = format!("SELECT count(*) FROM {schema}.applied WHERE runner LIKE $1");
+        async move {
+            sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
+                .bind(runner)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let runner_task = |store: PostgresEventStore, runner: &'static str| {
+        let checkpoints = PostgresCheckpointStore::new(store.clone());
+        let projection = Applications {
+            runner,
+            pool: store.pool().clone(),
+            checkpoints: checkpoints.clone(),
+            insert: Arc::clone(&insert),
+        };
+        tokio::spawn(async move {
+            let mut runner =
+                ProjectionRunner::new(projection, store, checkpoints).with_options(RunnerOptions {
+                    checkpoint_every: 200,
+                    ..quick()
+                });
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            (
+                stop,
+                tokio::spawn(async move {
+                    runner
+                        .run_continuous(async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                }),
+            )
+        })
+    };
+
+    let writing = Arc::new(AtomicBool::new(true));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, writing) = (writer_store.clone(), Arc::clone(&writing));
+            tokio::spawn(async move {
+                let s = StreamId::new(format!("load-{w}")).unwrap();
+                let mut n = 0;
+                while writing.load(Ordering::Relaxed) {
+                    seed(&store, &s, [AccountEvent::Deposited { amount: n }])
+                        .await
+                        .unwrap();
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                n
+            })
+        })
+        .collect();
+
+    let (_stop_active, active) = runner_task(active_store.clone(), "active").await.unwrap();
+    eventually_async("the active runner applies events", async || {
+        count("active").await >= 200
+    })
+    .await;
+    let (stop_standby, standby) = runner_task(standby_store.clone(), "standby").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count("standby").await, 0, "the standby waits");
+
+    // Kill the active runner's lease connection only (the backend holding
+    // its advisory lock); its pool connections live on.
+    let admin = PgPool::connect(database_url()).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) FROM pg_stat_activity a \
+         WHERE a.application_name = $1 \
+           AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory')",
+    )
+    .bind(&active_app)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(killed, 1, "one lease connection");
+    let killed_at = std::time::Instant::now();
+    let result = tokio::time::timeout(PATIENCE, active)
+        .await
+        .expect("the old runner stops")
+        .unwrap();
+    let stopped_after = killed_at.elapsed();
+    assert!(
+        matches!(result, Err(Error::LeaseLost { .. })),
+        "the old runner reports the lost lease: {result:?}"
+    );
+    assert!(
+        stopped_after < Duration::from_secs(2),
+        "the old runner stopped {stopped_after:?} after its lease died"
+    );
+    eventually_async("the standby takes over", async || {
+        count("standby").await > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writing.store(false, Ordering::Relaxed);
+    let mut written = 0;
+    for writer in writers {
+        written += writer.await.unwrap();
+    }
+
+    let expected: Vec<i64> =
+        eventcore::testing::settled_positions(&writer_store, "load-", written as usize)
+            .await
+            .into_iter()
+            .map(|p| p.get() as i64)
+            .collect();
+    assert_eq!(expected.len(), written as usize);
+    eventually_async("the standby caught up", async || {
+        count("%").await >= expected.len() as i64
+    })
+    .await;
+    // Room for a stray late application to show up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_standby.send(()).unwrap();
+    standby.await.unwrap().unwrap();
+
+    let applied: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT position FROM {schema}.applied ORDER BY position"
+    )))
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let twice: Vec<(uuid::Uuid, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT event_id, count(*) FROM {schema}.applied GROUP BY event_id HAVING count(*) > 1"
+    )))
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(
+        twice.is_empty(),
+        "{} events applied more than once, e.g. {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    eventcore::testing::assert_same_sequence(
+        "every event applied exactly once (no deduplication)",
+        &applied,
+        &expected,
+    );
+    assert!(count("active").await > 0 && count("standby").await > 0);
+}
+
+/// Waits until the async `done()` holds, polling; panics after PATIENCE.
+async fn eventually_async(what: &str, done: impl AsyncFn() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !done().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting: {what}"));
+}
+
+/// Regression (issue 14, item 10): a transaction holding an xid in another
+/// connection keeps a committed event unreadable. The store names that
+/// transaction's backend, and `run_until_caught_up` with a catch-up timeout
+/// gives up with a `CatchUpTimeout` naming its pid and age instead of
+/// waiting forever; once it commits, the runner catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn catching_up_behind_an_open_transaction_times_out_naming_it() {
+    let (store, _) = named_store(None).await;
+    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut blocker)
+        .await
+        .unwrap();
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let opened = std::time::Instant::now();
+    seed(
+        &store,
+        &StreamId::new("load-held").unwrap(),
+        [AccountEvent::Deposited { amount: 1 }],
+    )
+    .await
+    .unwrap();
+
+    // The oldest open transaction is ours, unless another session in the
+    // cluster opened one even earlier and still holds it.
+    let is_ours_or_older =
+        |b: &eventcore::ReadBlocker| b.pid == Some(blocker_pid as u32) || b.age >= opened.elapsed();
+    let named = store
+        .read_blocker()
+        .await
+        .unwrap()
+        .expect("something holds readers back");
+    assert!(
+        is_ours_or_older(&named),
+        "{named} (ours: pid {blocker_pid})"
+    );
+
+    let ledger = Ledger {
+        name: "held".into(),
+        seen: Arc::default(),
+    };
+    let mut runner = ProjectionRunner::new(
+        ledger.clone(),
+        store.clone(),
+        PostgresCheckpointStore::new(store.clone()),
+    )
+    .with_options(RunnerOptions {
+        catch_up_timeout: Some(Duration::from_secs(1)),
+        ..quick()
+    });
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(PATIENCE, runner.run_until_caught_up())
+        .await
+        .expect("gave up in time");
+    let waited = started.elapsed();
+    let Err(Error::Projection { source, .. }) = &result else {
+        panic!("expected a catch-up timeout, got {result:?}");
+    };
+    let timeout = source
+        .downcast_ref::<CatchUpTimeout>()
+        .unwrap_or_else(|| panic!("expected a catch-up timeout, got {result:?}"));
+    let blocker_seen = timeout.blocker.as_ref().expect("the blocker is named");
+    assert!(
+        is_ours_or_older(blocker_seen),
+        "{blocker_seen} (ours: pid {blocker_pid})"
+    );
+    if blocker_seen.pid == Some(blocker_pid as u32) {
+        let message = result.as_ref().unwrap_err().to_string();
+        assert!(message.contains(&format!("pid {blocker_pid}")), "{message}");
+        assert!(blocker_seen.age >= Duration::from_secs(1), "{blocker_seen}");
+    }
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert!(ledger.seen.lock().unwrap().is_empty());
+
+    tx.commit().await.unwrap();
+    let summary = tokio::time::timeout(PATIENCE, runner.run_until_caught_up())
+        .await
+        .expect("caught up once the transaction ended")
+        .unwrap();
+    assert_eq!(summary.applied, 1);
 }

@@ -10,7 +10,10 @@
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -21,9 +24,10 @@ use serde_json::json;
 use super::bank::AccountEvent;
 use super::{CountingStore, seed};
 use crate::{
-    AppendRequest, BoxError, CheckpointStore, Error, ErrorStrategy, EventFilter, EventId,
-    EventStore, ExpectedVersion, GlobalPosition, NewEvent, Projection, ProjectionRunner,
-    RecordedEvent, RunnerOptions, StoredEvent, StreamId, SubscriptionOptions, subscribe,
+    AppendOutcome, AppendRequest, BoxError, CatchUpTimeout, CheckpointStore, Error, ErrorStrategy,
+    EventFilter, EventId, EventStore, ExpectedVersion, GlobalPosition, Lease, NewEvent, Projection,
+    ProjectionRunner, ReadBlocker, RecordedEvent, RunnerOptions, SkippedEvent, StoredEvent,
+    StreamId, StreamVersion, SubscriptionOptions, subscribe,
 };
 
 /// Generates one `#[tokio::test]` per case. Arguments: a closure returning a
@@ -36,12 +40,17 @@ macro_rules! projection_contract_tests {
             subscription_filters_by_category_and_type,
             subscribers_see_every_event_once_under_concurrent_writers,
             woken_reads_are_paced_under_steady_appends,
+            unreadable_events_are_reported_once_then_passed,
         );
         $crate::projection_contract_tests!(@both $store, $checkpoints;
             runner_resumes_after_being_killed,
             one_active_runner_per_name,
             poison_events_follow_the_error_strategy,
             rebuild_replays_from_the_start,
+            runners_pass_unreadable_events_by_strategy_or_by_hand,
+            batches_are_applied_whole_or_located_one_by_one,
+            runner_stops_at_once_when_its_lease_is_lost,
+            catch_up_names_what_holds_it_back_and_times_out,
         );
     };
     (@store $store:expr; $($case:ident),* $(,)?) => {
@@ -270,6 +279,9 @@ struct Recorder {
     seen: Arc<Mutex<Vec<GlobalPosition>>>,
     hang_after: Option<usize>,
     fail_on: Option<&'static str>,
+    /// After this many events, `apply` fails as a fenced write of a runner
+    /// that lost its lease does.
+    lease_lost_after: Option<usize>,
     strategy: ErrorStrategy,
 }
 
@@ -281,6 +293,7 @@ impl Recorder {
             seen: Arc::default(),
             hang_after: None,
             fail_on: None,
+            lease_lost_after: None,
             strategy: ErrorStrategy::Stop,
         }
     }
@@ -313,6 +326,14 @@ impl Projection for Recorder {
         {
             futures::future::pending::<()>().await;
         }
+        if self
+            .lease_lost_after
+            .is_some_and(|n| self.seen.lock().unwrap().len() >= n)
+        {
+            return Err(Box::new(Error::LeaseLost {
+                projection: self.name.clone(),
+            }));
+        }
         if let (Some(kind), AccountEvent::Credited { .. }) = (self.fail_on, &event.event) {
             return Err(format!("refusing {kind}").into());
         }
@@ -332,6 +353,7 @@ fn fast() -> RunnerOptions {
         poll_interval: Duration::from_millis(20),
         checkpoint_every: 5,
         lease_retry: Duration::from_millis(20),
+        ..RunnerOptions::default()
     }
 }
 
@@ -498,7 +520,7 @@ where
         [positions[1], positions[2]]
     );
     assert!(skipped[0].error.contains("decode"), "{}", skipped[0].error);
-    assert_eq!(skipped[0].stream_id, s);
+    assert_eq!(skipped[0].stream_id, Some(s.clone()));
 
     let mut stopping = Recorder::new(&cat);
     stopping.name = format!("stop-{cat}");
@@ -566,4 +588,620 @@ where
         12,
         "reset cleared the read model before the replay"
     );
+}
+
+/// Forwards to a store, except that the event at one position cannot be
+/// read: `read_all` returns the events before it, and fails with
+/// [`Error::CorruptRow`] naming it when it is the first one to return, as
+/// a store does with a row it cannot decode. With
+/// [`whole_page`](Self::whole_page), every page holding it fails instead
+/// (what a store that does not cut pages does).
+#[derive(Clone, Debug)]
+pub struct UnreadableAt<S> {
+    inner: S,
+    bad: GlobalPosition,
+    whole_page: bool,
+}
+
+impl<S> UnreadableAt<S> {
+    /// `inner`, with the event at `bad` unreadable.
+    pub fn new(inner: S, bad: GlobalPosition) -> Self {
+        Self {
+            inner,
+            bad,
+            whole_page: false,
+        }
+    }
+
+    /// Fails every page that holds the bad event.
+    pub fn whole_page(mut self, yes: bool) -> Self {
+        self.whole_page = yes;
+        self
+    }
+}
+
+#[async_trait]
+impl<S: EventStore> EventStore for UnreadableAt<S> {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
+        self.inner.append(request).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        self.inner.read_stream(stream, from, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let mut page = self.inner.read_all(after, limit).await?;
+        match page.iter().position(|e| e.position == self.bad) {
+            None => Ok(page),
+            Some(i) if i > 0 && !self.whole_page => {
+                page.truncate(i);
+                Ok(page)
+            }
+            Some(_) => Err(Error::CorruptRow {
+                what: format!("the event at position {}", self.bad),
+                position: Some(self.bad),
+                reason: "made unreadable by the test".into(),
+            }),
+        }
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn head_position(&self) -> Result<GlobalPosition, Error> {
+        self.inner.head_position().await
+    }
+
+    fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.inner.commit_signal()
+    }
+}
+
+/// Four deposits in one stream of a fresh category, appended one by one;
+/// their positions.
+async fn four_deposits<S: EventStore + ?Sized>(store: &S, cat: &str) -> Vec<GlobalPosition> {
+    let s = stream(cat, 1);
+    for amount in 1..=4 {
+        seed(store, &s, [deposit(amount)]).await.unwrap();
+    }
+    super::settled_positions(store, cat, 4).await
+}
+
+/// An event that cannot be read reaches a subscriber after every event
+/// before it, as one error naming its position; the events after it
+/// follow, and the error is not repeated, whether the store cuts its pages
+/// before the bad event or fails them whole.
+pub async fn unreadable_events_are_reported_once_then_passed<S: EventStore + Clone + 'static>(
+    store: &S,
+) {
+    let cat = category();
+    let positions = four_deposits(store, &cat).await;
+    for whole_page in [false, true] {
+        let poisoned = UnreadableAt::new(store.clone(), positions[1]).whole_page(whole_page);
+        let options = SubscriptionOptions::default()
+            .filter(EventFilter::all().stream_prefix(cat.clone()))
+            .batch_size(3)
+            .poll_interval(Duration::from_millis(20));
+        let mut live = Box::pin(subscribe(poisoned, options));
+        let first = next_within(&mut live).await.unwrap();
+        assert_eq!(first.position, positions[0], "whole page {whole_page}");
+        match next_within(&mut live).await {
+            Err(Error::CorruptRow { position, .. }) => assert_eq!(position, Some(positions[1])),
+            other => panic!("expected the unreadable event, got {other:?}"),
+        }
+        for expected in &positions[2..] {
+            assert_eq!(next_within(&mut live).await.unwrap().position, *expected);
+        }
+        let more = tokio::time::timeout(Duration::from_millis(300), live.next()).await;
+        assert!(
+            more.is_err(),
+            "nothing more, the error is not repeated: {more:?}"
+        );
+    }
+}
+
+/// Retries `skip` while the lease of a runner that just stopped is still
+/// being given up (a PostgreSQL lease lets go of its connection within a
+/// moment).
+async fn skip_when_free<C: CheckpointStore>(
+    checkpoints: &C,
+    projection: &str,
+    position: GlobalPosition,
+    reason: &str,
+) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match checkpoints.skip(projection, position, reason).await {
+            Err(e)
+                if e.to_string().contains("active") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A runner meets an event it cannot read after applying every event
+/// before it. Under `Skip` it records it (no stream known), moves the
+/// checkpoint past it and applies the rest; under `Stop` it stops with the
+/// read's `CorruptRow` and its checkpoint stays just before it, until an
+/// operator passes it with `CheckpointStore::skip`, which refuses to move
+/// the checkpoint backwards or to act while a runner is active.
+pub async fn runners_pass_unreadable_events_by_strategy_or_by_hand<S, C>(store: S, checkpoints: C)
+where
+    S: EventStore + Clone + 'static,
+    C: CheckpointStore + Clone + 'static,
+{
+    let cat = category();
+    let positions = four_deposits(&store, &cat).await;
+    let poisoned = UnreadableAt::new(store.clone(), positions[1]);
+    let good = [positions[0], positions[2], positions[3]];
+
+    let mut skipping = Recorder::new(&cat);
+    skipping.name = format!("skip-{cat}");
+    skipping.strategy = ErrorStrategy::Skip;
+    let mut runner = ProjectionRunner::new(skipping.clone(), poisoned.clone(), checkpoints.clone())
+        .with_options(fast());
+    let summary = runner.run_until_caught_up().await.unwrap();
+    assert_eq!((summary.applied, summary.skipped), (3, 1));
+    assert_eq!(skipping.seen(), good);
+    let skipped = checkpoints.skipped(&skipping.name).await.unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].position, positions[1]);
+    assert_eq!(skipped[0].stream_id, None);
+    assert!(skipped[0].error.contains("corrupt"), "{}", skipped[0].error);
+    let saved = checkpoints.load(&skipping.name).await.unwrap();
+    assert!(saved >= Some(positions[3]), "{saved:?}");
+
+    let stopping = Recorder::new(&cat);
+    let name = stopping.name.clone();
+    let mut runner = ProjectionRunner::new(stopping.clone(), poisoned.clone(), checkpoints.clone())
+        .with_options(fast());
+    match runner.run_until_caught_up().await {
+        Err(Error::CorruptRow { position, .. }) => assert_eq!(position, Some(positions[1])),
+        other => panic!("expected the runner to stop on the unreadable event, got {other:?}"),
+    }
+    drop(runner);
+    assert_eq!(stopping.seen(), [positions[0]]);
+    assert_eq!(
+        checkpoints.load(&name).await.unwrap(),
+        Some(positions[0]),
+        "everything before the bad event is checkpointed, the bad one is not"
+    );
+
+    // An operator passes it: not backwards, not under an active runner.
+    let backwards = skip_when_free(&checkpoints, &name, positions[0], "test").await;
+    assert!(
+        matches!(&backwards, Err(Error::Projection { .. })),
+        "{backwards:?}"
+    );
+    let lease = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(lease) = checkpoints.try_acquire(&name).await.unwrap() {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no runner is active");
+    let busy = checkpoints.skip(&name, positions[1], "test").await;
+    assert!(
+        matches!(&busy, Err(e) if e.to_string().contains("active")),
+        "{busy:?}"
+    );
+    drop(lease);
+    skip_when_free(&checkpoints, &name, positions[1], "bad row, see ticket 7")
+        .await
+        .unwrap();
+    assert_eq!(checkpoints.load(&name).await.unwrap(), Some(positions[1]));
+    let skipped = checkpoints.skipped(&name).await.unwrap();
+    assert_eq!(
+        skipped.iter().map(|s| s.position).collect::<Vec<_>>(),
+        [positions[1]]
+    );
+    assert!(
+        skipped[0].error.contains("ticket 7"),
+        "{}",
+        skipped[0].error
+    );
+    let mut runner =
+        ProjectionRunner::new(stopping.clone(), poisoned, checkpoints.clone()).with_options(fast());
+    let summary = tokio::time::timeout(PATIENCE, runner.run_until_caught_up())
+        .await
+        .expect("the lease is free")
+        .unwrap();
+    assert_eq!(summary.applied, 2);
+    assert_eq!(stopping.seen(), good);
+}
+
+/// Keeps what it applies in a batch only if the whole batch succeeds (as a
+/// transaction would); refuses `Credited` events.
+#[derive(Clone)]
+struct Atomic {
+    name: String,
+    category: String,
+    seen: Arc<Mutex<Vec<GlobalPosition>>>,
+    batches: Arc<Mutex<Vec<usize>>>,
+}
+
+#[async_trait]
+impl Projection for Atomic {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().stream_prefix(self.category.clone())
+    }
+
+    fn error_strategy(&self) -> ErrorStrategy {
+        ErrorStrategy::Skip
+    }
+
+    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
+        self.apply_batch(vec![event]).await
+    }
+
+    async fn apply_batch(
+        &mut self,
+        events: Vec<RecordedEvent<AccountEvent>>,
+    ) -> Result<(), BoxError> {
+        self.batches.lock().unwrap().push(events.len());
+        if let Some(bad) = events
+            .iter()
+            .find(|e| matches!(e.event, AccountEvent::Credited { .. }))
+        {
+            return Err(format!("refusing the event at {}", bad.position).into());
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(events.iter().map(|e| e.position));
+        Ok(())
+    }
+}
+
+/// Pages reach `apply_batch` whole; when a batch fails, its events are
+/// delivered one at a time to find the bad one, which goes through the
+/// error strategy: every good event is applied exactly once, in order.
+pub async fn batches_are_applied_whole_or_located_one_by_one<S, C>(store: S, checkpoints: C)
+where
+    S: EventStore + Clone + 'static,
+    C: CheckpointStore + Clone + 'static,
+{
+    let cat = category();
+    let s = stream(&cat, 1);
+    seed(&store, &s, (0..9).map(deposit)).await.unwrap();
+    seed(
+        &store,
+        &s,
+        [AccountEvent::Credited {
+            amount: 1,
+            from: "x".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    seed(&store, &s, (10..20).map(deposit)).await.unwrap();
+    let positions = super::settled_positions(&store, &cat, 20).await;
+    let projection = Atomic {
+        name: format!("atomic-{cat}"),
+        category: cat.clone(),
+        seen: Arc::default(),
+        batches: Arc::default(),
+    };
+    let mut runner =
+        ProjectionRunner::new(projection.clone(), store, checkpoints.clone()).with_options(fast());
+    let summary = runner.run_until_caught_up().await.unwrap();
+    assert_eq!((summary.applied, summary.skipped), (19, 1));
+    let expected: Vec<_> = positions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 9)
+        .map(|(_, p)| *p)
+        .collect();
+    super::assert_same_sequence(
+        "every good event once, in order",
+        &projection.seen.lock().unwrap(),
+        &expected,
+    );
+    let batches = projection.batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().any(|n| *n > 1),
+        "pages are delivered as batches: {batches:?}"
+    );
+    let skipped = checkpoints.skipped(&projection.name).await.unwrap();
+    assert_eq!(
+        skipped.iter().map(|s| s.position).collect::<Vec<_>>(),
+        [positions[9]]
+    );
+}
+
+/// Wraps a checkpoint store; [`revoke`](Revocable::revoke) makes its
+/// leases lost and its writes fail with `LeaseLost`, as when another
+/// runner takes over.
+#[derive(Clone)]
+struct Revocable<C> {
+    inner: C,
+    revoked: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl<C> Revocable<C> {
+    fn new(inner: C) -> Self {
+        Self {
+            inner,
+            revoked: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    fn revoke(&self) {
+        self.revoked.send_replace(true);
+    }
+
+    fn fence(&self, projection: &str) -> Result<(), Error> {
+        if *self.revoked.borrow() {
+            Err(Error::LeaseLost {
+                projection: projection.to_owned(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+struct RevocableLease {
+    inner: Box<dyn Lease>,
+    revoked: tokio::sync::watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl Lease for RevocableLease {
+    async fn is_held(&self) -> bool {
+        !*self.revoked.borrow() && self.inner.is_held().await
+    }
+
+    async fn lost(&self) {
+        let mut revoked = self.revoked.clone();
+        tokio::select! {
+            _ = revoked.wait_for(|r| *r) => {}
+            () = self.inner.lost() => {}
+        }
+    }
+}
+
+#[async_trait]
+impl<C: CheckpointStore> CheckpointStore for Revocable<C> {
+    async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error> {
+        self.inner.load(projection).await
+    }
+
+    async fn save(&self, projection: &str, position: GlobalPosition) -> Result<(), Error> {
+        self.fence(projection)?;
+        self.inner.save(projection, position).await
+    }
+
+    async fn reset(&self, projection: &str) -> Result<(), Error> {
+        self.fence(projection)?;
+        self.inner.reset(projection).await
+    }
+
+    async fn record_skip(&self, skipped: SkippedEvent) -> Result<(), Error> {
+        self.inner.record_skip(skipped).await
+    }
+
+    async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, Error> {
+        self.inner.skipped(projection).await
+    }
+
+    async fn try_acquire(&self, projection: &str) -> Result<Option<Box<dyn Lease>>, Error> {
+        Ok(self.inner.try_acquire(projection).await?.map(|inner| {
+            Box::new(RevocableLease {
+                inner,
+                revoked: self.revoked.subscribe(),
+            }) as Box<dyn Lease>
+        }))
+    }
+}
+
+/// A runner whose lease is lost stops at once with `LeaseLost`, long before
+/// its next checkpoint is due and without saving one; and a projection
+/// whose own fenced write fails with `LeaseLost` stops the runner the same
+/// way, even under `Skip` (nothing is recorded as skipped).
+pub async fn runner_stops_at_once_when_its_lease_is_lost<S, C>(store: S, checkpoints: C)
+where
+    S: EventStore + Clone + 'static,
+    C: CheckpointStore + Clone + 'static,
+{
+    let cat = category();
+    let s = stream(&cat, 1);
+    seed(&store, &s, (0..10).map(deposit)).await.unwrap();
+    super::settled_positions(&store, &cat, 10).await;
+    let revocable = Revocable::new(checkpoints.clone());
+    let recorder = Recorder::new(&cat);
+    let name = recorder.name.clone();
+    let options = RunnerOptions {
+        checkpoint_every: 1_000_000,
+        ..fast()
+    };
+    let task = {
+        let (store, revocable, recorder) = (store.clone(), revocable.clone(), recorder.clone());
+        let options = options.clone();
+        tokio::spawn(async move {
+            ProjectionRunner::new(recorder, store, revocable)
+                .with_options(options)
+                .run_continuous(futures::future::pending())
+                .await
+        })
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while recorder.seen().len() < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the runner applied the events");
+    let revoked_at = tokio::time::Instant::now();
+    revocable.revoke();
+    let result = tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("the runner stopped")
+        .unwrap();
+    assert!(
+        matches!(&result, Err(Error::LeaseLost { projection }) if *projection == name),
+        "{result:?}"
+    );
+    assert!(
+        revoked_at.elapsed() < Duration::from_secs(2),
+        "stopped {:?} after losing the lease",
+        revoked_at.elapsed()
+    );
+    assert_eq!(
+        checkpoints.load(&name).await.unwrap(),
+        None,
+        "nothing saved"
+    );
+    seed(&store, &s, [deposit(10)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(recorder.seen().len(), 10, "nothing applied after the loss");
+
+    let mut fenced = Recorder::new(&cat);
+    fenced.name = format!("fenced-{cat}");
+    fenced.strategy = ErrorStrategy::Skip;
+    fenced.lease_lost_after = Some(4);
+    let mut runner = ProjectionRunner::new(fenced.clone(), store.clone(), checkpoints.clone())
+        .with_options(fast());
+    let result = tokio::time::timeout(PATIENCE, runner.run_until_caught_up())
+        .await
+        .expect("the runner stopped");
+    assert!(matches!(result, Err(Error::LeaseLost { .. })), "{result:?}");
+    assert_eq!(fenced.seen().len(), 4);
+    assert!(checkpoints.skipped(&fenced.name).await.unwrap().is_empty());
+}
+
+/// Hides the events after a position from `read_all` while `hidden` is
+/// set, and names a made-up transaction as what holds them back.
+#[derive(Clone)]
+struct HeldBack<S> {
+    inner: S,
+    visible_to: GlobalPosition,
+    hidden: Arc<AtomicBool>,
+}
+
+/// The made-up blocker [`HeldBack`] reports.
+fn made_up_blocker() -> ReadBlocker {
+    ReadBlocker {
+        pid: Some(4242),
+        age: Duration::from_secs(61),
+        state: "idle in transaction".into(),
+        application_name: "forgotten-psql".into(),
+    }
+}
+
+#[async_trait]
+impl<S: EventStore> EventStore for HeldBack<S> {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
+        self.inner.append(request).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        self.inner.read_stream(stream, from, limit).await
+    }
+
+    async fn read_all(
+        &self,
+        after: GlobalPosition,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let mut page = self.inner.read_all(after, limit).await?;
+        if self.hidden.load(Ordering::Relaxed) {
+            page.retain(|e| e.position <= self.visible_to);
+        }
+        Ok(page)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn head_position(&self) -> Result<GlobalPosition, Error> {
+        self.inner.head_position().await
+    }
+
+    async fn read_blocker(&self) -> Result<Option<ReadBlocker>, Error> {
+        Ok(self.hidden.load(Ordering::Relaxed).then(made_up_blocker))
+    }
+}
+
+/// `run_until_caught_up` facing committed events it cannot read yet
+/// applies what it can, then, past `catch_up_timeout`, fails with a
+/// `CatchUpTimeout` naming what the store says holds readers back; once
+/// that is gone it catches up.
+pub async fn catch_up_names_what_holds_it_back_and_times_out<S, C>(store: S, checkpoints: C)
+where
+    S: EventStore + Clone + 'static,
+    C: CheckpointStore + Clone + 'static,
+{
+    let cat = category();
+    let positions = four_deposits(&store, &cat).await;
+    let held = HeldBack {
+        inner: store.clone(),
+        visible_to: positions[1],
+        hidden: Arc::new(AtomicBool::new(true)),
+    };
+    let recorder = Recorder::new(&cat);
+    let options = RunnerOptions {
+        catch_up_timeout: Some(Duration::from_millis(400)),
+        ..fast()
+    };
+    let mut runner = ProjectionRunner::new(recorder.clone(), held.clone(), checkpoints.clone())
+        .with_options(options);
+    let started = tokio::time::Instant::now();
+    let result = tokio::time::timeout(PATIENCE, runner.run_until_caught_up())
+        .await
+        .expect("the timeout fired");
+    let timeout = match &result {
+        Err(Error::Projection { source, .. }) => source
+            .downcast_ref::<CatchUpTimeout>()
+            .unwrap_or_else(|| panic!("expected a CatchUpTimeout, got {result:?}")),
+        other => panic!("expected a CatchUpTimeout, got {other:?}"),
+    };
+    assert_eq!(timeout.blocker, Some(made_up_blocker()));
+    assert!(timeout.target >= positions[3]);
+    assert_eq!(timeout.reached.map(|p| p >= positions[1]), Some(true));
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("4242"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(recorder.seen(), positions[..2]);
+
+    held.hidden.store(false, Ordering::Relaxed);
+    let summary = tokio::time::timeout(PATIENCE, runner.run_until_caught_up())
+        .await
+        .expect("caught up once nothing holds it back")
+        .unwrap();
+    assert_eq!(summary.applied, 2);
+    assert_eq!(recorder.seen(), positions);
 }
