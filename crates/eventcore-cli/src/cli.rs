@@ -56,6 +56,11 @@ pub(crate) enum Command {
     Tail(TailArgs),
     /// Print the metrics of this command's connection pool.
     Pool,
+    /// After a logical restore (pg_dump/pg_restore), before any writer
+    /// starts: check that the cluster's transaction counter is past the
+    /// positions of every EventCore store in every database; if not, print
+    /// the pg_resetwal command that advances it. Exit 1 until it is.
+    RestoreCheck,
 }
 
 /// Arguments of `eventcore stream`.

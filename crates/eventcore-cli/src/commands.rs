@@ -50,6 +50,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => stream(&store, &config, args, &mut out).await,
         Command::Tail(args) => tail(&store, &config, args, &mut out).await,
         Command::Pool => pool(&store, &mut out),
+        Command::RestoreCheck => crate::restore::run(&config, &mut out).await,
     };
     // Whatever happened, print what was produced and say goodbye to the
     // server properly.

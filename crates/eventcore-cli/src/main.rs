@@ -14,6 +14,7 @@
 //! $ eventcore tail --after 123456 --follow  # all streams in global order, until Ctrl-C
 //! $ eventcore tail --timeout 30             # give up if an open transaction holds readers back 30 s
 //! $ eventcore pool                          # connection pool metrics
+//! $ eventcore restore-check                 # after pg_restore: may writers start? (exit 1: not yet)
 //! $ eventcore --schema tenant_a stats       # a store in another schema
 //! ```
 //!
@@ -37,12 +38,15 @@
 //!
 //! ## Exit status
 //!
-//! `0` on success, `1` when `health` finds the store unhealthy, `2` on any
-//! error (bad arguments, unreachable database, uninitialized schema, ...).
+//! `0` on success, `1` when `health` finds the store unhealthy or
+//! `restore-check` finds that writers must not start yet, `2` on any error
+//! (bad arguments, unreachable database, uninitialized schema, a database
+//! `restore-check` cannot look into, ...).
 
 mod cli;
 mod commands;
 mod output;
+mod restore;
 
 use std::{io, process::ExitCode};
 

@@ -29,6 +29,13 @@ pub const APPEND_ONLY_SQLSTATE: &str = "EC001";
 /// versions; should it escape, it is a transient abort.
 pub(crate) const CONFLICT_SQLSTATE: &str = "EC002";
 
+/// SQLSTATE raised by every statement that computes a global position when
+/// the transaction's id is past the largest a position can encode
+/// ([`MAX_TRANSACTION_ID`](crate::MAX_TRANSACTION_ID); see
+/// `migrations/0005_position_range.sql`). The store reports it as
+/// [`PostgresError::PositionsExhausted`].
+pub const POSITIONS_EXHAUSTED_SQLSTATE: &str = "EC003";
+
 /// Constraint names from the migrations that map to domain errors.
 pub(crate) mod constraint {
     pub(crate) const EVENTS_EVENT_ID_KEY: &str = "events_event_id_key";
@@ -110,6 +117,54 @@ pub enum PostgresError {
         expected: i32,
     },
 
+    /// The cluster's transaction counter is not past the transaction id of
+    /// the schema's newest event (or checkpoint): the database was restored
+    /// from a logical dump (`pg_dump`/`pg_restore`) into a cluster whose
+    /// counter was not advanced. New events would take positions at or
+    /// below restored ones, and `$all` readers would not see the restored
+    /// events until the counter passed them, so writes are refused; found
+    /// by [`initialize`](crate::PostgresEventStore::initialize),
+    /// [`health_check`](crate::PostgresEventStore::health_check) and, as
+    /// the source of [`eventcore::Error::Backend`], the first append of a
+    /// store. Stop every writer and follow `eventcore restore-check`
+    /// ("Backup and restore" in `docs/operations.md`).
+    #[error(
+        "schema {schema}: the cluster's transaction counter ({next_transaction_id}) is not past the newest \
+         position ({newest_position}, written by transaction {}); was the database restored from a \
+         logical dump? Writes are refused: stop all writers and run `eventcore restore-check` \
+         (docs/operations.md, Backup and restore)",
+        newest_position.get() >> crate::counter::INDEX_BITS
+    )]
+    TransactionCounterBehind {
+        /// The schema.
+        schema: String,
+        /// Its newest event's position.
+        newest_position: eventcore::GlobalPosition,
+        /// The next transaction id the cluster will assign (64-bit: epoch
+        /// `<< 32` plus the 32-bit id).
+        next_transaction_id: u64,
+    },
+
+    /// The cluster's transaction ids are past the largest a global
+    /// position can encode ([`MAX_TRANSACTION_ID`](crate::MAX_TRANSACTION_ID)):
+    /// writes are refused rather than given positions that wrap. Found like
+    /// [`TransactionCounterBehind`](Self::TransactionCounterBehind), and by
+    /// the database itself in every append (SQLSTATE
+    /// [`POSITIONS_EXHAUSTED_SQLSTATE`]). Usually an operator's
+    /// `pg_resetwal -e` set the epoch too high: see "Backup and restore" in
+    /// `docs/operations.md`.
+    #[error(
+        "the cluster's transaction id{} is past the largest a global position can encode ({}): \
+         writes are refused; run `eventcore restore-check` (docs/operations.md, Backup and restore)",
+        next_transaction_id.map(|n| format!(" ({n})")).unwrap_or_default(),
+        crate::MAX_TRANSACTION_ID
+    )]
+    PositionsExhausted {
+        /// The next transaction id the cluster will assign, when known
+        /// (`None` when the database refused an append).
+        next_transaction_id: Option<u64>,
+    },
+
     /// An event store operation failed.
     #[error(transparent)]
     Store(#[from] eventcore::Error),
@@ -182,6 +237,12 @@ pub(crate) fn map_sqlx(
                 | CONFLICT_SQLSTATE => E::Aborted {
                     operation,
                     source: Box::new(e),
+                },
+                POSITIONS_EXHAUSTED_SQLSTATE => E::Backend {
+                    operation,
+                    source: Box::new(PostgresError::PositionsExhausted {
+                        next_transaction_id: None,
+                    }),
                 },
                 sqlstate::QUERY_CANCELED => E::Timeout {
                     operation,

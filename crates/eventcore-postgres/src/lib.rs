@@ -61,8 +61,12 @@
 //! therefore never skip an event that commits late; the price is that a
 //! long-running transaction holds readers back
 //! ([`HealthStatus::oldest_transaction_age`] reports it). Transaction ids do
-//! not survive `pg_dump`/restore: restore into a cluster whose transaction
-//! counter is past the dumped one (see `docs/operations.md`).
+//! not survive `pg_dump`/restore: after a logical restore, [`restore_check`]
+//! (`eventcore restore-check`) says how to advance the cluster's counter
+//! past every store's positions, and until then stores refuse to write
+//! ([`PostgresError::TransactionCounterBehind`]). Positions encode
+//! transaction ids up to [`MAX_TRANSACTION_ID`]; past it writes are refused
+//! ([`PostgresError::PositionsExhausted`]), never given wrapped positions.
 
 //!
 //! ## Live subscriptions
@@ -81,19 +85,23 @@
 
 mod config;
 mod conn_cache;
+mod counter;
 mod error;
 mod jsonb;
 mod metrics;
 mod notify;
 mod projection;
 mod recent;
+mod restore;
 mod schema;
 mod sql;
 mod store;
 
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
-pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
+pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
+pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
 pub use projection::PostgresCheckpointStore;
+pub use restore::{RestoreCheck, RestoreVerdict, StoreHighWater, UncheckedDatabase, restore_check};
 pub use schema::SCHEMA_VERSION;
 pub use store::PostgresEventStore;

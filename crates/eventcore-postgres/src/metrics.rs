@@ -92,6 +92,12 @@ pub struct HealthStatus {
     /// `$all` readers see events below this position; newer ones wait for
     /// older transactions to finish.
     pub read_horizon: Option<GlobalPosition>,
+    /// The cluster's transaction counter next to the store's newest
+    /// position (`None`: not read). Unhealthy when it is behind (a logical
+    /// restore that did not advance it), past the range positions can
+    /// encode, or close to its end; see "Backup and restore" in
+    /// `docs/operations.md`.
+    pub transaction_counter: Option<crate::TransactionCounter>,
     /// Age of the oldest transaction holding a transaction id anywhere in
     /// the cluster. While it runs, `$all` readers and subscriptions cannot
     /// move past events committed after it started.
@@ -336,6 +342,7 @@ impl PostgresEventStore {
         let mut missing_objects = Vec::new();
         let mut read_horizon = None;
         let mut oldest_transaction_age = None;
+        let mut transaction_counter = None;
         if let Some(c) = conn.as_mut().filter(|_| reachable) {
             let schema = self.inner.config.schema.as_str();
             match schema::read_version(c.conn(), &self.inner.sql).await {
@@ -377,6 +384,18 @@ impl PostgresEventStore {
                      {SCHEMA_VERSION}): run initialize()"
                 )),
             }
+            if schema_version.is_some() {
+                match crate::counter::read(c.conn(), &self.inner.sql).await {
+                    Ok(counter) => {
+                        problems.extend(counter.problem(schema));
+                        transaction_counter = Some(counter);
+                    }
+                    Err(e) => problems.push(format!(
+                        "cannot read the transaction counter: {}",
+                        redact_secrets(&e.to_string())
+                    )),
+                }
+            }
             match sqlx::query(sql::SELECT_HORIZON).fetch_one(c.conn()).await {
                 Ok(row) => {
                     read_horizon = row
@@ -411,6 +430,7 @@ impl PostgresEventStore {
             schema_version,
             expected_schema_version: SCHEMA_VERSION,
             read_horizon,
+            transaction_counter,
             oldest_transaction_age,
             pool: self.get_pool_metrics(),
             pool_exhausted,

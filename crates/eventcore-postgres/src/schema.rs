@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sqlx::{PgConnection, Row};
 
 use crate::{
-    PostgresError, PostgresEventStore,
+    PostgresError, PostgresEventStore, counter,
     error::{db_error_parts, sqlstate},
     sql,
     store::Call,
@@ -42,10 +42,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "fenced_leases",
         sql: include_str!("../migrations/0004_fenced_leases.sql"),
     },
+    Migration {
+        version: 5,
+        name: "position_range",
+        sql: include_str!("../migrations/0005_position_range.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// A database object the store relies on.
 struct Required {
@@ -92,6 +97,7 @@ const REQUIRED: &[Required] = &[
     required(2, "index", "projection_checkpoints_pkey"),
     required(2, "table", "projection_skips"),
     required(3, "function", "append_to_streams"),
+    required(5, "function", "refuse_position_overflow"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in
@@ -173,10 +179,14 @@ async fn write_refusal(
         }),
         Some(SCHEMA_VERSION) => {
             let missing = find_damage(conn, schema, SCHEMA_VERSION).await?;
-            (!missing.is_empty()).then(|| PostgresError::SchemaDamaged {
-                schema: schema.to_owned(),
-                missing,
-            })
+            if missing.is_empty() {
+                counter::read(conn, &store.inner.sql).await?.refusal(schema)
+            } else {
+                Some(PostgresError::SchemaDamaged {
+                    schema: schema.to_owned(),
+                    missing,
+                })
+            }
         }
         found => Some(PostgresError::SchemaNotCurrent {
             schema: schema.to_owned(),
@@ -187,15 +197,19 @@ async fn write_refusal(
 }
 
 /// Checks, once per store (until it passes), that the schema is at
-/// [`SCHEMA_VERSION`] and holds everything the store relies on, so that a
-/// schema migrated by a newer release, not migrated yet, or tampered with
+/// [`SCHEMA_VERSION`] and holds everything the store relies on, and that
+/// the cluster's transaction counter is past the newest position and inside
+/// the encodable range, so that a schema migrated by a newer release, not
+/// migrated yet, tampered with, or restored without advancing the counter
 /// refuses writes before the first append instead of misbehaving. The
 /// refusal is [`eventcore::Error::Backend`] with a [`PostgresError`] source
 /// ([`SchemaTooNew`](PostgresError::SchemaTooNew),
-/// [`SchemaNotCurrent`](PostgresError::SchemaNotCurrent) or
-/// [`SchemaDamaged`](PostgresError::SchemaDamaged)); a connection failure
-/// during the check is the usual transient error. One extra round trip per
-/// store, on its first append.
+/// [`SchemaNotCurrent`](PostgresError::SchemaNotCurrent),
+/// [`SchemaDamaged`](PostgresError::SchemaDamaged),
+/// [`TransactionCounterBehind`](PostgresError::TransactionCounterBehind) or
+/// [`PositionsExhausted`](PostgresError::PositionsExhausted)); a connection
+/// failure during the check is the usual transient error. A few extra round
+/// trips per store, on its first append.
 pub(crate) async fn ensure_writable(store: &PostgresEventStore) -> Result<(), eventcore::Error> {
     const OP: &str = "append";
     let gate = &store.inner.sql.write_gate;
@@ -227,6 +241,12 @@ impl PostgresEventStore {
     /// and safe when many processes call it at once: they queue on a
     /// transaction-scoped advisory lock, and each migration commits together
     /// with its ledger row, so a crash leaves the previous version intact.
+    ///
+    /// Then checks the cluster's transaction counter: after a logical
+    /// restore that did not advance it, this fails with
+    /// [`PostgresError::TransactionCounterBehind`], past the range positions
+    /// can encode with [`PostgresError::PositionsExhausted`] (the schema is
+    /// migrated either way; writes are refused until the counter is fixed).
     pub async fn initialize(&self) -> Result<(), PostgresError> {
         let s = &self.inner.sql;
         let schema = self.inner.config.schema.as_str();
@@ -308,8 +328,17 @@ impl PostgresEventStore {
                 missing,
             });
         }
+        let counter = counter::read(&mut tx, s)
+            .await
+            .map_err(step(SCHEMA_VERSION, "check the transaction counter"))?;
         tx.commit().await.map_err(step(SCHEMA_VERSION, "commit"))?;
-        Ok(())
+        // The schema is fine and stays migrated; writing is what must wait
+        // (a restore whose counter was not advanced, or a cluster past the
+        // encodable range).
+        match counter.refusal(schema) {
+            Some(refusal) => Err(refusal),
+            None => Ok(()),
+        }
     }
 
     /// The schema version recorded in the database (`None` before

@@ -17,6 +17,31 @@ macro_rules! event_columns {
     };
 }
 
+/// The first position of the current transaction's append: its `xid8 << 20`.
+/// Past the largest transaction id a position can encode
+/// ([`crate::MAX_TRANSACTION_ID`]) BIGINT's `<<` would wrap silently, so
+/// there `refuse_position_overflow()` raises SQLSTATE EC003 instead (see
+/// migrations/0005_position_range.sql); `CASE` evaluates it only then.
+macro_rules! position_base {
+    () => {
+        "(CASE WHEN pg_current_xact_id() < '8796093022208'::xid8 \
+               THEN pg_current_xact_id()::text::bigint << 20 \
+               ELSE {schema}.refuse_position_overflow() END)"
+    };
+}
+
+/// The read horizon as a position: the oldest running transaction's id
+/// `<< 20`, as a scalar subquery (evaluated once per statement). Past the
+/// encodable range every position that can exist is settled, so the
+/// horizon is then the largest BIGINT rather than a wrapped value.
+macro_rules! read_horizon {
+    () => {
+        "(SELECT CASE WHEN x < '8796093022208'::xid8 THEN x::text::bigint << 20 \
+                 ELSE 9223372036854775807 END \
+          FROM pg_snapshot_xmin(pg_current_snapshot()) AS x)"
+    };
+}
+
 /// The head of the single-stream statements for expectations that allow a
 /// new stream (any, no stream, exact 0): CTE `v` creates or bumps the stream
 /// row by `$3` events and yields its new version.
@@ -53,11 +78,15 @@ macro_rules! existing_stream_head {
 /// position and version, or no row on a failed expectation.
 macro_rules! insert_one_tail {
     () => {
-        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
-                                     event_type, schema_version, event_data, metadata) \
-         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $4, $1, v.version, $5, $6, $7, $8 \
-         FROM v \
-         RETURNING global_position, stream_version"
+        concat!(
+            "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
+                                         event_type, schema_version, event_data, metadata) \
+             SELECT ",
+            position_base!(),
+            " + 1, $4, $1, v.version, $5, $6, $7, $8 \
+             FROM v \
+             RETURNING global_position, stream_version"
+        )
     };
 }
 
@@ -66,17 +95,21 @@ macro_rules! insert_one_tail {
 /// failed expectation.
 macro_rules! insert_many_tail {
     () => {
-        ", appended AS ( \
-           INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
-                                        event_type, schema_version, event_data, metadata) \
-           SELECT (pg_current_xact_id()::text::bigint << 20) + e.n, e.id, $1, \
-                  v.version - $3::bigint + e.n, e.t, e.sv, e.d, e.m \
-           FROM v, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
-                WITH ORDINALITY AS e(id, t, sv, d, m, n) \
-           RETURNING global_position \
-         ) \
-         SELECT (SELECT version FROM v) AS version, \
-                (SELECT min(global_position) FROM appended) AS first_position"
+        concat!(
+            ", appended AS ( \
+               INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
+                                            event_type, schema_version, event_data, metadata) \
+               SELECT ",
+            position_base!(),
+            " + e.n, e.id, $1, \
+                      v.version - $3::bigint + e.n, e.t, e.sv, e.d, e.m \
+               FROM v, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
+                    WITH ORDINALITY AS e(id, t, sv, d, m, n) \
+               RETURNING global_position \
+             ) \
+             SELECT (SELECT version FROM v) AS version, \
+                    (SELECT min(global_position) FROM appended) AS first_position"
+        )
     };
 }
 
@@ -146,18 +179,22 @@ pub(crate) const READ_ALL_FORWARD: &str = concat!(
     event_columns!(),
     " FROM {schema}.events \
      WHERE global_position > $1 \
-       AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
-     ORDER BY global_position LIMIT $2"
+       AND global_position < ",
+    read_horizon!(),
+    " ORDER BY global_position LIMIT $2"
 );
 
 /// `$1` position to read after (exclusive), `$2` limit: the positions and
 /// record times [`READ_ALL_FORWARD`] would return, for reads whose events
 /// the store holds itself (see `recent`). No payload is rendered or sent.
-pub(crate) const READ_ALL_POSITIONS: &str = "SELECT global_position, created_at \
+pub(crate) const READ_ALL_POSITIONS: &str = concat!(
+    "SELECT global_position, created_at \
      FROM {schema}.events \
      WHERE global_position > $1 \
-       AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
-     ORDER BY global_position LIMIT $2";
+       AND global_position < ",
+    read_horizon!(),
+    " ORDER BY global_position LIMIT $2"
+);
 
 /// `$1` positions (all below the read horizon already).
 pub(crate) const READ_EVENTS_AT: &str = concat!(
@@ -173,6 +210,12 @@ pub(crate) const SELECT_STREAM_VERSION: &str =
 /// The newest committed position, read backwards off the primary key.
 pub(crate) const SELECT_HEAD_POSITION: &str = "SELECT max(global_position) FROM {schema}.events";
 
+/// The next transaction id the cluster will assign (as text: an `xid8`
+/// may exceed BIGINT), without assigning one. Read after the newest
+/// position, whose writer's id is then necessarily below it.
+pub(crate) const SELECT_NEXT_TRANSACTION_ID: &str =
+    "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
+
 /// `$1` event ids. Used after a conflict or duplicate id to tell a re-send
 /// of an earlier append from a genuine clash.
 pub(crate) const SELECT_EVENTS_BY_ID: &str = "SELECT event_id, stream_id, stream_version, global_position \
@@ -180,13 +223,43 @@ pub(crate) const SELECT_EVENTS_BY_ID: &str = "SELECT event_id, stream_id, stream
 
 /// The first position readers cannot see yet, and the oldest running
 /// transaction's age (what holds that horizon back).
-pub(crate) const SELECT_HORIZON: &str = "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) AS horizon, \
+pub(crate) const SELECT_HORIZON: &str = concat!(
+    "SELECT ",
+    read_horizon!(),
+    " AS horizon, \
        (SELECT extract(epoch FROM now() - min(xact_start))::float8 \
-          FROM pg_stat_activity WHERE backend_xid IS NOT NULL) AS oldest_xact_seconds";
+          FROM pg_stat_activity WHERE backend_xid IS NOT NULL) AS oldest_xact_seconds"
+);
 
 /// The newest applied migration, if the table exists.
 pub(crate) const SELECT_SCHEMA_VERSION: &str =
     "SELECT max(version) FROM {schema}.schema_migrations";
+
+/// Every database of the cluster, and whether it takes connections: a
+/// restore check covers them all (transaction ids are cluster-wide).
+pub(crate) const SELECT_DATABASES: &str =
+    "SELECT datname, datallowconn FROM pg_catalog.pg_database ORDER BY datname";
+
+/// The EventCore stores of the connected database, found in the catalogs:
+/// schemas with an `events` table that has a `global_position` column and a
+/// `schema_migrations` ledger, whatever their names. Per schema, whether it
+/// has `projection_checkpoints` (schema version 2 on).
+pub(crate) const SELECT_STORE_SCHEMAS: &str = "SELECT n.nspname, \
+       EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid \
+               AND c.relname = 'projection_checkpoints' AND c.relkind IN ('r', 'p')) \
+     FROM pg_catalog.pg_namespace n \
+     WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+                   WHERE c.relnamespace = n.oid AND c.relname = 'events' AND c.relkind IN ('r', 'p') \
+                     AND a.attname = 'global_position' AND NOT a.attisdropped) \
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid \
+                   AND c.relname = 'schema_migrations' AND c.relkind IN ('r', 'p')) \
+     ORDER BY n.nspname";
+
+/// The newest checkpoint of any projection (a restore check counts it like
+/// an event's position).
+pub(crate) const SELECT_NEWEST_CHECKPOINT: &str =
+    "SELECT max(position) FROM {schema}.projection_checkpoints";
 
 /// Cheapest round trip for health checks.
 pub(crate) const SELECT_ONE: &str = "SELECT 1";
@@ -238,6 +311,12 @@ pub(crate) const SELECT_STATS: &str = "SELECT (SELECT count(*) FROM {schema}.eve
             (SELECT count(*) FROM {schema}.events) AS events, \
             (SELECT max(global_position) FROM {schema}.events) AS max_position";
 
+/// `template` with `{schema}` filled in as [`Statements::new`] does, for a
+/// schema found in the catalogs rather than configured.
+pub(crate) fn for_schema(template: &str, schema: &str) -> Arc<str> {
+    Arc::from(template.replace("{schema}", &quote_ident(schema)))
+}
+
 /// A filled-in statement, in the form sqlx takes. The schema was validated
 /// as a plain identifier and is quoted, so the text is injection-free.
 pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
@@ -278,9 +357,12 @@ pub(crate) const SELECT_CHECKPOINT_FOR_UPDATE: &str =
 /// `$1` a projection's checkpoint (0 if none), `$2` a position to skip:
 /// the stream of the event there (no row: NULL), whether any event lies
 /// between the two, and whether the position is below the read horizon.
-pub(crate) const SELECT_SKIP_TARGET: &str = "SELECT (SELECT stream_id FROM {schema}.events WHERE global_position = $2), \
+pub(crate) const SELECT_SKIP_TARGET: &str = concat!(
+    "SELECT (SELECT stream_id FROM {schema}.events WHERE global_position = $2), \
        EXISTS (SELECT 1 FROM {schema}.events WHERE global_position > $1 AND global_position < $2), \
-       $2 < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
+       $2 < ",
+    read_horizon!()
+);
 
 /// `$1` projection, `$2` position, `$3` stream id, `$4` error text.
 pub(crate) const INSERT_PROJECTION_SKIP: &str = "INSERT INTO {schema}.projection_skips (projection, position, stream_id, error) \

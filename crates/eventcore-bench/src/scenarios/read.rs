@@ -159,6 +159,10 @@ BEGIN
     FOR b IN 0 .. {batches} - 1 LOOP
         lo := b * {STREAMS_PER_BATCH} + 1;
         hi := least((b + 1) * {STREAMS_PER_BATCH}, {streams});
+        -- As the append statements: never a wrapped position.
+        IF pg_current_xact_id() >= '8796093022208'::xid8 THEN
+            RAISE EXCEPTION 'transaction id past the encodable range' USING ERRCODE = 'EC003';
+        END IF;
         base := pg_current_xact_id()::text::bigint << 20;
         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version,
                                      event_type, schema_version, event_data, metadata)

@@ -4,6 +4,7 @@
 mod concurrency;
 mod config;
 mod contract;
+mod counter;
 mod deadlines;
 mod faults;
 mod projections;
