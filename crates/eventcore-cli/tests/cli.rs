@@ -2,6 +2,10 @@
 //! `DATABASE_URL` if set, otherwise the throwaway cluster of
 //! `scripts/dev-db`. Every test works in a schema of its own.
 
+// Backup and restore on throwaway clusters of its own.
+#[path = "cli/restore.rs"]
+mod restore;
+
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
