@@ -119,6 +119,12 @@ async fn health(
             "expected_schema_version": h.expected_schema_version,
             "read_horizon": h.read_horizon.map(GlobalPosition::get),
             "oldest_transaction_age_ms": h.oldest_transaction_age.map(output::millis),
+            "transaction_counter": h.transaction_counter.map(|c| json!({
+                "next_transaction_id": c.next_transaction_id,
+                "newest_transaction_id": c.newest_transaction_id(),
+                "ids_left": c.ids_left(),
+                "behind": c.is_behind(),
+            })),
             "pool": output::pool_json(&h.pool),
             "problems": h.problems,
         }))?;
@@ -157,6 +163,17 @@ async fn health(
                 "oldest transaction",
                 output::or_none(h.oldest_transaction_age.map(output::duration)),
             ),
+            (
+                "next transaction",
+                output::or_none(h.transaction_counter.map(|c| {
+                    format!(
+                        "{} (newest event's: {}; {} ids left for positions)",
+                        c.next_transaction_id,
+                        output::or_none(c.newest_transaction_id()),
+                        c.ids_left()
+                    )
+                })),
+            ),
         ])?;
         out.line("pool:")?;
         indent_rows(out, &output::pool_rows(&h.pool))?;
@@ -175,6 +192,14 @@ async fn health(
             Some(v) if v > h.expected_schema_version => eprintln!(
                 "hint: schema {schema} was migrated by a newer release; upgrade eventcore"
             ),
+            _ if h
+                .transaction_counter
+                .is_some_and(|c| c.is_behind() || c.is_exhausted()) =>
+            {
+                eprintln!(
+                    "hint: stop all writers and run `eventcore restore-check` (docs/operations.md, Backup and restore)"
+                )
+            }
             _ if !h.missing_objects.is_empty() => eprintln!(
                 "hint: schema {schema} is damaged; restore it from a backup (see docs/operations.md)"
             ),

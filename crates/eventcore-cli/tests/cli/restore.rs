@@ -140,13 +140,13 @@ impl Cluster {
         PostgresEventStore::new(config).await.expect("connect")
     }
 
-    /// `eventcore --json args` against this cluster's `postgres` database.
-    fn eventcore(&self, schema: &str, args: &[&str]) -> (Option<i32>, Value, String) {
+    /// `eventcore --json args` against the store `eventcore` of `database`.
+    fn eventcore(&self, database: &str, args: &[&str]) -> (Option<i32>, Value, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_eventcore"))
-            .env("DATABASE_URL", self.url("postgres"))
+            .env("DATABASE_URL", self.url(database))
             .env_remove("EVENTCORE_SCHEMA")
             .env_remove("RUST_LOG")
-            .args(["--json", "--schema", schema])
+            .arg("--json")
             .args(args)
             .output()
             .expect("run eventcore");
@@ -162,7 +162,7 @@ impl Cluster {
 
     /// `eventcore restore-check`: its exit status and report.
     fn restore_check(&self) -> (Option<i32>, Value) {
-        let (code, json, stderr) = self.eventcore("eventcore", &["restore-check"]);
+        let (code, json, stderr) = self.eventcore("postgres", &["restore-check"]);
         assert!(json.is_object(), "no report: {stderr}");
         (code, json)
     }
@@ -591,15 +591,16 @@ fn skipping_the_procedure_is_refused() {
         assert_eq!(count as usize, old.events.len(), "nothing written");
         store.pool().close().await;
 
-        let out = Command::new(env!("CARGO_BIN_EXE_eventcore"))
-            .env("DATABASE_URL", cluster.url("billing"))
-            .env_remove("EVENTCORE_SCHEMA")
-            .args(["init"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let (code, _, stderr) = cluster.eventcore("billing", &["init"]);
+        assert_eq!(code, Some(2), "{stderr}");
         assert!(stderr.contains("eventcore restore-check"), "{stderr}");
+        let (code, health, stderr) = cluster.eventcore("billing", &["health"]);
+        assert_eq!(code, Some(1), "{health}");
+        assert_eq!(health["transaction_counter"]["behind"], true, "{health}");
+        assert!(
+            stderr.contains("hint: stop all writers and run `eventcore restore-check`"),
+            "{stderr}"
+        );
     });
 }
 
