@@ -635,6 +635,55 @@ mod finite {
         }
     }
 
+    /// Scalars other than floats cannot be non-finite.
+    macro_rules! scalars {
+        ($($name:ident: $ty:ty),* $(,)?) => {$(
+            fn $name(self, _: $ty) -> R {
+                Ok(())
+            }
+        )*};
+    }
+
+    /// Every compound walks its parts; `$method` takes the part (after a
+    /// field name, for structs).
+    macro_rules! compound {
+        ($($trait:ident :: $method:ident ($($name:ty)?)),* $(,)?) => {$(
+            impl ser::$trait for Walk {
+                type Ok = ();
+                type Error = Found;
+                fn $method<T: Serialize + ?Sized>(&mut self, $(_: $name,)? value: &T) -> R {
+                    value.serialize(Walk)
+                }
+                fn end(self) -> R {
+                    Ok(())
+                }
+            }
+        )*};
+    }
+
+    compound!(
+        SerializeSeq::serialize_element(),
+        SerializeTuple::serialize_element(),
+        SerializeTupleStruct::serialize_field(),
+        SerializeTupleVariant::serialize_field(),
+        SerializeStruct::serialize_field(&'static str),
+        SerializeStructVariant::serialize_field(&'static str),
+    );
+
+    impl ser::SerializeMap for Walk {
+        type Ok = ();
+        type Error = Found;
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> R {
+            key.serialize(Walk)
+        }
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
+            value.serialize(Walk)
+        }
+        fn end(self) -> R {
+            Ok(())
+        }
+    }
+
     impl ser::Serializer for Walk {
         type Ok = ();
         type Error = Found;
@@ -646,65 +695,38 @@ mod finite {
         type SerializeStruct = Walk;
         type SerializeStructVariant = Walk;
 
-        fn serialize_bool(self, _: bool) -> R {
-            Ok(())
-        }
-        fn serialize_i8(self, _: i8) -> R {
-            Ok(())
-        }
-        fn serialize_i16(self, _: i16) -> R {
-            Ok(())
-        }
-        fn serialize_i32(self, _: i32) -> R {
-            Ok(())
-        }
-        fn serialize_i64(self, _: i64) -> R {
-            Ok(())
-        }
-        fn serialize_i128(self, _: i128) -> R {
-            Ok(())
-        }
-        fn serialize_u8(self, _: u8) -> R {
-            Ok(())
-        }
-        fn serialize_u16(self, _: u16) -> R {
-            Ok(())
-        }
-        fn serialize_u32(self, _: u32) -> R {
-            Ok(())
-        }
-        fn serialize_u64(self, _: u64) -> R {
-            Ok(())
-        }
-        fn serialize_u128(self, _: u128) -> R {
-            Ok(())
-        }
+        scalars!(
+            serialize_bool: bool,
+            serialize_i8: i8,
+            serialize_i16: i16,
+            serialize_i32: i32,
+            serialize_i64: i64,
+            serialize_i128: i128,
+            serialize_u8: u8,
+            serialize_u16: u16,
+            serialize_u32: u32,
+            serialize_u64: u64,
+            serialize_u128: u128,
+            serialize_char: char,
+            serialize_str: &str,
+            serialize_bytes: &[u8],
+            serialize_unit_struct: &'static str,
+        );
+
         fn serialize_f32(self, v: f32) -> R {
             float(v.is_finite())
         }
         fn serialize_f64(self, v: f64) -> R {
             float(v.is_finite())
         }
-        fn serialize_char(self, _: char) -> R {
-            Ok(())
-        }
-        fn serialize_str(self, _: &str) -> R {
-            Ok(())
-        }
-        fn serialize_bytes(self, _: &[u8]) -> R {
-            Ok(())
-        }
         fn serialize_none(self) -> R {
             Ok(())
-        }
-        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> R {
-            value.serialize(Walk)
         }
         fn serialize_unit(self) -> R {
             Ok(())
         }
-        fn serialize_unit_struct(self, _: &'static str) -> R {
-            Ok(())
+        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> R {
+            value.serialize(Walk)
         }
         fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> R {
             Ok(())
@@ -755,86 +777,6 @@ mod finite {
             Ok(Walk)
         }
         fn collect_str<T: std::fmt::Display + ?Sized>(self, _: &T) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeSeq for Walk {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-            value.serialize(Walk)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeTuple for Walk {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-            value.serialize(Walk)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeTupleStruct for Walk {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-            value.serialize(Walk)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeTupleVariant for Walk {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-            value.serialize(Walk)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeMap for Walk {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> R {
-            key.serialize(Walk)
-        }
-        fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-            value.serialize(Walk)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStruct for Walk {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> R {
-            value.serialize(Walk)
-        }
-        fn end(self) -> R {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStructVariant for Walk {
-        type Ok = ();
-        type Error = Found;
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> R {
-            value.serialize(Walk)
-        }
-        fn end(self) -> R {
             Ok(())
         }
     }
