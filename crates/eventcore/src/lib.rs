@@ -102,6 +102,9 @@
 //! * **Retries**: conflicts re-run the command, transient faults re-send the
 //!   append, both per [`RetryPolicy`].
 
+// The derives name `::eventcore`, which must resolve inside this crate too.
+extern crate self as eventcore;
+
 mod append;
 mod command;
 mod error;
@@ -112,9 +115,12 @@ mod memory;
 mod projection;
 mod retry;
 mod rules;
+mod snapshot;
+mod state;
 mod store;
 mod subscription;
 pub mod testing;
+mod upcast;
 
 pub use append::{
     AppendOutcome, AppendRequest, DEFAULT_MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND, StreamAppend,
@@ -131,6 +137,14 @@ pub use event::{
     DecodeError, Event, EventData, EventMetadata, NewEvent, RecordedEvent, StoredEvent,
     decode_current,
 };
+/// Derives [`CommandStreams`] from `#[stream]` fields; see the macro's own
+/// documentation.
+#[cfg(feature = "derive")]
+pub use eventcore_macros::Command;
+/// Derives [`Event`](trait@Event) for an enum or a struct; see the
+/// macro's own documentation.
+#[cfg(feature = "derive")]
+pub use eventcore_macros::Event;
 pub use executor::{CacheableCommand, CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 pub use memory::InMemoryEventStore;
@@ -140,5 +154,8 @@ pub use projection::{
 };
 pub use retry::RetryPolicy;
 pub use rules::{MAX_EVENT_TYPE_LEN, MAX_JSON_DEPTH, MAX_NUMBER_SCALE, MAX_SCHEMA_VERSION};
+pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotPlan, SnapshotStore, Snapshots};
+pub use state::{CommandStreams, Decide, State, States, StreamField};
 pub use store::{DEFAULT_READ_PAGE, EventStore, ReadBlocker, read_each_stream};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};
+pub use upcast::{UpcastError, Upcasters};
