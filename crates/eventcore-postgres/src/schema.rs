@@ -42,10 +42,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "fenced_leases",
         sql: include_str!("../migrations/0004_fenced_leases.sql"),
     },
+    Migration {
+        version: 5,
+        name: "snapshots",
+        sql: include_str!("../migrations/0005_snapshots.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// A database object the store relies on.
 struct Required {
@@ -92,6 +97,8 @@ const REQUIRED: &[Required] = &[
     required(2, "index", "projection_checkpoints_pkey"),
     required(2, "table", "projection_skips"),
     required(3, "function", "append_to_streams"),
+    required(5, "table", "snapshots"),
+    required(5, "index", "snapshots_pkey"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in

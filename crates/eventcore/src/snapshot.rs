@@ -145,8 +145,9 @@ pub trait SnapshotStore: Send + Sync {
         streams: &[StreamId],
     ) -> Result<Vec<Snapshot>, Error>;
 
-    /// Stores `snapshot`, unless one of the same key and a higher (or the
-    /// same) stream version is stored already.
+    /// Stores `snapshot`, unless one of the same key and a higher stream
+    /// version is stored already (one of the same version is replaced: it
+    /// may be one that no longer decodes).
     async fn save(&self, snapshot: Snapshot) -> Result<(), Error>;
 }
 
@@ -215,7 +216,7 @@ impl SnapshotStore for InMemorySnapshotStore {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner
             .get(&key)
-            .is_none_or(|old| old.stream_version < snapshot.stream_version)
+            .is_none_or(|old| old.stream_version <= snapshot.stream_version)
         {
             inner.insert(key, snapshot);
         }

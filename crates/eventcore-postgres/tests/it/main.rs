@@ -6,6 +6,7 @@ mod config;
 mod contract;
 mod deadlines;
 mod faults;
+mod pg_projection;
 mod projections;
 mod roundtrip;
 mod schema;
