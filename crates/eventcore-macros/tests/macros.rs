@@ -188,6 +188,7 @@ struct Transfer {
 }
 
 #[derive(Command)]
+#[allow(dead_code)]
 struct Pair(#[stream] StreamId, u8, #[stream] StreamId);
 
 #[test]

@@ -94,11 +94,12 @@ impl<E> Decision<E> {
         }
     }
 
-    /// Appends `event` to `stream`, which must be one of the streams read.
+    /// Appends `event` to `stream` (a [`StreamId`], or your own id type
+    /// that is `AsRef<StreamId>`), which must be one of the streams read.
     /// (Emitting to any other stream fails the execution with
     /// [`Error::UndeclaredStream`](crate::Error::UndeclaredStream).)
-    pub fn emit(&mut self, stream: &StreamId, event: E) {
-        self.events.push((stream.clone(), event));
+    pub fn emit(&mut self, stream: &(impl AsRef<StreamId> + ?Sized), event: E) {
+        self.events.push((stream.as_ref().clone(), event));
     }
 
     /// Asks for `stream` to be read too. If it was not read yet, the executor

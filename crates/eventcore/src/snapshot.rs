@@ -167,11 +167,14 @@ impl<T: SnapshotStore + ?Sized> SnapshotStore for Arc<T> {
     }
 }
 
+/// State name, state version, stream.
+type SnapshotKey = (String, u32, StreamId);
+
 /// Snapshots in memory, for the in-memory store and tests. Clones share
 /// the snapshots.
 #[derive(Clone, Debug, Default)]
 pub struct InMemorySnapshotStore {
-    inner: Arc<Mutex<HashMap<(String, u32, StreamId), Snapshot>>>,
+    inner: Arc<Mutex<HashMap<SnapshotKey, Snapshot>>>,
 }
 
 impl InMemorySnapshotStore {
@@ -233,13 +236,14 @@ pub struct SnapshotPlan<St> {
     pub(crate) version: u32,
     pub(crate) every: u64,
     /// Puts a snapshot's state in place for its stream.
-    pub(crate) restore:
-        Box<dyn Fn(&mut St, &Snapshot) -> Result<(), serde_json::Error> + Send + Sync>,
+    pub(crate) restore: Box<Restore<St>>,
     /// Serializes the state of a stream, if it has one.
-    #[allow(clippy::type_complexity)]
-    pub(crate) take:
-        Box<dyn Fn(&St, &StreamId) -> Option<Result<EventData, serde_json::Error>> + Send + Sync>,
+    pub(crate) take: Box<Take<St>>,
 }
+
+type Restore<St> = dyn Fn(&mut St, &Snapshot) -> Result<(), serde_json::Error> + Send + Sync;
+type Take<St> =
+    dyn Fn(&St, &StreamId) -> Option<Result<EventData, serde_json::Error>> + Send + Sync;
 
 impl<S: State> SnapshotPlan<States<S>> {
     /// The plan of the per-stream [`States`] of `S`, if `S` opted in
