@@ -93,6 +93,11 @@ mod snapshots;
 mod sql;
 mod store;
 
+/// `docs/guide.md`, whose code blocks run as this crate's doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+mod guide {}
+
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
