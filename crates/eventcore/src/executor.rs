@@ -9,7 +9,6 @@ use std::{
 };
 
 use lru::LruCache;
-
 use tracing::Instrument;
 
 use crate::{
