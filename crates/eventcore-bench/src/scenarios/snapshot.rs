@@ -1,11 +1,14 @@
 //! S: a command on a stream of 100,000 events against one on a stream of
-//! 100, both with durable snapshots (`PostgresSnapshotStore`, every 100
-//! events), each command through a fresh executor (no in-memory cache, as
-//! in a process that just started, or one of many). Without snapshots the
-//! long stream is read whole by every command (`S-100k-nosnap`, skipped
-//! with `--quick`).
+//! 100 (a random one of 1,000, so that none grows much during the run),
+//! with durable snapshots (`PostgresSnapshotStore`, every 100 events), each
+//! command through a fresh executor (no in-memory cache, as in a process
+//! that just started, or one of many). Outside `--quick`, both again
+//! without snapshots: the long stream is then read whole by every command.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use anyhow::Context as _;
 use eventcore::{
@@ -16,13 +19,17 @@ use eventcore::{
 use eventcore_postgres::{PostgresEventStore, PostgresSnapshotStore};
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, Measured, OrderPlaced, Outcome, Worker, close, drive};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+use super::{Ctx, Measured, OrderPlaced, Outcome, Worker, close, drive, stream_ids};
 use crate::report::Row;
 
 /// Events on the long stream.
 const LONG: usize = 100_000;
-/// Events on the short stream.
+/// Events on each short stream.
 const SHORT: usize = 100;
+/// Short streams.
+const SHORT_STREAMS: usize = 1_000;
 /// Events per seeding append.
 const SEED_BATCH: usize = 5_000;
 /// Snapshot interval.
@@ -82,11 +89,15 @@ impl<S: State<Event = OrderPlaced>> Decide for PlaceNext<S> {
     }
 }
 
-/// Runs [`PlaceNext`] on one stream, a fresh executor per command.
+/// Runs [`PlaceNext`] on a random one of `streams`, a fresh executor per
+/// command.
 struct SnapshotWorker<S> {
     store: CountingStore<PostgresEventStore>,
     snapshots: Option<PostgresSnapshotStore>,
-    stream: StreamId,
+    streams: Arc<[StreamId]>,
+    rng: SmallRng,
+    /// Commands run, warm-up included.
+    ran: Arc<AtomicU64>,
     state: std::marker::PhantomData<fn() -> S>,
 }
 
@@ -99,8 +110,10 @@ where
         if let Some(snapshots) = &self.snapshots {
             executor = executor.with_snapshots(snapshots.clone());
         }
+        self.ran.fetch_add(1, Ordering::Relaxed);
+        let stream = &self.streams[self.rng.random_range(0..self.streams.len())];
         let command = PlaceNext::<S> {
-            stream: self.stream.clone(),
+            stream: stream.clone(),
             state: std::marker::PhantomData,
         };
         match executor.execute(command).await {
@@ -116,27 +129,34 @@ where
     }
 }
 
-async fn seed(store: &PostgresEventStore, stream: &StreamId, n: usize) -> anyhow::Result<()> {
-    let mut left = n;
-    while left > 0 {
-        let batch = left.min(SEED_BATCH);
-        let events = (0..batch)
+/// Gives each of `streams` `n` events, about [`SEED_BATCH`] per append.
+async fn seed(store: &PostgresEventStore, streams: &[StreamId], n: usize) -> anyhow::Result<()> {
+    let events = |count: usize| {
+        (0..count)
             .map(|i| NewEvent::new(&OrderPlaced::sample(i as u64), EventMetadata::new()))
-            .collect::<Result<Vec<_>, _>>()?;
-        store
-            .append(AppendRequest::new().append(stream.clone(), ExpectedVersion::Any, events))
-            .await
-            .context("seeding")?;
-        left -= batch;
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let per_append = (SEED_BATCH / n).max(1);
+    for chunk in streams.chunks(per_append) {
+        let mut left = n;
+        while left > 0 {
+            let batch = left.min(SEED_BATCH);
+            let mut request = AppendRequest::new();
+            for stream in chunk {
+                request = request.append(stream.clone(), ExpectedVersion::Any, events(batch)?);
+            }
+            store.append(request).await.context("seeding")?;
+            left -= batch;
+        }
     }
     Ok(())
 }
 
-/// One measured row: commands on `stream`, with or without snapshots.
+/// One measured row: commands on `streams`, with or without snapshots.
 async fn measure<S: State<Event = OrderPlaced>>(
     ctx: &Ctx,
     store: &PostgresEventStore,
-    stream: &StreamId,
+    streams: &Arc<[StreamId]>,
     snapshots: bool,
 ) -> anyhow::Result<(Measured, f64)>
 where
@@ -144,66 +164,88 @@ where
 {
     let counting = CountingStore::new(store.clone());
     let counts: Arc<ReadCounts> = counting.counts();
+    let snapshots = snapshots.then(|| PostgresSnapshotStore::new(store.clone()));
+    let ran = Arc::new(AtomicU64::new(0));
     let worker = SnapshotWorker::<S> {
         store: counting,
-        snapshots: snapshots.then(|| PostgresSnapshotStore::new(store.clone())),
-        stream: stream.clone(),
+        snapshots: snapshots.clone(),
+        streams: Arc::clone(streams),
+        rng: SmallRng::seed_from_u64(0x5A),
+        ran: Arc::clone(&ran),
         state: std::marker::PhantomData,
     };
-    // One command first, outside the measurement: the first one folds the
-    // stream and takes the first snapshot.
-    let mut first = SnapshotWorker::<S> {
-        store: CountingStore::new(store.clone()),
-        snapshots: worker.snapshots.clone(),
-        stream: stream.clone(),
-        state: std::marker::PhantomData,
-    };
-    first.op().await?;
+    if snapshots.is_some() {
+        // A command on each stream first, outside the measurement: the
+        // first one folds the stream and takes its first snapshot.
+        let mut first = SnapshotWorker::<S> {
+            store: CountingStore::new(store.clone()),
+            snapshots,
+            streams: Arc::clone(streams),
+            rng: SmallRng::seed_from_u64(0),
+            ran: Arc::default(),
+            state: std::marker::PhantomData,
+        };
+        for stream in streams.iter() {
+            first.streams = Arc::from([stream.clone()]);
+            first.op().await?;
+        }
+    }
     let m = drive(vec![worker], ctx.timing).await?;
-    let commands = (m.ops + m.conflicts).max(1);
-    // Reads of the warm-up count too: per command, over every command run.
+    // Every command the worker ran, warm-up included, read through `counting`.
     let read = counts.stream_events.load(Ordering::Relaxed) as f64;
-    let per_command = read / (commands as f64).max(1.0);
+    let per_command = read / ran.load(Ordering::Relaxed).max(1) as f64;
     Ok((m, per_command))
 }
 
 pub(crate) async fn run_s(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let db = ctx.db()?;
     let schema = "bench_snapshot";
-    eprintln!("[S] seeding a stream of {LONG} events and one of {SHORT}");
+    eprintln!("[S] seeding a stream of {LONG} events and {SHORT_STREAMS} of {SHORT}");
     let store = db.fresh_store(schema, 4).await?;
-    let long = StreamId::new("orders-long")?;
-    let short = StreamId::new("orders-short")?;
+    let long: Arc<[StreamId]> = Arc::from([StreamId::new("orders-long")?]);
+    let short = stream_ids("orders-short", SHORT_STREAMS)?;
     seed(&store, &long, LONG).await?;
     seed(&store, &short, SHORT).await?;
     db.settle(schema).await?;
     let mut rows = Vec::new();
     let mut runs = vec![("S-100", &short, true), ("S-100k", &long, true)];
     if !ctx.quick {
+        runs.push(("S-100-nosnap", &short, false));
         runs.push(("S-100k-nosnap", &long, false));
     }
-    for (name, stream, snapshots) in runs {
+    for (name, streams, snapshots) in runs {
         eprintln!("[{name}] 1 writer");
-        let start = store.stream_version(stream).await?.get();
-        let (m, read) = if snapshots {
-            measure::<Orders>(ctx, &store, stream, true).await?
-        } else {
-            measure::<OrdersNoSnapshot>(ctx, &store, stream, false).await?
+        let length = |store: PostgresEventStore, streams: Arc<[StreamId]>| async move {
+            let mut total = 0;
+            for s in streams.iter() {
+                total += store.stream_version(s).await?.get();
+            }
+            anyhow::Ok(total / streams.len() as u64)
         };
-        let length = store.stream_version(stream).await?.get();
+        let start = length(store.clone(), Arc::clone(streams)).await?;
+        let (m, read) = if snapshots {
+            measure::<Orders>(ctx, &store, streams, true).await?
+        } else {
+            measure::<OrdersNoSnapshot>(ctx, &store, streams, false).await?
+        };
+        let end = length(store.clone(), Arc::clone(streams)).await?;
         let how = if snapshots {
             format!("snapshot every {EVERY} events, loaded then topped up")
         } else {
             "no snapshot: the whole stream is read".to_owned()
         };
+        let which = match streams.len() {
+            1 => "one stream".to_owned(),
+            n => format!("a random one of {n} streams"),
+        };
         rows.push(
             Row::from_measured(name, 1, 1, &m)
                 .extra("stream_length_at_start", start)
-                .extra("stream_length_at_end", length)
+                .extra("stream_length_at_end", end)
                 .extra("events_read_per_command", crate::report::round(read))
                 .note(format!(
-                    "a command appending to a stream of {start} events ({length} at the end), \
-                     fresh executor each: {how}; {read:.0} events read per command"
+                    "a command appending to {which} of {start} events ({end} at the end, \
+                     on average), fresh executor each: {how}; {read:.0} events read per command"
                 )),
         );
     }
