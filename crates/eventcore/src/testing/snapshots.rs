@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{CountingStore, bank::AccountEvent, seed};
 use crate::{
-    CommandExecutor, Decide, Decision, EventData, EventId, EventStore, Snapshot, SnapshotStore,
-    Snapshots, State, States, StreamId, StreamVersion,
+    CommandExecutor, CommandStreams, Decide, Decision, EventData, EventId, EventStore, Snapshot,
+    SnapshotStore, Snapshots, State, States, StreamId, StreamVersion,
 };
 
 /// Generates one `#[tokio::test]` per case. Arguments: a closure returning a
@@ -115,11 +115,10 @@ impl HasBalance for BalanceV2 {
 }
 
 /// Withdraws from one account, never below zero, deciding on the shared
-/// state `S`.
-#[derive(crate::Command)]
+/// state `S`. (Its streams by hand, not derived: this module builds without
+/// the `derive` feature.)
 pub struct Withdraw<S> {
     /// The account.
-    #[stream]
     pub account: StreamId,
     /// The amount.
     pub amount: u64,
@@ -135,6 +134,12 @@ impl<S> Withdraw<S> {
             amount,
             state: std::marker::PhantomData,
         }
+    }
+}
+
+impl<S> CommandStreams for Withdraw<S> {
+    fn streams(&self) -> Vec<StreamId> {
+        vec![self.account.clone()]
     }
 }
 
