@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     markdown: Option<PathBuf>,
 
-    /// Run only these scenarios (comma-separated: A, A-cmd, B, C, D, E, F, G).
+    /// Run only these scenarios (comma-separated: A, A-cmd, B, C, D, E, F, G, S).
     #[arg(long, value_delimiter = ',', value_name = "SCENARIO,...")]
     only: Vec<String>,
 

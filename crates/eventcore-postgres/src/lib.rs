@@ -90,18 +90,27 @@ mod error;
 mod jsonb;
 mod metrics;
 mod notify;
+mod pg_projection;
 mod projection;
 mod recent;
 mod restore;
 mod schema;
+mod snapshots;
 mod sql;
 mod store;
+
+/// `docs/guide.md`, whose code blocks run as this crate's doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+mod guide {}
 
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
 pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
+pub use pg_projection::{PostgresProjection, Transactional};
 pub use projection::PostgresCheckpointStore;
 pub use restore::{RestoreCheck, RestoreVerdict, StoreHighWater, UncheckedDatabase, restore_check};
 pub use schema::SCHEMA_VERSION;
+pub use snapshots::PostgresSnapshotStore;
 pub use store::PostgresEventStore;

@@ -112,7 +112,7 @@ const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
 /// [`Projection::apply_batch`]: eventcore::Projection::apply_batch
 #[derive(Clone, Debug)]
 pub struct PostgresCheckpointStore {
-    store: PostgresEventStore,
+    pub(crate) store: PostgresEventStore,
     /// The leases this value and its clones hold, by projection.
     leases: Arc<Mutex<HashMap<String, HeldLease>>>,
 }
@@ -165,8 +165,22 @@ impl PostgresCheckpointStore {
         self.fenced(projection, saved.rows_affected())
     }
 
+    /// Forgets the checkpoint on `conn` (typically inside the transaction
+    /// that empties your read model, for a rebuild), fenced like
+    /// [`save_in`](Self::save_in).
+    pub async fn reset_in(&self, conn: &mut PgConnection, projection: &str) -> Result<(), Error> {
+        let generation = self.generation(projection)?;
+        let reset = sqlx::query(sql::sql(&self.store.inner.sql.reset_checkpoint))
+            .bind(projection)
+            .bind(generation)
+            .execute(conn)
+            .await
+            .map_err(|e| self.store.map_err("reset checkpoint", e))?;
+        self.fenced(projection, reset.rows_affected())
+    }
+
     /// The generation of the lease held for `projection`.
-    fn generation(&self, projection: &str) -> Result<i64, Error> {
+    pub(crate) fn generation(&self, projection: &str) -> Result<i64, Error> {
         match lock(&self.leases).get(projection) {
             Some(held) if !*held.lost.borrow() => Ok(held.generation),
             Some(_) => Err(Error::LeaseLost {
@@ -185,7 +199,7 @@ impl PostgresCheckpointStore {
     }
 
     /// Checks a fenced write: no row means another runner took over.
-    fn fenced(&self, projection: &str, rows: u64) -> Result<(), Error> {
+    pub(crate) fn fenced(&self, projection: &str, rows: u64) -> Result<(), Error> {
         if rows > 0 {
             return Ok(());
         }

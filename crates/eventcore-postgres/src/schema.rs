@@ -47,10 +47,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "position_range",
         sql: include_str!("../migrations/0005_position_range.sql"),
     },
+    Migration {
+        version: 6,
+        name: "snapshots",
+        sql: include_str!("../migrations/0006_snapshots.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// A database object the store relies on.
 struct Required {
@@ -98,6 +103,8 @@ const REQUIRED: &[Required] = &[
     required(2, "table", "projection_skips"),
     required(3, "function", "append_to_streams"),
     required(5, "function", "refuse_position_overflow"),
+    required(6, "table", "snapshots"),
+    required(6, "index", "snapshots_pkey"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in

@@ -1,6 +1,6 @@
 //! Commands: read streams, fold state, decide new events.
 
-use crate::{Event, RecordedEvent, StreamId};
+use crate::{Event, RecordedEvent, SnapshotPlan, StreamId};
 
 /// A command reads one or more streams, folds their events into a state and
 /// decides which new events to append, to any of the streams it read.
@@ -65,6 +65,15 @@ pub trait Command: Send + Sync {
         state: &Self::State,
         decision: &mut Decision<Self::Event>,
     ) -> Result<(), Self::Error>;
+
+    /// How the executor keeps this command's state in durable snapshots,
+    /// if at all. `None` (the default) for commands that fold their own
+    /// state; commands on a shared [`State`](crate::State) (see
+    /// [`Decide`](crate::Decide)) take it from the state type's
+    /// [`State::snapshots`](crate::State::snapshots).
+    fn snapshot_plan(&self) -> Option<SnapshotPlan<Self::State>> {
+        None
+    }
 }
 
 /// What [`Command::handle`] decided: events per stream, and streams it wants
@@ -85,11 +94,12 @@ impl<E> Decision<E> {
         }
     }
 
-    /// Appends `event` to `stream`, which must be one of the streams read.
+    /// Appends `event` to `stream` (a [`StreamId`], or your own id type
+    /// that is `AsRef<StreamId>`), which must be one of the streams read.
     /// (Emitting to any other stream fails the execution with
     /// [`Error::UndeclaredStream`](crate::Error::UndeclaredStream).)
-    pub fn emit(&mut self, stream: &StreamId, event: E) {
-        self.events.push((stream.clone(), event));
+    pub fn emit(&mut self, stream: &(impl AsRef<StreamId> + ?Sized), event: E) {
+        self.events.push((stream.as_ref().clone(), event));
     }
 
     /// Asks for `stream` to be read too. If it was not read yet, the executor

@@ -15,8 +15,12 @@ use crate::{Error, EventId, GlobalPosition, StreamId, StreamVersion};
 /// each event and decodes it back with [`Event::decode`], which checks both:
 /// a row recorded under another type name, or under a schema version the
 /// type does not know, is a [`DecodeError`], never a silently wrong event.
-/// To evolve a type, bump its schema version and override `decode` to
-/// upcast the old shapes.
+/// To evolve a type, bump its schema version and register upcasters
+/// ([`Upcasters`](crate::Upcasters)).
+///
+/// Derive it (`#[derive(Event)]`, the default `derive` feature): each
+/// variant is recorded under the name serde tags it with, so the name
+/// recorded is the one decoding checks. By hand:
 ///
 /// ```
 /// use eventcore::Event;
@@ -135,6 +139,9 @@ pub enum DecodeError {
         /// The type's [`Event::SCHEMA_VERSION`].
         known: u32,
     },
+    /// An upcaster of the chain ([`Upcasters`](crate::Upcasters)) failed.
+    #[error("upcast failed: {0}")]
+    Upcast(#[from] crate::UpcastError),
     /// Any other reason, from a custom [`Event::decode`] (an upcast that
     /// failed, say).
     #[error("{0}")]

@@ -10,22 +10,28 @@
 //!
 //! ```
 //! use eventcore::{
-//!     Command, CommandExecutor, Decision, Event, EventStore, InMemoryEventStore, RecordedEvent,
-//!     StreamId,
+//!     Command, CommandExecutor, Decide, Decision, Event, EventStore, InMemoryEventStore, State,
+//!     States, StreamId,
 //! };
 //! use serde::{Deserialize, Serialize};
 //!
-//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+//! /// Recorded as "Deposited" and "Withdrawn": serde's tags.
+//! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 //! enum Account {
 //!     Deposited { amount: u64 },
 //!     Withdrawn { amount: u64 },
 //! }
 //!
-//! impl Event for Account {
-//!     fn event_type(&self) -> &'static str {
-//!         match self {
-//!             Account::Deposited { .. } => "Deposited",
-//!             Account::Withdrawn { .. } => "Withdrawn",
+//! /// One account's balance: the fold every command on accounts shares.
+//! #[derive(Default)]
+//! struct Balance(u64);
+//!
+//! impl State for Balance {
+//!     type Event = Account;
+//!     fn apply(&mut self, event: &Account) {
+//!         match event {
+//!             Account::Deposited { amount } => self.0 += amount,
+//!             Account::Withdrawn { amount } => self.0 -= amount,
 //!         }
 //!     }
 //! }
@@ -34,33 +40,19 @@
 //! #[error("insufficient funds: balance {balance}, wanted {wanted}")]
 //! struct InsufficientFunds { balance: u64, wanted: u64 }
 //!
-//! /// Moves money between two accounts, never below zero.
-//! struct Transfer { from: StreamId, to: StreamId, amount: u64 }
+//! /// Moves money between two accounts, never below zero: reads both
+//! /// streams (the `#[stream]` fields) and appends to both atomically.
+//! #[derive(Command)]
+//! struct Transfer { #[stream] from: StreamId, #[stream] to: StreamId, amount: u64 }
 //!
-//! #[derive(Default)]
-//! struct Balances { from: u64 }
-//!
-//! impl Command for Transfer {
-//!     type Event = Account;
-//!     type State = Balances;
+//! impl Decide for Transfer {
+//!     type State = Balance;
 //!     type Error = InsufficientFunds;
 //!
-//!     fn read_streams(&self) -> Vec<StreamId> {
-//!         vec![self.from.clone(), self.to.clone()]
-//!     }
-//!
-//!     fn apply(&self, state: &mut Balances, event: &RecordedEvent<Account>) {
-//!         if event.stream_id == self.from {
-//!             match event.event {
-//!                 Account::Deposited { amount } => state.from += amount,
-//!                 Account::Withdrawn { amount } => state.from -= amount,
-//!             }
-//!         }
-//!     }
-//!
-//!     fn handle(&self, state: &Balances, d: &mut Decision<Account>) -> Result<(), InsufficientFunds> {
-//!         if state.from < self.amount {
-//!             return Err(InsufficientFunds { balance: state.from, wanted: self.amount });
+//!     fn decide(&self, accounts: &States<Balance>, d: &mut Decision<Account>) -> Result<(), InsufficientFunds> {
+//!         let balance = accounts[&self.from].0;
+//!         if balance < self.amount {
+//!             return Err(InsufficientFunds { balance, wanted: self.amount });
 //!         }
 //!         d.emit(&self.from, Account::Withdrawn { amount: self.amount });
 //!         d.emit(&self.to, Account::Deposited { amount: self.amount });
@@ -84,6 +76,11 @@
 //! # }
 //! ```
 //!
+//! `docs/guide.md` in the repository takes a new user from there: state,
+//! commands, PostgreSQL, transactional projections, testing, upcasting,
+//! snapshots, operations. For a command with a fold of its own, implement
+//! [`Command`](trait@Command) by hand.
+//!
 //! ## Guarantees
 //!
 //! * **Atomic multi-stream append**: an [`AppendRequest`] writes to any
@@ -100,7 +97,14 @@
 //!   version checked, see [`Event::decode`]) or failing with
 //!   [`Error::Decode`], never skipped.
 //! * **Retries**: conflicts re-run the command, transient faults re-send the
-//!   append, both per [`RetryPolicy`].
+//!   append, both per [`RetryPolicy`]; [`ExecutionOutcome`] counts each.
+//! * **Evolving events**: [`Upcasters`] turn older schema versions and old
+//!   type names into the current shape while decoding.
+//! * **Long and hot streams**: durable [`Snapshots`] of a [`State`], and
+//!   [`CommandExecutor::execute_cached`]'s bounded state cache.
+
+// The derives name `::eventcore`, which must resolve inside this crate too.
+extern crate self as eventcore;
 
 mod append;
 mod command;
@@ -112,9 +116,12 @@ mod memory;
 mod projection;
 mod retry;
 mod rules;
+mod snapshot;
+mod state;
 mod store;
 mod subscription;
 pub mod testing;
+mod upcast;
 
 pub use append::{
     AppendOutcome, AppendRequest, DEFAULT_MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND, StreamAppend,
@@ -131,6 +138,14 @@ pub use event::{
     DecodeError, Event, EventData, EventMetadata, NewEvent, RecordedEvent, StoredEvent,
     decode_current,
 };
+/// Derives [`CommandStreams`] from `#[stream]` fields; see the macro's own
+/// documentation.
+#[cfg(feature = "derive")]
+pub use eventcore_macros::Command;
+/// Derives [`Event`](trait@Event) for an enum or a struct; see the
+/// macro's own documentation.
+#[cfg(feature = "derive")]
+pub use eventcore_macros::Event;
 pub use executor::{CacheableCommand, CommandExecutor, ExecutionOutcome};
 pub use ids::{EventId, ExpectedVersion, GlobalPosition, StreamId, StreamVersion};
 pub use memory::InMemoryEventStore;
@@ -140,5 +155,8 @@ pub use projection::{
 };
 pub use retry::RetryPolicy;
 pub use rules::{MAX_EVENT_TYPE_LEN, MAX_JSON_DEPTH, MAX_NUMBER_SCALE, MAX_SCHEMA_VERSION};
+pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotPlan, SnapshotStore, Snapshots};
+pub use state::{CommandStreams, Decide, State, States, StreamField};
 pub use store::{DEFAULT_READ_PAGE, EventStore, ReadBlocker, read_each_stream};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};
+pub use upcast::{UpcastError, Upcasters};

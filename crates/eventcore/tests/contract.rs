@@ -8,3 +8,10 @@ mod projections {
         |_: &eventcore::InMemoryEventStore| eventcore::InMemoryCheckpointStore::new()
     );
 }
+
+mod snapshots {
+    eventcore::snapshot_contract_tests!(
+        || async { eventcore::InMemoryEventStore::new() },
+        |_: &eventcore::InMemoryEventStore| eventcore::InMemorySnapshotStore::new()
+    );
+}

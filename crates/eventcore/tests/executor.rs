@@ -360,3 +360,69 @@ async fn retries_stop_at_the_policy_deadline() {
     let sends = store.sends.load(Ordering::Relaxed);
     assert!(sends > 5 && sends < 200, "{sends} sends");
 }
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_count_conflicts_and_transient_retries_apart() {
+    let conflict = |stream: &StreamId| {
+        Error::from(eventcore::VersionConflict {
+            stream_id: stream.clone(),
+            expected: eventcore::ExpectedVersion::Exact(StreamVersion::new(1)),
+            actual: StreamVersion::new(2),
+        })
+    };
+    let a = StreamId::new("account-a").unwrap();
+    // A failed read, then a send that never reached the store, then a lost
+    // race, then success.
+    let store = Faulty::new(
+        vec![
+            AppendFault::Before(unavailable()),
+            AppendFault::Before(conflict(&a)),
+        ],
+        vec![unavailable()],
+    );
+    let (a, b) = funded(&store).await;
+    let executor = CommandExecutor::new(store.clone());
+    let outcome = executor.execute(transfer(&a, &b)).await.unwrap();
+    assert_eq!(outcome.attempts, 4);
+    assert_eq!(outcome.conflicts, 1);
+    assert_eq!(outcome.transient_retries, 2);
+
+    let quiet = executor.execute(transfer(&a, &b)).await.unwrap();
+    assert_eq!(
+        (quiet.attempts, quiet.conflicts, quiet.transient_retries),
+        (1, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn the_state_cache_evicts_the_least_recently_used() {
+    let store = CountingStore::new(InMemoryEventStore::new());
+    let account = |name: &str| StreamId::new(format!("account-{name}")).unwrap();
+    let sink = account("sink");
+    for name in ["a", "b", "c"] {
+        let deposits = (0..50).map(|_| AccountEvent::Deposited { amount: 10 });
+        seed(&store, &account(name), deposits).await.unwrap();
+    }
+    let executor = CommandExecutor::new(store.clone()).with_state_cache_capacity(2);
+    let counts = store.counts();
+    // Events read by one cached transfer out of `from`.
+    let read = async |from: &str| {
+        let before = counts.stream_events.load(Ordering::Relaxed);
+        executor
+            .execute_cached(Transfer {
+                from: account(from),
+                to: sink.clone(),
+                amount: 1,
+            })
+            .await
+            .unwrap();
+        counts.stream_events.load(Ordering::Relaxed) - before
+    };
+    assert!(read("a").await >= 50, "a miss folds the stream");
+    assert!(read("b").await >= 50);
+    assert!(read("a").await <= 3, "a hit reads only newer events");
+    // Full: c evicts b, the least recently used (a was just used).
+    assert!(read("c").await >= 50);
+    assert!(read("a").await <= 3, "a was kept");
+    assert!(read("b").await >= 50, "b was evicted");
+}

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use eventcore::EventStore;
+use eventcore::{EventStore, State};
 use uuid::Uuid;
 
-use crate::domain::{AccountEvent, AccountId, AccountState, money};
+use crate::domain::{Account, AccountEvent, AccountId, money};
 
 /// One half of a transfer as booked on an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +19,7 @@ struct Leg {
 #[derive(Debug, Default)]
 pub(crate) struct Books {
     /// Each account and its folded state, in the order asked for.
-    pub(crate) accounts: Vec<(AccountId, AccountState)>,
+    pub(crate) accounts: Vec<(AccountId, Account)>,
     /// Money brought into the bank minus money taken out.
     pub(crate) external: i128,
     outgoing: BTreeMap<Uuid, Leg>,
@@ -34,7 +34,7 @@ impl Books {
     ) -> anyhow::Result<Self> {
         let mut books = Books::default();
         for account in accounts {
-            let mut state = AccountState::default();
+            let mut state = Account::default();
             let stored = store
                 .read_stream_to_end(account.stream(), eventcore::StreamVersion::NONE.next())
                 .await?;

@@ -1,9 +1,11 @@
-//! The bank's domain: account ids, events, the balance fold and the commands.
+//! The bank's domain: account ids, events, the account state and the
+//! commands.
 //!
-//! Everything here is pure: no I/O, no store. Commands are tested with
-//! [`eventcore::testing::given`] at the bottom of this file, and the same
-//! [`AccountState`] fold serves the commands, the final audit and (later)
-//! projections.
+//! Everything here is pure: no I/O, no store. One [`Account`] state, folded
+//! from an account's stream, serves every command (and the audit); each
+//! command declares its streams with `#[derive(Command)]` and decides with
+//! [`Decide`]. Commands are tested with [`eventcore::testing::given`] at the
+//! bottom of this file.
 //!
 //! Amounts are whole dollars (`u64`), which keeps the example's output
 //! readable; balances are `i128` so the fold can never overflow and a negative
@@ -11,7 +13,7 @@
 
 use std::fmt;
 
-use eventcore::{Command, Decision, Event, RecordedEvent, StreamId};
+use eventcore::{Command, Decide, Decision, Event, Snapshots, State, States, StreamId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -42,18 +44,18 @@ impl AccountId {
     /// be a valid [`StreamId`].
     pub(crate) fn new(name: impl Into<String>) -> Result<Self, InvalidAccountName> {
         let name = name.into();
-        let invalid = |reason: String| InvalidAccountName {
+        let invalid = |reason: &str| InvalidAccountName {
             name: name.clone(),
-            reason,
+            reason: reason.to_owned(),
         };
         if name.is_empty() {
-            return Err(invalid("it is empty".into()));
+            return Err(invalid("it is empty"));
         }
         if name.chars().any(char::is_whitespace) {
-            return Err(invalid("it contains whitespace".into()));
+            return Err(invalid("it contains whitespace"));
         }
         let stream =
-            StreamId::new(format!("{STREAM_PREFIX}{name}")).map_err(|e| invalid(e.to_string()))?;
+            StreamId::new(format!("{STREAM_PREFIX}{name}")).map_err(|e| invalid(&e.to_string()))?;
         Ok(Self { name, stream })
     }
 
@@ -64,6 +66,14 @@ impl AccountId {
 
     /// The account's stream, `account-alice`.
     pub(crate) fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+}
+
+/// An account id names its stream: it can be a `#[stream]` field and be
+/// emitted to.
+impl AsRef<StreamId> for AccountId {
+    fn as_ref(&self) -> &StreamId {
         &self.stream
     }
 }
@@ -108,10 +118,9 @@ pub(crate) fn money(amount: impl Into<i128>) -> String {
     format!("{sign}${grouped}")
 }
 
-/// Everything that can happen to one account. Each variant has a stable
-/// `event_type` name, independent of the Rust identifiers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Everything that can happen to one account. Each variant is recorded
+/// under its name (`TransferredOut`), which is also serde's tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Event)]
 pub(crate) enum AccountEvent {
     /// The account was opened, possibly with money brought in.
     Opened {
@@ -151,18 +160,6 @@ pub(crate) enum AccountEvent {
     },
 }
 
-impl Event for AccountEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            AccountEvent::Opened { .. } => "bank.AccountOpened",
-            AccountEvent::Deposited { .. } => "bank.MoneyDeposited",
-            AccountEvent::Withdrawn { .. } => "bank.MoneyWithdrawn",
-            AccountEvent::TransferredOut { .. } => "bank.TransferredOut",
-            AccountEvent::TransferredIn { .. } => "bank.TransferredIn",
-        }
-    }
-}
-
 impl AccountEvent {
     /// How this event changes its own account's balance.
     pub(crate) fn delta(&self) -> i128 {
@@ -189,9 +186,9 @@ impl AccountEvent {
     }
 }
 
-/// One account folded from its events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct AccountState {
+/// One account folded from its events: the state every command decides on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Account {
     /// The owner, once the account is opened.
     pub(crate) owner: Option<String>,
     /// Current balance in dollars.
@@ -200,14 +197,10 @@ pub(crate) struct AccountState {
     pub(crate) events: u64,
 }
 
-impl AccountState {
-    /// Whether the account has been opened.
-    pub(crate) fn is_open(&self) -> bool {
-        self.owner.is_some()
-    }
+impl State for Account {
+    type Event = AccountEvent;
 
-    /// Folds one event in.
-    pub(crate) fn apply(&mut self, event: &AccountEvent) {
+    fn apply(&mut self, event: &AccountEvent) {
         if let AccountEvent::Opened { owner, .. } = event {
             self.owner = Some(owner.clone());
         }
@@ -215,20 +208,35 @@ impl AccountState {
         self.events += 1;
     }
 
-    /// `Ok` if the account is open, else the `NotOpen` refusal for it.
-    fn require_open(&self, account: &AccountId) -> Result<(), BankError> {
-        if self.is_open() {
-            Ok(())
-        } else {
-            Err(BankError::NotOpen {
-                account: account.clone(),
-            })
+    /// Accounts live long: a command reads the latest snapshot and at most
+    /// 100 events after it.
+    fn snapshots() -> Option<Snapshots<Self>> {
+        Some(Snapshots::new("bank.account").version(1).every(100))
+    }
+}
+
+impl Account {
+    /// `Ok` if the account is open, else the `NotOpen` refusal for `id`.
+    fn require_open(&self, id: &AccountId) -> Result<(), BankError> {
+        match self.owner {
+            Some(_) => Ok(()),
+            None => Err(BankError::NotOpen {
+                account: id.clone(),
+            }),
         }
     }
 
-    /// Whether `amount` can leave the account without overdrawing it.
-    fn covers(&self, amount: u64) -> bool {
-        self.balance >= i128::from(amount)
+    /// `Ok` if `amount` can leave the account without overdrawing it.
+    fn require_funds(&self, id: &AccountId, amount: u64) -> Result<(), BankError> {
+        if self.balance >= i128::from(amount) {
+            Ok(())
+        } else {
+            Err(BankError::InsufficientFunds {
+                account: id.clone(),
+                balance: self.balance,
+                requested: amount,
+            })
+        }
     }
 }
 
@@ -276,9 +284,10 @@ pub(crate) enum BankError {
 /// the append expects `NoStream`: of two concurrent openings exactly one
 /// succeeds, and the retry of the other is rejected with
 /// [`BankError::AlreadyOpen`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 pub(crate) struct OpenAccount {
     /// The new account.
+    #[stream]
     pub(crate) account: AccountId,
     /// Its owner.
     pub(crate) owner: String,
@@ -286,74 +295,55 @@ pub(crate) struct OpenAccount {
     pub(crate) initial_deposit: u64,
 }
 
-impl Command for OpenAccount {
-    type Event = AccountEvent;
-    type State = AccountState;
+impl Decide for OpenAccount {
+    type State = Account;
     type Error = BankError;
 
-    fn read_streams(&self) -> Vec<StreamId> {
-        vec![self.account.stream().clone()]
-    }
-
-    fn apply(&self, state: &mut AccountState, event: &RecordedEvent<AccountEvent>) {
-        state.apply(&event.event);
-    }
-
-    fn handle(
+    fn decide(
         &self,
-        state: &AccountState,
+        accounts: &States<Account>,
         d: &mut Decision<AccountEvent>,
     ) -> Result<(), BankError> {
         // Any event at all means the stream exists: never open it twice.
-        if state.is_open() || state.events > 0 {
+        if accounts.version(&self.account).get() > 0 {
             return Err(BankError::AlreadyOpen {
                 account: self.account.clone(),
             });
         }
-        d.emit(
-            self.account.stream(),
-            AccountEvent::Opened {
-                owner: self.owner.clone(),
-                initial_deposit: self.initial_deposit,
-            },
-        );
+        let opened = AccountEvent::Opened {
+            owner: self.owner.clone(),
+            initial_deposit: self.initial_deposit,
+        };
+        d.emit(&self.account, opened);
         Ok(())
     }
 }
 
 /// Puts money into an open account.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 pub(crate) struct Deposit {
     /// The receiving account.
+    #[stream]
     pub(crate) account: AccountId,
     /// Dollars.
     pub(crate) amount: u64,
 }
 
-impl Command for Deposit {
-    type Event = AccountEvent;
-    type State = AccountState;
+impl Decide for Deposit {
+    type State = Account;
     type Error = BankError;
 
-    fn read_streams(&self) -> Vec<StreamId> {
-        vec![self.account.stream().clone()]
-    }
-
-    fn apply(&self, state: &mut AccountState, event: &RecordedEvent<AccountEvent>) {
-        state.apply(&event.event);
-    }
-
-    fn handle(
+    fn decide(
         &self,
-        state: &AccountState,
+        accounts: &States<Account>,
         d: &mut Decision<AccountEvent>,
     ) -> Result<(), BankError> {
         if self.amount == 0 {
             return Err(BankError::ZeroAmount);
         }
-        state.require_open(&self.account)?;
+        accounts[&self.account].require_open(&self.account)?;
         d.emit(
-            self.account.stream(),
+            &self.account,
             AccountEvent::Deposited {
                 amount: self.amount,
             },
@@ -363,45 +353,32 @@ impl Command for Deposit {
 }
 
 /// Takes money out of an open account, never below zero.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 pub(crate) struct Withdraw {
     /// The paying account.
+    #[stream]
     pub(crate) account: AccountId,
     /// Dollars.
     pub(crate) amount: u64,
 }
 
-impl Command for Withdraw {
-    type Event = AccountEvent;
-    type State = AccountState;
+impl Decide for Withdraw {
+    type State = Account;
     type Error = BankError;
 
-    fn read_streams(&self) -> Vec<StreamId> {
-        vec![self.account.stream().clone()]
-    }
-
-    fn apply(&self, state: &mut AccountState, event: &RecordedEvent<AccountEvent>) {
-        state.apply(&event.event);
-    }
-
-    fn handle(
+    fn decide(
         &self,
-        state: &AccountState,
+        accounts: &States<Account>,
         d: &mut Decision<AccountEvent>,
     ) -> Result<(), BankError> {
         if self.amount == 0 {
             return Err(BankError::ZeroAmount);
         }
-        state.require_open(&self.account)?;
-        if !state.covers(self.amount) {
-            return Err(BankError::InsufficientFunds {
-                account: self.account.clone(),
-                balance: state.balance,
-                requested: self.amount,
-            });
-        }
+        let account = &accounts[&self.account];
+        account.require_open(&self.account)?;
+        account.require_funds(&self.account, self.amount)?;
         d.emit(
-            self.account.stream(),
+            &self.account,
             AccountEvent::Withdrawn {
                 amount: self.amount,
             },
@@ -414,11 +391,13 @@ impl Command for Withdraw {
 /// both in one atomic append, so the money is never in both accounts or in
 /// neither, and a concurrent change to either account makes the executor
 /// re-read and decide again.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Command)]
 pub(crate) struct Transfer {
     /// The paying account.
+    #[stream]
     pub(crate) from: AccountId,
     /// The receiving account.
+    #[stream]
     pub(crate) to: AccountId,
     /// Dollars.
     pub(crate) amount: u64,
@@ -430,42 +409,23 @@ pub(crate) struct Transfer {
 impl Transfer {
     /// A transfer with a fresh id.
     pub(crate) fn new(from: AccountId, to: AccountId, amount: u64) -> Self {
+        let transfer_id = Uuid::now_v7();
         Self {
             from,
             to,
             amount,
-            transfer_id: Uuid::now_v7(),
+            transfer_id,
         }
     }
 }
 
-/// Both accounts of a transfer, folded.
-#[derive(Debug, Default)]
-pub(crate) struct TransferState {
-    from: AccountState,
-    to: AccountState,
-}
-
-impl Command for Transfer {
-    type Event = AccountEvent;
-    type State = TransferState;
+impl Decide for Transfer {
+    type State = Account;
     type Error = BankError;
 
-    fn read_streams(&self) -> Vec<StreamId> {
-        vec![self.from.stream().clone(), self.to.stream().clone()]
-    }
-
-    fn apply(&self, state: &mut TransferState, event: &RecordedEvent<AccountEvent>) {
-        if event.stream_id == *self.from.stream() {
-            state.from.apply(&event.event);
-        } else if event.stream_id == *self.to.stream() {
-            state.to.apply(&event.event);
-        }
-    }
-
-    fn handle(
+    fn decide(
         &self,
-        state: &TransferState,
+        accounts: &States<Account>,
         d: &mut Decision<AccountEvent>,
     ) -> Result<(), BankError> {
         if self.from == self.to {
@@ -476,29 +436,27 @@ impl Command for Transfer {
         if self.amount == 0 {
             return Err(BankError::ZeroAmount);
         }
-        state.from.require_open(&self.from)?;
-        state.to.require_open(&self.to)?;
-        if !state.from.covers(self.amount) {
-            return Err(BankError::InsufficientFunds {
-                account: self.from.clone(),
-                balance: state.from.balance,
-                requested: self.amount,
-            });
-        }
+        let (from, to) = (&accounts[&self.from], &accounts[&self.to]);
+        from.require_open(&self.from)?;
+        to.require_open(&self.to)?;
+        from.require_funds(&self.from, self.amount)?;
+        let (amount, transfer_id) = (self.amount, self.transfer_id);
+        let to = self.to.clone();
         d.emit(
-            self.from.stream(),
+            &self.from,
             AccountEvent::TransferredOut {
-                amount: self.amount,
-                to: self.to.clone(),
-                transfer_id: self.transfer_id,
+                amount,
+                to,
+                transfer_id,
             },
         );
+        let from = self.from.clone();
         d.emit(
-            self.to.stream(),
+            &self.to,
             AccountEvent::TransferredIn {
-                amount: self.amount,
-                from: self.from.clone(),
-                transfer_id: self.transfer_id,
+                amount,
+                from,
+                transfer_id,
             },
         );
         Ok(())
@@ -672,7 +630,7 @@ mod tests {
 
     #[test]
     fn the_fold_tracks_balance_owner_and_version() {
-        let mut state = AccountState::default();
+        let mut account = Account::default();
         for event in [
             AccountEvent::Opened {
                 owner: "Alice".into(),
@@ -691,27 +649,27 @@ mod tests {
             },
             AccountEvent::Withdrawn { amount: 15 },
         ] {
-            state.apply(&event);
+            account.apply(&event);
         }
-        assert_eq!(state.owner.as_deref(), Some("Alice"));
-        assert_eq!(state.balance, 70);
-        assert_eq!(state.events, 5);
+        assert_eq!(account.owner.as_deref(), Some("Alice"));
+        assert_eq!(account.balance, 70);
+        assert_eq!(account.events, 5);
     }
 
     #[test]
-    fn events_serialize_readably_with_stable_type_names() {
+    fn events_are_recorded_under_their_serde_tags() {
         let event = AccountEvent::TransferredOut {
             amount: 30,
             to: id("bob"),
             transfer_id: Uuid::nil(),
         };
-        assert_eq!(event.event_type(), "bank.TransferredOut");
+        assert_eq!(event.event_type(), "TransferredOut");
         let json = serde_json::to_value(&event).unwrap();
-        assert_eq!(json["transferred_out"]["to"], "bob");
+        assert_eq!(json["TransferredOut"]["to"], "bob");
         let back: AccountEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
         // An old `Opened` without the optional deposit still decodes.
-        let old = serde_json::json!({ "opened": { "owner": "Carol" } });
+        let old = serde_json::json!({ "Opened": { "owner": "Carol" } });
         assert_eq!(
             serde_json::from_value::<AccountEvent>(old).unwrap(),
             AccountEvent::Opened {

@@ -5,11 +5,13 @@
 //! cargo run -p bank -- --memory    # in-memory store, no database needed
 //! ```
 //!
-//! Each account is an event stream, `account-<name>`. Opening an account, a
-//! deposit and a withdrawal touch one stream; a transfer reads both accounts
-//! and appends to both in one atomic append, so money is never in both
-//! accounts or in neither, and an overdraft is refused with a typed business
-//! error ([`domain::BankError`]).
+//! Each account is an event stream, `account-<name>`, folded into one
+//! [`domain::Account`] state that every command shares (and that is
+//! snapshotted every 100 events). Opening an account, a deposit and a
+//! withdrawal touch one stream; a transfer reads both accounts and appends
+//! to both in one atomic append, so money is never in both accounts or in
+//! neither, and an overdraft is refused with a typed business error
+//! ([`domain::BankError`]).
 //!
 //! The run opens a few accounts, makes some transfers by hand (including
 //! refused ones), then starts a **live projection** and lets 8 tasks make 200
@@ -24,8 +26,9 @@
 //! events in global order with a [`ProjectionRunner`] and keeps one balance
 //! per account: in a `HashMap` with `--memory` (at-least-once delivery, made
 //! harmless by an idempotent `apply`), or in the table
-//! `<schema>.account_balances`, where each event's update commits in one
-//! transaction with the projection's checkpoint (an exactly-once effect).
+//! `<schema>.account_balances`, a `PostgresProjection` whose every page of
+//! events commits in one transaction with the projection's checkpoint (an
+//! exactly-once effect).
 //!
 //! PostgreSQL: the URL comes from `DATABASE_URL` (or `--database-url`), else
 //! from `scripts/dev-db url`, which starts a throwaway local cluster if none is
@@ -51,10 +54,12 @@ use anyhow::Context;
 use clap::Parser;
 use eventcore::{
     CheckpointStore, CommandError, CommandExecutor, EventStore, ExecutionOutcome, GlobalPosition,
-    InMemoryCheckpointStore, InMemoryEventStore, ProjectionRunner, RetryPolicy, RunSummary,
-    RunnerOptions,
+    InMemoryCheckpointStore, InMemoryEventStore, InMemorySnapshotStore, ProjectionRunner,
+    RetryPolicy, RunSummary, RunnerOptions, SnapshotStore,
 };
-use eventcore_postgres::{PostgresCheckpointStore, PostgresConfigBuilder, PostgresEventStore};
+use eventcore_postgres::{
+    PostgresCheckpointStore, PostgresConfigBuilder, PostgresEventStore, PostgresSnapshotStore,
+};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -111,17 +116,25 @@ async fn main() -> anyhow::Result<()> {
         println!("Store: in memory (nothing is kept after the run)");
         run(
             InMemoryEventStore::new(),
+            InMemorySnapshotStore::new(),
             InMemoryCheckpointStore::new(),
             ReadModel::memory(),
             workload,
         )
         .await
     } else {
-        let store = connect_postgres(&args, workload).await?;
-        let checkpoints = PostgresCheckpointStore::new(store.clone());
-        let read_model = ReadModel::postgres(&store, checkpoints.clone()).await?;
-        run(store, checkpoints, read_model, workload).await
+        run_postgres(&args, workload).await
     }
+}
+
+/// The example on PostgreSQL: snapshots, checkpoints and the read model
+/// next to the events.
+async fn run_postgres(args: &Args, workload: Workload) -> anyhow::Result<()> {
+    let store = connect_postgres(args, workload).await?;
+    let snapshots = PostgresSnapshotStore::new(store.clone());
+    let checkpoints = PostgresCheckpointStore::new(store.clone());
+    let read_model = ReadModel::postgres(&store, checkpoints.clone()).await?;
+    run(store, snapshots, checkpoints, read_model, workload).await
 }
 
 /// Connects to PostgreSQL and creates the schema's tables.
@@ -232,10 +245,12 @@ impl Accounts {
     }
 }
 
-/// The whole example, on any store, with the balance projection keeping its
-/// checkpoint in `checkpoints` and its balances in `read_model`.
+/// The whole example, on any store, with the account snapshots in
+/// `snapshots` and the balance projection keeping its checkpoint in
+/// `checkpoints` and its balances in `read_model`.
 async fn run<S, C>(
     store: S,
+    snapshots: impl SnapshotStore + 'static,
     checkpoints: C,
     read_model: ReadModel,
     workload: Workload,
@@ -248,7 +263,9 @@ where
     // transfer occasionally loses the race ten times in a row, the default
     // policy's limit, so this executor is more patient.
     let executor = Arc::new(
-        CommandExecutor::new(store.clone()).with_retry_policy(RetryPolicy::new().max_attempts(30)),
+        CommandExecutor::new(store.clone())
+            .with_retry_policy(RetryPolicy::new().max_attempts(30))
+            .with_snapshots(snapshots),
     );
     let accounts = Accounts::new()?;
 
@@ -308,9 +325,9 @@ where
         n => format!(", {n} gave up"),
     };
     println!(
-        "Summary: {} succeeded, {} rejected, {} retries{gave_up}; \
+        "Summary: {} succeeded, {} rejected, {} conflicts retried{gave_up}; \
          the projection applied {} events live and agrees with the streams.",
-        stats.succeeded, stats.rejected, stats.retries, summary.applied
+        stats.succeeded, stats.rejected, stats.conflicts, summary.applied
     );
     Ok(())
 }
@@ -579,10 +596,16 @@ fn print_stats(stats: &Stats) {
     );
     println!("  rejected:  {:>4}   (insufficient funds)", stats.rejected);
     println!(
-        "  retries:   {:>4}   (conflicts re-run by the executor; worst case {} attempts)",
-        stats.retries,
+        "  conflicts: {:>4}   (lost races re-run by the executor; worst case {} attempts)",
+        stats.conflicts,
         stats.max_attempts.max(1)
     );
+    if stats.transient_retries > 0 {
+        println!(
+            "  transient: {:>4}   (store faults retried)",
+            stats.transient_retries
+        );
+    }
     if stats.gave_up > 0 {
         println!(
             "  gave up:   {:>4}   (still conflicting after the last retry)",
@@ -639,12 +662,28 @@ mod tests {
         };
         run(
             InMemoryEventStore::new(),
+            InMemorySnapshotStore::new(),
             InMemoryCheckpointStore::new(),
             ReadModel::memory(),
             workload,
         )
         .await
         .unwrap();
+    }
+
+    /// On PostgreSQL (`DATABASE_URL`, else `scripts/dev-db`), with enough
+    /// transfers for the accounts to be snapshotted, in a `t_` schema that
+    /// scripts/sweep-test-schemas drops later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_whole_example_keeps_the_books_on_postgres() {
+        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let args = Args::parse_from(["bank", "--transfers", "400", "--schema", &schema]);
+        let workload = Workload {
+            tasks: usize::from(args.tasks),
+            transfers: args.transfers,
+            max_amount: 40,
+        };
+        run_postgres(&args, workload).await.unwrap();
     }
 
     #[test]

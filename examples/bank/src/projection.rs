@@ -9,13 +9,12 @@
 //!   deliver a few events again (at-least-once); `apply` is idempotent
 //!   because each account remembers the last position it applied.
 //! * **PostgreSQL**, a table `<schema>.account_balances` next to the store's
-//!   events. Each page of events the runner reads updates the rows *and* the
-//!   projection's checkpoint in one transaction
-//!   ([`Projection::apply_batch`] and [`PostgresCheckpointStore::save_in`]),
-//!   so the effect is exactly once: a crash either keeps both or neither,
-//!   and a runner that lost its lease to another cannot commit at all (the
-//!   checkpoint write is fenced). The rows also keep their last position, so
-//!   even a stray second delivery changes nothing.
+//!   events, written by [`PgBalances`], a [`PostgresProjection`]: the runner
+//!   hands it each page of events inside a transaction that also moves the
+//!   projection's checkpoint and checks its lease ([`Transactional`]), so
+//!   the effect is exactly once: a crash keeps both or neither, a page
+//!   delivered again is not applied again, and a runner that lost its lease
+//!   to another commits nothing.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -28,11 +27,12 @@ use std::{
 
 use anyhow::Context;
 use eventcore::{
-    BoxError, CheckpointStore, ErrorStrategy, EventFilter, GlobalPosition, Projection,
-    RecordedEvent, async_trait,
+    BoxError, ErrorStrategy, EventFilter, GlobalPosition, Projection, RecordedEvent, async_trait,
 };
-use eventcore_postgres::{PostgresCheckpointStore, PostgresEventStore};
-use sqlx::{AssertSqlSafe, PgPool};
+use eventcore_postgres::{
+    PostgresCheckpointStore, PostgresEventStore, PostgresProjection, Transactional,
+};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 
 use crate::domain::{AccountEvent, STREAM_PREFIX};
 
@@ -41,6 +41,14 @@ pub(crate) const NAME: &str = "bank.balances";
 
 /// Balances per account name, as a read model reports them.
 pub(crate) type Balances = BTreeMap<String, i128>;
+
+/// The account an event belongs to: its stream without the prefix.
+fn account_of(event: &RecordedEvent<AccountEvent>) -> Result<&str, BoxError> {
+    let stream = event.stream_id.as_str();
+    stream
+        .strip_prefix(STREAM_PREFIX)
+        .ok_or_else(|| format!("'{stream}' is not an account stream").into())
+}
 
 /// Follows `account-*` events and keeps one balance per account.
 pub(crate) struct BalanceProjection {
@@ -64,7 +72,14 @@ impl BalanceProjection {
 
     /// Every account's balance as the read model has it.
     pub(crate) async fn balances(&self) -> anyhow::Result<Balances> {
-        self.read_model.balances().await
+        match &self.read_model {
+            ReadModel::Memory(m) => Ok(m
+                .rows
+                .iter()
+                .map(|(account, row)| (account.clone(), row.balance))
+                .collect()),
+            ReadModel::Postgres(pg) => pg.get_ref().balances().await,
+        }
     }
 }
 
@@ -90,51 +105,36 @@ impl Projection for BalanceProjection {
     }
 
     async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
-        let account = event
-            .stream_id
-            .as_str()
-            .strip_prefix(STREAM_PREFIX)
-            .ok_or_else(|| format!("'{}' is not an account stream", event.stream_id))?;
-        let fresh = self
-            .read_model
-            .apply(account, event.event.delta(), event.position)
-            .await?;
-        self.progress.record(event.position, fresh);
-        Ok(())
+        self.apply_batch(vec![event]).await
     }
 
-    /// A page at a time: on PostgreSQL one transaction for the rows of all
-    /// its events and the checkpoint. (If it fails, the runner delivers the
-    /// page's events one by one through `apply` to find the culprit.)
+    /// A page at a time; on PostgreSQL one transaction with the checkpoint.
+    /// (If it fails, the runner delivers the page's events one by one
+    /// through `apply` to find the culprit.)
     async fn apply_batch(
         &mut self,
         events: Vec<RecordedEvent<AccountEvent>>,
     ) -> Result<(), BoxError> {
-        let ReadModel::Postgres(pg) = &self.read_model else {
-            for event in events {
-                self.apply(event).await?;
-            }
-            return Ok(());
-        };
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(());
         };
-        let mut rows = Vec::with_capacity(events.len());
-        for event in &events {
-            let account = event
-                .stream_id
-                .as_str()
-                .strip_prefix(STREAM_PREFIX)
-                .ok_or_else(|| format!("'{}' is not an account stream", event.stream_id))?;
-            rows.push((account, event.event.delta(), event.position));
-        }
-        let fresh = pg.apply_batch(&rows).await?;
-        self.progress.record_batch(last, fresh, events.len() as u64);
+        let total = events.len() as u64;
+        let fresh = match &mut self.read_model {
+            ReadModel::Memory(m) => m.apply(&events)?,
+            ReadModel::Postgres(pg) => {
+                pg.apply_batch(events).await?;
+                total
+            }
+        };
+        self.progress.record(last, fresh, total);
         Ok(())
     }
 
     async fn reset(&mut self) -> Result<(), BoxError> {
-        self.read_model.reset().await?;
+        match &mut self.read_model {
+            ReadModel::Memory(m) => m.rows.clear(),
+            ReadModel::Postgres(pg) => pg.reset().await?,
+        }
         self.progress.reset();
         Ok(())
     }
@@ -149,20 +149,9 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    fn record(&self, position: GlobalPosition, fresh: bool) {
-        let counter = if fresh {
-            &self.applied
-        } else {
-            &self.duplicates
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.last_position
-            .fetch_max(position.get(), Ordering::Release);
-    }
-
     /// A batch of `total` events up to `last`, `fresh` of which changed a
     /// balance.
-    fn record_batch(&self, last: GlobalPosition, fresh: u64, total: u64) {
+    fn record(&self, last: GlobalPosition, fresh: u64, total: u64) {
         self.applied.fetch_add(fresh, Ordering::Relaxed);
         self.duplicates
             .fetch_add(total.saturating_sub(fresh), Ordering::Relaxed);
@@ -195,8 +184,8 @@ impl Progress {
 pub(crate) enum ReadModel {
     /// A map in this process.
     Memory(MemoryBalances),
-    /// A table next to the events.
-    Postgres(PgBalances),
+    /// A table next to the events, written in the runner's transactions.
+    Postgres(Box<Transactional<PgBalances>>),
 }
 
 impl ReadModel {
@@ -213,51 +202,18 @@ impl ReadModel {
         store: &PostgresEventStore,
         checkpoints: PostgresCheckpointStore,
     ) -> anyhow::Result<Self> {
-        Ok(ReadModel::Postgres(
-            PgBalances::create(store, checkpoints).await?,
-        ))
+        let balances = PgBalances::create(store).await?;
+        Ok(ReadModel::Postgres(Box::new(Transactional::new(
+            balances,
+            checkpoints,
+        ))))
     }
 
     /// Where the balances live, for printing.
     pub(crate) fn describe(&self) -> String {
         match self {
             ReadModel::Memory(_) => "a HashMap in memory".into(),
-            ReadModel::Postgres(pg) => format!("PostgreSQL table {}", pg.table),
-        }
-    }
-
-    /// Adds `delta` to `account` unless the event at `position` was already
-    /// applied. True if it changed the balance.
-    async fn apply(
-        &mut self,
-        account: &str,
-        delta: i128,
-        position: GlobalPosition,
-    ) -> Result<bool, BoxError> {
-        match self {
-            ReadModel::Memory(m) => Ok(m.apply(account, delta, position)),
-            ReadModel::Postgres(pg) => pg.apply(account, delta, position).await,
-        }
-    }
-
-    async fn reset(&mut self) -> Result<(), BoxError> {
-        match self {
-            ReadModel::Memory(m) => {
-                m.rows.clear();
-                Ok(())
-            }
-            ReadModel::Postgres(pg) => pg.reset().await,
-        }
-    }
-
-    async fn balances(&self) -> anyhow::Result<Balances> {
-        match self {
-            ReadModel::Memory(m) => Ok(m
-                .rows
-                .iter()
-                .map(|(account, row)| (account.clone(), row.balance))
-                .collect()),
-            ReadModel::Postgres(pg) => pg.balances().await,
+            ReadModel::Postgres(pg) => format!("PostgreSQL table {}", pg.get_ref().table),
         }
     }
 }
@@ -275,139 +231,59 @@ struct Row {
 }
 
 impl MemoryBalances {
-    fn apply(&mut self, account: &str, delta: i128, position: GlobalPosition) -> bool {
-        let row = self.rows.entry(account.to_owned()).or_default();
-        // An account's events arrive in global order, so anything at or
-        // before its last position is a redelivery.
-        if position <= row.last_position {
-            return false;
+    /// Applies the events not applied yet; returns how many that was.
+    fn apply(&mut self, events: &[RecordedEvent<AccountEvent>]) -> Result<u64, BoxError> {
+        let mut fresh = 0;
+        for event in events {
+            let row = self.rows.entry(account_of(event)?.to_owned()).or_default();
+            // An account's events arrive in global order, so anything at or
+            // before its last position is a redelivery.
+            if event.position > row.last_position {
+                row.balance += event.event.delta();
+                row.last_position = event.position;
+                fresh += 1;
+            }
         }
-        row.balance += delta;
-        row.last_position = position;
-        true
+        Ok(fresh)
     }
 }
 
-/// Balances in `<schema>.account_balances`, updated together with the
-/// checkpoint.
+/// Balances in `<schema>.account_balances`. Exactly-once delivery is the
+/// runner's ([`Transactional`]), so the SQL just adds.
 pub(crate) struct PgBalances {
     pool: PgPool,
-    checkpoints: PostgresCheckpointStore,
     table: String,
     upsert: Arc<str>,
-    upsert_batch: Arc<str>,
     select: Arc<str>,
     delete: Arc<str>,
 }
 
 impl PgBalances {
-    async fn create(
-        store: &PostgresEventStore,
-        checkpoints: PostgresCheckpointStore,
-    ) -> anyhow::Result<Self> {
+    async fn create(store: &PostgresEventStore) -> anyhow::Result<Self> {
         // The schema name was validated by the store's config (letters,
         // digits and `_`), so it is safe to format into SQL.
         let table = format!("{}.account_balances", store.config().schema);
         let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {table} (
-                account       TEXT   PRIMARY KEY,
-                balance       BIGINT NOT NULL,
-                last_position BIGINT NOT NULL
-            )"
+            "CREATE TABLE IF NOT EXISTS {table} (account TEXT PRIMARY KEY, balance BIGINT NOT NULL)"
         );
         sqlx::raw_sql(AssertSqlSafe(ddl))
             .execute(store.pool())
             .await
             .with_context(|| format!("cannot create {table}"))?;
-        // The WHERE makes a second delivery of the same event a no-op.
+        // A page's deltas summed per account, in one statement.
         let upsert = format!(
-            "INSERT INTO {table} AS b (account, balance, last_position) VALUES ($1, $2, $3) \
-             ON CONFLICT (account) DO UPDATE \
-             SET balance = b.balance + excluded.balance, last_position = excluded.last_position \
-             WHERE b.last_position < excluded.last_position"
-        );
-        // A batch: per account the sum of the events it has not applied yet
-        // (a position past its last one), in one statement. Returns how many
-        // events were fresh.
-        let upsert_batch = format!(
-            "WITH e AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS e(account, delta, pos)), \
-             fresh AS (SELECT e.* FROM e LEFT JOIN {table} b ON b.account = e.account \
-                       WHERE b.last_position IS NULL OR e.pos > b.last_position), \
-             upserted AS ( \
-               INSERT INTO {table} AS b (account, balance, last_position) \
-               SELECT account, sum(delta)::bigint, max(pos) FROM fresh GROUP BY account \
-               ON CONFLICT (account) DO UPDATE \
-               SET balance = b.balance + excluded.balance, last_position = excluded.last_position \
-               RETURNING 1) \
-             SELECT count(*) FROM fresh"
+            "INSERT INTO {table} AS b (account, balance) \
+             SELECT account, sum(delta)::bigint \
+             FROM unnest($1::text[], $2::bigint[]) AS e(account, delta) GROUP BY account \
+             ON CONFLICT (account) DO UPDATE SET balance = b.balance + excluded.balance"
         );
         Ok(Self {
             pool: store.pool().clone(),
-            checkpoints,
             upsert: upsert.into(),
-            upsert_batch: upsert_batch.into(),
             select: format!("SELECT account, balance FROM {table}").into(),
             delete: format!("DELETE FROM {table}").into(),
             table,
         })
-    }
-
-    /// One transaction: the row and the checkpoint commit together.
-    async fn apply(
-        &self,
-        account: &str,
-        delta: i128,
-        position: GlobalPosition,
-    ) -> Result<bool, BoxError> {
-        let delta = i64::try_from(delta)?;
-        let at = i64::try_from(position.get())?;
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(AssertSqlSafe(Arc::clone(&self.upsert)))
-            .bind(account)
-            .bind(delta)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        self.checkpoints.save_in(&mut tx, NAME, position).await?;
-        tx.commit().await?;
-        Ok(changed == 1)
-    }
-
-    /// One transaction: the rows of every event and the checkpoint after
-    /// the last commit together. Returns how many events changed a balance.
-    async fn apply_batch(&self, rows: &[(&str, i128, GlobalPosition)]) -> Result<u64, BoxError> {
-        let Some(&(_, _, last)) = rows.last() else {
-            return Ok(0);
-        };
-        let mut accounts = Vec::with_capacity(rows.len());
-        let mut deltas = Vec::with_capacity(rows.len());
-        let mut positions = Vec::with_capacity(rows.len());
-        for &(account, delta, position) in rows {
-            accounts.push(account);
-            deltas.push(i64::try_from(delta)?);
-            positions.push(i64::try_from(position.get())?);
-        }
-        let mut tx = self.pool.begin().await?;
-        let fresh: i64 = sqlx::query_scalar(AssertSqlSafe(Arc::clone(&self.upsert_batch)))
-            .bind(&accounts)
-            .bind(&deltas)
-            .bind(&positions)
-            .fetch_one(&mut *tx)
-            .await?;
-        self.checkpoints.save_in(&mut tx, NAME, last).await?;
-        tx.commit().await?;
-        Ok(u64::try_from(fresh)?)
-    }
-
-    /// Forgets the checkpoint first, then the rows: a crash in between
-    /// replays from the start onto rows that ignore what they already have.
-    async fn reset(&self) -> Result<(), BoxError> {
-        self.checkpoints.reset(NAME).await?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.delete)))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn balances(&self) -> anyhow::Result<Balances> {
@@ -422,11 +298,46 @@ impl PgBalances {
     }
 }
 
+#[async_trait]
+impl PostgresProjection for PgBalances {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn apply(
+        &mut self,
+        tx: &mut Transaction<'static, Postgres>,
+        events: &[RecordedEvent<AccountEvent>],
+    ) -> Result<(), BoxError> {
+        let mut accounts = Vec::with_capacity(events.len());
+        let mut deltas = Vec::with_capacity(events.len());
+        for event in events {
+            accounts.push(account_of(event)?);
+            deltas.push(i64::try_from(event.event.delta())?);
+        }
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.upsert)))
+            .bind(&accounts)
+            .bind(&deltas)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&mut self, tx: &mut Transaction<'static, Postgres>) -> Result<(), BoxError> {
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.delete)))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use eventcore::{
-        EventStore, InMemoryCheckpointStore, InMemoryEventStore, ProjectionRunner, StreamId,
-        testing::seed,
+        CheckpointStore, EventStore, InMemoryCheckpointStore, InMemoryEventStore, ProjectionRunner,
+        StreamId, testing::seed,
     };
     use uuid::Uuid;
 

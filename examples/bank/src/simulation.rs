@@ -32,8 +32,10 @@ pub(crate) struct Stats {
     pub(crate) rejected: u64,
     /// Transfers still conflicting after the retry policy's last attempt.
     pub(crate) gave_up: u64,
-    /// Extra attempts caused by conflicts: the sum of `attempts - 1`.
-    pub(crate) retries: u64,
+    /// Attempts that lost a race for an account and were decided again.
+    pub(crate) conflicts: u64,
+    /// Attempts repeated after a transient fault of the store.
+    pub(crate) transient_retries: u64,
     /// The most attempts any one transfer needed.
     pub(crate) max_attempts: u32,
     /// Dollars moved by the successful transfers.
@@ -47,7 +49,8 @@ impl Stats {
         self.succeeded += other.succeeded;
         self.rejected += other.rejected;
         self.gave_up += other.gave_up;
-        self.retries += other.retries;
+        self.conflicts += other.conflicts;
+        self.transient_retries += other.transient_retries;
         self.max_attempts = self.max_attempts.max(other.max_attempts);
         self.moved += other.moved;
     }
@@ -84,7 +87,8 @@ pub(crate) async fn run<S: EventStore + 'static>(
                     Ok(outcome) => {
                         stats.succeeded += 1;
                         stats.moved += amount;
-                        stats.retries += u64::from(outcome.attempts.saturating_sub(1));
+                        stats.conflicts += u64::from(outcome.conflicts);
+                        stats.transient_retries += u64::from(outcome.transient_retries);
                         stats.max_attempts = stats.max_attempts.max(outcome.attempts);
                     }
                     Err(CommandError::Rejected(BankError::InsufficientFunds { .. })) => {
@@ -92,7 +96,7 @@ pub(crate) async fn run<S: EventStore + 'static>(
                     }
                     Err(CommandError::RetriesExhausted { attempts, .. }) => {
                         stats.gave_up += 1;
-                        stats.retries += u64::from(attempts.saturating_sub(1));
+                        stats.conflicts += u64::from(attempts.saturating_sub(1));
                         stats.max_attempts = stats.max_attempts.max(attempts);
                     }
                     Err(other) => {

@@ -11,6 +11,7 @@ pub(crate) mod append;
 pub(crate) mod command;
 pub(crate) mod memory;
 pub(crate) mod read;
+pub(crate) mod snapshot;
 pub(crate) mod subscription;
 
 use std::{
@@ -55,6 +56,8 @@ pub(crate) enum Scenario {
     F,
     /// The write scenarios on the in-memory store.
     G,
+    /// A command on a stream of 100,000 events vs 100, with snapshots.
+    S,
 }
 
 impl Scenario {
@@ -68,6 +71,7 @@ impl Scenario {
         Scenario::E,
         Scenario::F,
         Scenario::G,
+        Scenario::S,
     ];
 
     /// The name `--only` takes.
@@ -81,6 +85,7 @@ impl Scenario {
             Scenario::E => "E",
             Scenario::F => "F",
             Scenario::G => "G",
+            Scenario::S => "S",
         }
     }
 
@@ -94,6 +99,7 @@ impl Scenario {
             Scenario::E => "E: reads (read_stream of 100, read_all pages of 1,000)",
             Scenario::F => "F: subscription latency, append to delivery, under A with 16 writers",
             Scenario::G => "G: write scenarios on InMemoryEventStore (no ceiling)",
+            Scenario::S => "S: a command on a stream of 100,000 events vs 100, with snapshots",
         }
     }
 
@@ -120,6 +126,7 @@ impl Scenario {
             Scenario::E => read::run_e(ctx).await,
             Scenario::F => subscription::run_f(ctx).await,
             Scenario::G => memory::run_g(ctx).await,
+            Scenario::S => snapshot::run_s(ctx).await,
         }
     }
 }

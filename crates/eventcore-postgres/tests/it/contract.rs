@@ -10,3 +10,12 @@ mod projections {
         }
     );
 }
+
+mod snapshots {
+    eventcore::snapshot_contract_tests!(
+        crate::support::fresh_store,
+        |store: &eventcore_postgres::PostgresEventStore| {
+            eventcore_postgres::PostgresSnapshotStore::new(store.clone())
+        }
+    );
+}

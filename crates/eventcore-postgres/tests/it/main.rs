@@ -7,6 +7,7 @@ mod contract;
 mod counter;
 mod deadlines;
 mod faults;
+mod pg_projection;
 mod projections;
 mod roundtrip;
 mod schema;

@@ -6,12 +6,16 @@
 //! * [`given`]: `given(history).when(command).then(events)` for your own
 //!   command tests, without a database.
 //! * [`CountingStore`]: counts the read round trips a subscriber makes.
+//! * [`snapshots`]: the contract of snapshot stores and of the executor's
+//!   use of them, run with
+//!   [`snapshot_contract_tests!`](crate::snapshot_contract_tests).
 
 pub mod bank;
 pub mod contract;
 mod counting;
 mod harness;
 pub mod projections;
+pub mod snapshots;
 
 pub use counting::{CountingStore, ReadCounts};
 pub use harness::{CommandTest, TestOutcome, given};
