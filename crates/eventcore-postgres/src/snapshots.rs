@@ -1,5 +1,5 @@
 //! Durable snapshots of command state in PostgreSQL (table `snapshots`,
-//! migration 0005).
+//! migration 0006).
 
 use std::sync::Arc;
 

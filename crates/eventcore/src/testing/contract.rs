@@ -1109,8 +1109,14 @@ pub async fn run_transfer_load<S: EventStore + ?Sized>(
         let seeded = seed(store, a, [deposit]).await.unwrap();
         start = start.max(seeded.positions.expect("seeded").1);
     }
-    let executor =
-        CommandExecutor::new(store).with_retry_policy(RetryPolicy::new().max_attempts(1000));
+    // The load checks what faults leave behind, not how fast the executor
+    // gets past them: under injected faults (backends terminated every few
+    // milliseconds on a loaded machine) a transfer may need minutes.
+    let executor = CommandExecutor::new(store).with_retry_policy(
+        RetryPolicy::new()
+            .max_attempts(1000)
+            .max_elapsed(std::time::Duration::from_secs(300)),
+    );
     let done = AtomicBool::new(false);
 
     let reader = async {
