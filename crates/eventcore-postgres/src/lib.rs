@@ -82,6 +82,7 @@
 mod config;
 mod conn_cache;
 mod error;
+pub mod instrument;
 mod jsonb;
 mod metrics;
 mod notify;
@@ -93,6 +94,7 @@ mod store;
 
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
+pub use instrument::describe_metrics;
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
 pub use projection::PostgresCheckpointStore;
 pub use schema::SCHEMA_VERSION;

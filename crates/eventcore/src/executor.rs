@@ -285,6 +285,7 @@ impl<S: EventStore> CommandExecutor<S> {
                             match self.retry.next_delay(attempt, started.elapsed()) {
                                 Some(delay) => {
                                     tracing::debug!(attempt, error = %e, "transient read failure; retrying");
+                                    crate::telemetry::command_retry("transient");
                                     tokio::time::sleep(delay).await;
                                     continue;
                                 }
@@ -327,6 +328,11 @@ impl<S: EventStore> CommandExecutor<S> {
                     match delay {
                         Some(delay) => {
                             tracing::debug!(attempt, error = %e, "append failed; retrying");
+                            crate::telemetry::command_retry(if e.as_conflict().is_some() {
+                                "conflict"
+                            } else {
+                                "transient"
+                            });
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }

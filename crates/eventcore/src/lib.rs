@@ -114,6 +114,7 @@ mod retry;
 mod rules;
 mod store;
 mod subscription;
+pub mod telemetry;
 pub mod testing;
 
 pub use append::{
@@ -142,3 +143,4 @@ pub use retry::RetryPolicy;
 pub use rules::{MAX_EVENT_TYPE_LEN, MAX_JSON_DEPTH, MAX_NUMBER_SCALE, MAX_SCHEMA_VERSION};
 pub use store::{DEFAULT_READ_PAGE, EventStore, ReadBlocker, read_each_stream};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};
+pub use telemetry::describe_metrics;

@@ -191,6 +191,30 @@ pub trait CheckpointStore: Send + Sync {
     /// holds the role.
     async fn try_acquire(&self, projection: &str) -> Result<Option<Box<dyn Lease>>, Error>;
 
+    /// Records why a runner of `projection` stopped, and at which event
+    /// if one caused it, for operators (`eventcore projections` lists the
+    /// last one). Best effort: a runner logs a failure here and goes on.
+    /// Default: nothing is kept.
+    async fn record_error(
+        &self,
+        projection: &str,
+        position: Option<GlobalPosition>,
+        error: &str,
+    ) -> Result<(), Error> {
+        let _ = (projection, position, error);
+        Ok(())
+    }
+
+    /// Whether an operator asked for `projection` to be rebuilt
+    /// (`eventcore projections rebuild` on PostgreSQL). A runner that finds
+    /// a request when it takes the lease resets the projection
+    /// ([`Projection::reset`]) and then the checkpoint (which clears the
+    /// request), and replays from the first event. Default: never.
+    async fn rebuild_requested(&self, projection: &str) -> Result<bool, Error> {
+        let _ = projection;
+        Ok(false)
+    }
+
     /// Passes a poison event by hand: records the event at `position` as
     /// skipped (with `reason`) and moves the checkpoint to it, so the next
     /// runner starts after it. For a runner that stopped on the event
@@ -592,23 +616,28 @@ where
         let Some(lease) = self.acquire(never).await? else {
             unreachable!("acquire gives up only on shutdown");
         };
-        if let Err(source) = self.projection.reset().await {
-            return Err(if lease_lost_in(&*source) {
-                lease_lost(&name)
-            } else {
-                projection_error(&name, None, source)
-            });
-        }
-        retry_transient(&self.options.retry, &name, "reset the checkpoint", || {
-            self.checkpoints.reset(&name)
-        })
-        .await?;
+        self.reset_for_rebuild(&name).await?;
         let target = retry_transient(&self.options.retry, &name, "read the head", || {
             self.store.head_position()
         })
         .await?;
         self.run(futures::future::pending(), Some(target), Some(lease))
             .await
+    }
+
+    /// Resets the projection, then its checkpoint (under the lease).
+    async fn reset_for_rebuild(&mut self, name: &str) -> Result<(), Error> {
+        if let Err(source) = self.projection.reset().await {
+            return Err(if lease_lost_in(&*source) {
+                lease_lost(name)
+            } else {
+                projection_error(name, None, source)
+            });
+        }
+        retry_transient(&self.options.retry, name, "reset the checkpoint", || {
+            self.checkpoints.reset(name)
+        })
+        .await
     }
 
     /// Waits for the lease; `None` if `shutdown` came first.
@@ -652,6 +681,14 @@ where
             },
         };
         let name = self.projection.name().to_owned();
+        if retry_transient(&self.options.retry, &name, "ask for a rebuild", || {
+            self.checkpoints.rebuild_requested(&name)
+        })
+        .await?
+        {
+            tracing::warn!(projection = %name, "an operator asked for a rebuild: resetting the projection");
+            self.reset_for_rebuild(&name).await?;
+        }
         let start = retry_transient(&self.options.retry, &name, "load the checkpoint", || {
             self.checkpoints.load(&name)
         })
@@ -740,6 +777,15 @@ where
             }
             Err(e) => {
                 tracing::error!(projection = %name, applied = run.summary.applied, error = %e, "projection runner stopped on an error");
+                crate::telemetry::projection_error(&name);
+                if !matches!(e, Error::LeaseLost { .. })
+                    && let Err(failed) = self
+                        .checkpoints
+                        .record_error(&name, e.position(), &error_chain(e))
+                        .await
+                {
+                    tracing::warn!(projection = %name, error = %failed, "cannot record the runner's error");
+                }
             }
         }
         outcome.map(|()| run.summary)
@@ -821,6 +867,7 @@ where
             self.checkpoints.save(name, position)
         })
         .await?;
+        crate::telemetry::projection_checkpoint(name, position);
         run.summary.checkpoint = Some(position);
         run.unsaved = 0;
         run.skipped_since_save = false;
@@ -870,6 +917,7 @@ where
         self.apply_events(name, &mut cursor, &indexes, batch, lease, run)
             .await?;
         cursor.advance(run, page.len());
+        crate::telemetry::projection_page(name, page);
         Ok(())
     }
 
@@ -888,7 +936,9 @@ where
         if n == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         let Err(source) = self.projection.apply_batch(batch).await else {
+            crate::telemetry::projection_applied(name, n, started.elapsed());
             run.summary.applied += n as u64;
             cursor.advance(run, indexes[n - 1] + 1);
             return Ok(());
@@ -932,6 +982,7 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let started = Instant::now();
             let result = match failed.take() {
                 Some(failure) => Err(failure),
                 None => match stored.decode::<P::Event>() {
@@ -940,6 +991,7 @@ where
                 },
             };
             let Err(source) = result else {
+                crate::telemetry::projection_applied(name, 1, started.elapsed());
                 run.summary.applied += 1;
                 return Ok(());
             };
@@ -964,6 +1016,7 @@ where
                         error: error_chain(&*source),
                     })
                     .await?;
+                    crate::telemetry::projection_skipped(name);
                     run.summary.skipped += 1;
                     run.skipped_since_save = true;
                     return Ok(());
@@ -1003,6 +1056,7 @@ where
             error: e.to_string(),
         })
         .await?;
+        crate::telemetry::projection_skipped(name);
         run.summary.skipped += 1;
         run.skipped_since_save = true;
         run.done = Some(position);
