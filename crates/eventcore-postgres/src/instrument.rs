@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use eventcore::{AppendOutcome, Error};
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 
 /// Store calls by `operation` and `outcome` (`ok` | `error`).
 pub const STORE_CALLS: &str = "eventcore_store_calls_total";

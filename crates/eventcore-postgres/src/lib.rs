@@ -79,6 +79,7 @@
 //! is the same either way; [`PostgresEventStore::recent_append_stats`]
 //! shows how often memory served.
 
+mod admin;
 mod config;
 mod conn_cache;
 mod error;
@@ -92,6 +93,11 @@ mod schema;
 mod sql;
 mod store;
 
+pub use admin::{
+    Check, CheckStatus, ConnectionGroup, Connections, ExportSelection, ExportSummary,
+    ImportSummary, LastError, ProjectionOperation, ProjectionRequest, ProjectionStatus, RunnerInfo,
+    StreamSummary, VerifyReport,
+};
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use error::{APPEND_ONLY_SQLSTATE, PostgresError};
 pub use instrument::describe_metrics;

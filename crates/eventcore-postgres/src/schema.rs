@@ -42,10 +42,21 @@ const MIGRATIONS: &[Migration] = &[
         name: "fenced_leases",
         sql: include_str!("../migrations/0004_fenced_leases.sql"),
     },
+    Migration {
+        version: 5,
+        name: "operations",
+        sql: include_str!("../migrations/0005_operations.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
+
+/// Every migration's version and name, oldest first (what the ledger
+/// should hold).
+pub(crate) fn migration_names() -> impl Iterator<Item = (i32, &'static str)> {
+    MIGRATIONS.iter().map(|m| (m.version, m.name))
+}
 
 /// A database object the store relies on.
 struct Required {
@@ -92,6 +103,7 @@ const REQUIRED: &[Required] = &[
     required(2, "index", "projection_checkpoints_pkey"),
     required(2, "table", "projection_skips"),
     required(3, "function", "append_to_streams"),
+    required(5, "table", "projection_operations"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in

@@ -351,18 +351,17 @@ impl PostgresEventStore {
             let span = tracing::debug_span!("eventcore.attempt", operation, attempt = number);
             // A server that went silent answers nothing, not even the
             // server-side `statement_timeout`: only the client's clock ends it.
-            let (result, silent) = match tokio::time::timeout(deadline, attempt().instrument(span))
-                .await
-            {
-                Ok(result) => (result, false),
-                Err(_) => {
-                    let timeout = Error::Timeout {
-                        operation,
-                        elapsed: deadline,
-                    };
-                    (Err(timeout), true)
-                }
-            };
+            let (result, silent) =
+                match tokio::time::timeout(deadline, attempt().instrument(span)).await {
+                    Ok(result) => (result, false),
+                    Err(_) => {
+                        let timeout = Error::Timeout {
+                            operation,
+                            elapsed: deadline,
+                        };
+                        (Err(timeout), true)
+                    }
+                };
             let e = match result {
                 Ok(value) => return Ok(value),
                 Err(e) => e,

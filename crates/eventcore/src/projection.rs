@@ -374,7 +374,8 @@ pub struct RunnerOptions {
     /// Longest wait for new events without a wake-up. Default 500 ms.
     pub poll_interval: Duration,
     /// Save the checkpoint once this many events were processed (checked
-    /// after each page), after a skipped event, and when the runner stops.
+    /// after each page), after a skipped event, after 1 s without new
+    /// events, and when the runner stops.
     /// Default 100. (A crash replays the events after the last save.)
     pub checkpoint_every: usize,
     /// How often a runner waiting for the lease tries again. Default 1 s.
@@ -450,6 +451,9 @@ impl fmt::Display for CatchUpTimeout {
         }
     }
 }
+
+/// A runner that has had no new events for this long saves its checkpoint.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// How often a runner catching up checks whether it is stuck.
 const STALL_CHECK: Duration = Duration::from_millis(250);
@@ -546,6 +550,7 @@ enum Next {
     Page(Result<Vec<StoredEvent>, Error>),
     Shutdown,
     LeaseLost,
+    /// Stuck catching up, or a checkpoint write while idle failed.
     Stalled(Error),
 }
 
@@ -721,12 +726,22 @@ where
             let next = {
                 let page = events.next_page();
                 tokio::pin!(page);
+                let idle = tokio::time::sleep(IDLE_CHECKPOINT);
+                tokio::pin!(idle);
                 loop {
                     tokio::select! {
                         biased;
                         () = &mut lost => break Next::LeaseLost,
                         () = &mut shutdown => break Next::Shutdown,
                         page = &mut page => break Next::Page(page),
+                        // Caught up and nothing new: save what is done, so
+                        // the checkpoint (and the lag operators see) does
+                        // not trail behind while the store is quiet.
+                        () = &mut idle, if run.unsaved > 0 => {
+                            if let Err(e) = self.checkpoint(&name, &*lease, &mut run).await {
+                                break Next::Stalled(e);
+                            }
+                        }
                         () = tokio::time::sleep(self.stall_check_every()), if until.is_some() => {
                             let target = until.unwrap_or(GlobalPosition::START);
                             if let Some(e) = self

@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 
 use crate::{GlobalPosition, StoredEvent};
 
@@ -107,8 +109,7 @@ pub(crate) fn projection_page(projection: &str, page: &[StoredEvent]) {
 }
 
 pub(crate) fn projection_checkpoint(projection: &str, position: GlobalPosition) {
-    gauge!(PROJECTION_CHECKPOINT, "projection" => projection.to_owned())
-        .set(position.get() as f64);
+    gauge!(PROJECTION_CHECKPOINT, "projection" => projection.to_owned()).set(position.get() as f64);
 }
 
 pub(crate) fn projection_error(projection: &str) {
