@@ -43,6 +43,11 @@
 mod cli;
 mod commands;
 mod output;
+mod progress;
+mod projections;
+mod serve;
+mod transfer;
+mod verify;
 
 use std::{io, process::ExitCode};
 
@@ -60,6 +65,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(io::stderr)
+        // Escape codes only for a terminal, never with NO_COLOR.
+        .with_ansi(output::stderr_colour())
         .init();
     let result = match cli.into_config() {
         Ok(config) => commands::run(config).await,

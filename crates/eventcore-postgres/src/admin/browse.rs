@@ -1,7 +1,7 @@
 //! Listings for people: streams by prefix, the server's connections.
 
 use chrono::{DateTime, Utc};
-use eventcore::{StreamId, StreamVersion};
+use eventcore::{GlobalPosition, StreamId, StreamVersion};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -87,6 +87,24 @@ impl PostgresEventStore {
                 })
             })
             .collect()
+    }
+
+    /// The position after which the newest `n` readable events lie
+    /// ([`GlobalPosition::START`] if there are fewer): where to start
+    /// reading to show the latest events.
+    pub async fn recent_start(&self, n: u32) -> Result<GlobalPosition, PostgresError> {
+        const OP: &str = "find recent events";
+        let schema = self.config().schema.as_str();
+        let at: i64 = self
+            .bounded(OP, Call::Read, async {
+                sqlx::query_scalar(fill(sql::SELECT_RECENT_START, schema))
+                    .bind(i64::from(n))
+                    .fetch_one(self.pool())
+                    .await
+                    .map_err(|e| self.map_err(OP, e))
+            })
+            .await?;
+        Ok(GlobalPosition::new(at.max(0) as u64))
     }
 
     /// Every client connection to the server, grouped by database,

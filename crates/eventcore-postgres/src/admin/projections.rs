@@ -471,7 +471,7 @@ impl PostgresEventStore {
                 .map_err(map)?;
             let record = operation_of(&row).map_err(map)?;
             tx.commit().await.map_err(map)?;
-            tracing::warn!(
+            tracing::info!(
                 projection,
                 action = action.name(),
                 forced = record.forced,

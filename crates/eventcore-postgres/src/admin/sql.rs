@@ -151,6 +151,13 @@ pub(crate) const SELECT_STREAMS: &str = "SELECT stream_id, version, updated_at \
      WHERE version > 0 AND starts_with(stream_id, $1) AND stream_id > $2 \
      ORDER BY stream_id COLLATE \"C\" LIMIT $3";
 
+/// `$1` how many. The position after which the last `$1` readable events
+/// lie (0 if there are fewer).
+pub(crate) const SELECT_RECENT_START: &str = "SELECT coalesce((SELECT global_position \
+       FROM {schema}.events \
+       WHERE global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
+       ORDER BY global_position DESC OFFSET $1 LIMIT 1), 0)";
+
 /// Connections to this server, grouped by database, application and
 /// state: how many, how many wait on a lock, the oldest transaction's age
 /// in seconds; and the server's `max_connections`.
