@@ -414,8 +414,16 @@ async fn connections(store: &PostgresEventStore, out: &mut Output) -> anyhow::Re
         .map(|g| {
             [
                 g.database.clone(),
-                if g.application.is_empty() { "-".into() } else { g.application.clone() },
-                if g.state.is_empty() { "-".into() } else { g.state.clone() },
+                if g.application.is_empty() {
+                    "-".into()
+                } else {
+                    g.application.clone()
+                },
+                if g.state.is_empty() {
+                    "-".into()
+                } else {
+                    g.state.clone()
+                },
                 g.count.to_string(),
                 g.waiting_on_locks.to_string(),
                 g.oldest_transaction_seconds
@@ -455,7 +463,10 @@ fn page_size(remaining: Option<u64>) -> usize {
 }
 
 /// The schema version, or a clear error if `init` never ran on this schema.
-pub(crate) async fn require_initialized(store: &PostgresEventStore, config: &Config) -> anyhow::Result<i32> {
+pub(crate) async fn require_initialized(
+    store: &PostgresEventStore,
+    config: &Config,
+) -> anyhow::Result<i32> {
     let schema = config.schema();
     let version = store
         .schema_version()

@@ -34,7 +34,11 @@ pub(crate) async fn run(
                 .reset_projection(&args.projection, &request(args))
                 .await
                 .with_context(|| format!("cannot reset projection {}", args.projection))?;
-            report(out, &done, "checkpoint forgotten: its next runner replays every event into the read model as it is")
+            report(
+                out,
+                &done,
+                "checkpoint forgotten: its next runner replays every event into the read model as it is",
+            )
         }
         Some(ProjectionAction::Rebuild(args)) => rebuild(store, args, out).await,
         Some(ProjectionAction::Skip(SkipArgs { operator, position })) => {
@@ -46,7 +50,11 @@ pub(crate) async fn run(
                 )
                 .await
                 .with_context(|| format!("cannot skip for projection {}", operator.projection))?;
-            report(out, &done, "event recorded as skipped; its next runner starts after it")
+            report(
+                out,
+                &done,
+                "event recorded as skipped; its next runner starts after it",
+            )
         }
         Some(ProjectionAction::History(args)) => history(store, args, out).await,
     }
@@ -71,7 +79,10 @@ fn or_none(p: Option<GlobalPosition>) -> String {
 }
 
 async fn list(store: &PostgresEventStore, out: &mut Output) -> anyhow::Result<ExitCode> {
-    let all = store.projections().await.context("cannot list projections")?;
+    let all = store
+        .projections()
+        .await
+        .context("cannot list projections")?;
     if out.json() {
         for p in &all {
             out.json_line(&serde_json::to_value(p)?)?;
@@ -129,7 +140,9 @@ fn print_status(out: &mut Output, p: &ProjectionStatus) -> anyhow::Result<()> {
                 Some(e) => format!(
                     "{}{} at {}{}",
                     e.message,
-                    e.position.map(|p| format!(" (event {p})")).unwrap_or_default(),
+                    e.position
+                        .map(|p| format!(" (event {p})"))
+                        .unwrap_or_default(),
                     time(e.at),
                     if e.passed { " [passed since]" } else { "" }
                 ),
@@ -232,7 +245,9 @@ async fn rebuild(
         report(out, &done, "rebuild requested")?;
         out.flush()?;
     }
-    let total = store.count_events_between(GlobalPosition::START, target).await?;
+    let total = store
+        .count_events_between(GlobalPosition::START, target)
+        .await?;
     let bar = progress::events_bar(Some(total), out.json(), name);
     let started = Instant::now();
     let deadline = args.timeout.map(Duration::from_secs);
@@ -263,7 +278,9 @@ async fn rebuild(
                     counted = 0;
                 }
                 if at > counted_to {
-                    counted += store.count_events_between(counted_to, at.min(target)).await?;
+                    counted += store
+                        .count_events_between(counted_to, at.min(target))
+                        .await?;
                     counted_to = at;
                 }
                 bar.set_position(counted.min(total));

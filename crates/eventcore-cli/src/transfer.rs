@@ -69,7 +69,8 @@ pub(crate) async fn import(
 ) -> anyhow::Result<ExitCode> {
     let (mut input, lines): (Box<dyn BufRead + Send>, Option<u64>) = match &args.input {
         Some(path) => {
-            let open = || File::open(path).with_context(|| format!("cannot open {}", path.display()));
+            let open =
+                || File::open(path).with_context(|| format!("cannot open {}", path.display()));
             // A first pass counts the lines, for the bar's length.
             let lines = BufReader::new(open()?).lines().count() as u64;
             (Box::new(BufReader::new(open()?)), Some(lines))
@@ -80,7 +81,9 @@ pub(crate) async fn import(
     let summary = store
         .import(&mut *input, |n| bar.set_position(n))
         .await
-        .context("import failed (what came before the line named was imported; run it again to finish)")?;
+        .context(
+            "import failed (what came before the line named was imported; run it again to finish)",
+        )?;
     bar.finish_and_clear();
     if out.json() {
         out.json_line(&serde_json::to_value(&summary)?)?;

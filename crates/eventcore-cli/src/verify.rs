@@ -10,7 +10,10 @@ use crate::{
     output::{Output, Tone},
 };
 
-pub(crate) async fn verify(store: &PostgresEventStore, out: &mut Output) -> anyhow::Result<ExitCode> {
+pub(crate) async fn verify(
+    store: &PostgresEventStore,
+    out: &mut Output,
+) -> anyhow::Result<ExitCode> {
     let report = store.verify().await.context("cannot run the checks")?;
     if out.json() {
         let mut value = serde_json::to_value(&report)?;
@@ -20,7 +23,9 @@ pub(crate) async fn verify(store: &PostgresEventStore, out: &mut Output) -> anyh
         out.line(&format!(
             "schema {} (version {}): {} streams, {} events",
             report.schema,
-            report.schema_version.map_or("none".into(), |v| v.to_string()),
+            report
+                .schema_version
+                .map_or("none".into(), |v| v.to_string()),
             report.streams.map_or("?".into(), |n| n.to_string()),
             report.events.map_or("?".into(), |n| n.to_string()),
         ))?;

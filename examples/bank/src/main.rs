@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p bank                # PostgreSQL, provisioned automatically
 //! cargo run -p bank -- --memory    # in-memory store, no database needed
+//! cargo run -p bank -- --metrics 127.0.0.1:9000   # and Prometheus metrics
 //! ```
 //!
 //! Each account is an event stream, `account-<name>`. Opening an account, a
@@ -33,6 +34,12 @@
 //! `--schema NAME` picks (or reuses) a schema instead, and the projection then
 //! resumes from its checkpoint. See `--help` for the rest, and
 //! `RUST_LOG=eventcore=debug` to watch conflicts being retried.
+//!
+//! `--metrics ADDR` installs the Prometheus exporter
+//! (`metrics-exporter-prometheus`) as the process's `metrics` recorder,
+//! serving `http://ADDR/metrics`: the store's and the runner's counters and
+//! histograms (`eventcore_*`, see docs/operations.md). The example then
+//! stays up after its run, until Ctrl-C, so the page can be scraped.
 
 mod audit;
 mod domain;
@@ -91,6 +98,11 @@ struct Args {
     /// Random transfers in total, spread over the tasks.
     #[arg(long, default_value_t = 200)]
     transfers: usize,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9000), and stay up after the run until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -101,13 +113,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(addr) = args.metrics {
+        // The application picks the exporter; the library only records
+        // through the `metrics` facade.
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        eventcore_postgres::describe_metrics();
+        println!("Metrics: http://{addr}/metrics");
+    }
     let workload = Workload {
         tasks: usize::from(args.tasks),
         transfers: args.transfers,
         max_amount: 40,
     };
 
-    if args.memory {
+    let result = if args.memory {
         println!("Store: in memory (nothing is kept after the run)");
         run(
             InMemoryEventStore::new(),
@@ -121,7 +143,12 @@ async fn main() -> anyhow::Result<()> {
         let checkpoints = PostgresCheckpointStore::new(store.clone());
         let read_model = ReadModel::postgres(&store, checkpoints.clone()).await?;
         run(store, checkpoints, read_model, workload).await
+    };
+    if let (Ok(()), Some(addr)) = (&result, args.metrics) {
+        println!("Metrics stay up on http://{addr}/metrics; Ctrl-C stops.");
+        tokio::signal::ctrl_c().await?;
     }
+    result
 }
 
 /// Connects to PostgreSQL and creates the schema's tables.

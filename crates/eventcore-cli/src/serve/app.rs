@@ -116,7 +116,10 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -169,7 +172,12 @@ struct StreamsQuery {
 }
 
 async fn streams(State(state): State<AppState>, Query(q): Query<StreamsQuery>) -> Response {
-    let after = match q.after.as_deref().filter(|a| !a.is_empty()).map(StreamId::new) {
+    let after = match q
+        .after
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(StreamId::new)
+    {
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(e)) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),

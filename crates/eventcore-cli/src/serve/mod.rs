@@ -42,13 +42,19 @@ pub(crate) async fn serve(
     let state = AppState::new(store.clone(), config.display_url(), token.clone());
     let url = format!("http://{address}/");
     if out.json() {
-        out.json_line(&json!({"listening": address.to_string(), "url": url, "token": token.is_some()}))?;
+        out.json_line(
+            &json!({"listening": address.to_string(), "url": url, "token": token.is_some()}),
+        )?;
     } else {
         out.line(&format!(
             "serving {} (schema {}) on {url}{}; Ctrl-C stops",
             config.display_url(),
             config.schema(),
-            if token.is_some() { " (bearer token required)" } else { "" }
+            if token.is_some() {
+                " (bearer token required)"
+            } else {
+                ""
+            }
         ))?;
     }
     out.flush()?;

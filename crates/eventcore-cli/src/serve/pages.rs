@@ -140,7 +140,12 @@ fn event_card(event: &StoredEvent, with_stream: bool) -> Markup {
     }
 }
 
-pub(crate) fn stream(state: &AppState, id: &StreamId, events: &[StoredEvent], page: usize) -> Markup {
+pub(crate) fn stream(
+    state: &AppState,
+    id: &StreamId,
+    events: &[StoredEvent],
+    page: usize,
+) -> Markup {
     let body = html! {
         @if events.is_empty() {
             p.empty { "No events from this version on." }
@@ -228,20 +233,46 @@ pub(crate) fn projections(state: &AppState, list: &[ProjectionStatus]) -> Markup
 pub(crate) fn health(state: &AppState, h: &HealthStatus) -> Markup {
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     let rows: Vec<(&str, String)> = vec![
-        ("database reachable", match &h.unreachable_reason {
-            Some(r) if !h.database_reachable => format!("no ({r})"),
-            _ => yes_no(h.database_reachable).to_owned(),
-        }),
+        (
+            "database reachable",
+            match &h.unreachable_reason {
+                Some(r) if !h.database_reachable => format!("no ({r})"),
+                _ => yes_no(h.database_reachable).to_owned(),
+            },
+        ),
         ("latency", format!("{:.1?}", h.database_latency)),
-        ("schema version", format!(
-            "{} (expected {})",
-            h.schema_version.map_or("none".into(), |v| v.to_string()),
-            h.expected_schema_version
-        )),
-        ("missing objects", if h.missing_objects.is_empty() { "none".into() } else { h.missing_objects.join(", ") }),
-        ("read horizon", h.read_horizon.map_or("none".into(), |p| p.to_string())),
-        ("oldest transaction", h.oldest_transaction_age.map_or("none".into(), |d| format!("{d:.1?}"))),
-        ("pool (this page's)", format!("{}/{} open, {} idle", h.pool.current_connections, h.pool.max_connections, h.pool.idle_connections)),
+        (
+            "schema version",
+            format!(
+                "{} (expected {})",
+                h.schema_version.map_or("none".into(), |v| v.to_string()),
+                h.expected_schema_version
+            ),
+        ),
+        (
+            "missing objects",
+            if h.missing_objects.is_empty() {
+                "none".into()
+            } else {
+                h.missing_objects.join(", ")
+            },
+        ),
+        (
+            "read horizon",
+            h.read_horizon.map_or("none".into(), |p| p.to_string()),
+        ),
+        (
+            "oldest transaction",
+            h.oldest_transaction_age
+                .map_or("none".into(), |d| format!("{d:.1?}")),
+        ),
+        (
+            "pool (this page's)",
+            format!(
+                "{}/{} open, {} idle",
+                h.pool.current_connections, h.pool.max_connections, h.pool.idle_connections
+            ),
+        ),
     ];
     let body = html! {
         p class=(if h.is_healthy { "verdict good" } else { "verdict bad" }) {

@@ -96,7 +96,11 @@ async fn projections_show_lag_runner_and_errors_and_operators_act_on_them() {
     assert!(status.runner.is_none());
     let error = status.last_error.expect("last error recorded");
     assert_eq!(error.position, Some(poison));
-    assert!(error.message.contains("poison deposit"), "{}", error.message);
+    assert!(
+        error.message.contains("poison deposit"),
+        "{}",
+        error.message
+    );
     assert!(!error.passed);
 
     // While a runner holds the lease, operators are refused...
@@ -104,7 +108,9 @@ async fn projections_show_lag_runner_and_errors_and_operators_act_on_them() {
     let running = store.projection("counter").await.unwrap().unwrap();
     let runner_info = running.runner.expect("the lease holder is shown");
     assert!(runner_info.pid > 0);
-    let refused = store.skip_projection_event("counter", poison, &request()).await;
+    let refused = store
+        .skip_projection_event("counter", poison, &request())
+        .await;
     assert!(
         matches!(refused, Err(PostgresError::ProjectionBusy { .. })),
         "{refused:?}"
@@ -155,7 +161,12 @@ async fn projections_show_lag_runner_and_errors_and_operators_act_on_them() {
     // A reset forgets the checkpoint only.
     store.reset_projection("counter", &request()).await.unwrap();
     assert_eq!(
-        store.projection("counter").await.unwrap().unwrap().checkpoint,
+        store
+            .projection("counter")
+            .await
+            .unwrap()
+            .unwrap()
+            .checkpoint,
         None
     );
     let history = store
@@ -187,9 +198,10 @@ async fn bank_history(store: &PostgresEventStore) {
     let executor = CommandExecutor::new(store.clone());
     for i in 0..12 {
         let mut metadata = EventMetadata::new();
-        metadata
-            .custom
-            .insert("note".into(), serde_json::json!({"i": i, "text": "ünïcode \"q\""}));
+        metadata.custom.insert(
+            "note".into(),
+            serde_json::json!({"i": i, "text": "ünïcode \"q\""}),
+        );
         executor
             .execute_with(
                 Transfer {
@@ -222,7 +234,10 @@ async fn export_then_import_is_idempotent_and_exports_the_same_bytes() {
     let source = fresh_store().await;
     bank_history(&source).await;
     let exported = export_all(&source, &ExportSelection::All).await;
-    let lines = exported.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+    let lines = exported
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
     assert_eq!(lines, 4 + 24 + 1);
 
     let target = fresh_store().await;
@@ -243,7 +258,13 @@ async fn export_then_import_is_idempotent_and_exports_the_same_bytes() {
 
     // A category, and a half-finished import completed by a re-run.
     let category = export_all(&source, &ExportSelection::Category("audit-".into())).await;
-    assert_eq!(category.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(), 1);
+    assert_eq!(
+        category
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        1
+    );
     let partial = fresh_store().await;
     let half: Vec<u8> = exported
         .split_inclusive(|b| *b == b'\n')
@@ -271,7 +292,10 @@ async fn export_then_import_is_idempotent_and_exports_the_same_bytes() {
         "{refused}"
     );
     let garbage = clash.import(&mut &b"{\"event_id\": 1}\n"[..], |_| {}).await;
-    assert!(matches!(garbage, Err(PostgresError::Import { line: 1, .. })));
+    assert!(matches!(
+        garbage,
+        Err(PostgresError::Import { line: 1, .. })
+    ));
 }
 
 #[tokio::test]
@@ -321,7 +345,10 @@ async fn verify_passes_on_a_sound_store_and_names_what_is_broken() {
         .collect();
     assert_eq!(
         failed,
-        ["tables, indexes, functions, triggers", "append-only trigger"],
+        [
+            "tables, indexes, functions, triggers",
+            "append-only trigger"
+        ],
         "{report:#?}"
     );
     // Damage skips the scans; with the trigger back, the gap shows.
@@ -334,7 +361,11 @@ async fn verify_passes_on_a_sound_store_and_names_what_is_broken() {
     let report = store.verify().await.unwrap();
     let versions = &report.checks[4];
     assert_eq!(versions.status, CheckStatus::Fail, "{report:#?}");
-    assert!(versions.detail.contains("'account-1'"), "{}", versions.detail);
+    assert!(
+        versions.detail.contains("'account-1'"),
+        "{}",
+        versions.detail
+    );
 }
 
 #[tokio::test]
@@ -344,7 +375,9 @@ async fn store_calls_and_runners_record_metrics_through_the_facade() {
     let snapshotter = recorder.snapshotter();
     // Global, for the runner's tasks: this binary's other tests record
     // into it too, which changes nothing here.
-    recorder.install().expect("the only recorder of this binary");
+    recorder
+        .install()
+        .expect("the only recorder of this binary");
 
     let store = fresh_store().await;
     let account = StreamId::new("account-m").unwrap();
@@ -354,14 +387,21 @@ async fn store_calls_and_runners_record_metrics_through_the_facade() {
     let stale = eventcore::AppendRequest::new().append(
         account.clone(),
         eventcore::ExpectedVersion::NoStream,
-        vec![eventcore::NewEvent::new(&AccountEvent::Deposited { amount: 2 }, EventMetadata::new()).unwrap()],
+        vec![
+            eventcore::NewEvent::new(&AccountEvent::Deposited { amount: 2 }, EventMetadata::new())
+                .unwrap(),
+        ],
     );
     assert!(matches!(store.append(stale).await, Err(Error::Conflict(_))));
     let (p, _, _) = counter(None);
-    ProjectionRunner::new(p, store.clone(), PostgresCheckpointStore::new(store.clone()))
-        .run_until_caught_up()
-        .await
-        .unwrap();
+    ProjectionRunner::new(
+        p,
+        store.clone(),
+        PostgresCheckpointStore::new(store.clone()),
+    )
+    .run_until_caught_up()
+    .await
+    .unwrap();
 
     let names: std::collections::BTreeSet<String> = snapshotter
         .snapshot()
@@ -384,6 +424,9 @@ async fn store_calls_and_runners_record_metrics_through_the_facade() {
         "eventcore_projection_lag_seconds",
         "eventcore_projection_checkpoint_position",
     ] {
-        assert!(names.contains(expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
     }
 }
