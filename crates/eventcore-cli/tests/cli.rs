@@ -823,7 +823,7 @@ fn every_command_documents_examples() {
             .unwrap();
         let help = String::from_utf8(out.stdout).unwrap();
         assert!(
-            help.contains("Examples:\n  $ eventcore"),
+            help.contains("Examples:\n  $ ") && help.contains("  $ eventcore "),
             "{args:?}: {help}"
         );
         assert!(help.contains("--json"), "{args:?}: {help}");

@@ -399,10 +399,9 @@ impl PostgresEventStore {
                     ),
                 })
             }
-            Err(Error::InvalidEvent { .. } | Error::InvalidAppend { .. })
+            Err(e @ (Error::InvalidEvent { .. } | Error::InvalidAppend { .. }))
                 if first_lines.len() == 1 =>
             {
-                let e = outcome.err().expect("matched an error");
                 Err(PostgresError::Import {
                     line: first_lines[0].1,
                     reason: e.to_string(),
