@@ -41,8 +41,10 @@ pub const EVENTS_READ: &str = "eventcore_events_read_total";
 pub const POOL_WAIT: &str = "eventcore_pool_acquire_duration_seconds";
 /// Failed attempts to get a connection (pool timeout or connect error).
 pub const POOL_FAILURES: &str = "eventcore_pool_acquire_failures_total";
-/// Open pool connections by `state` (`in_use` | `idle`), as of the last
-/// acquisition.
+/// Open pool connections by `state` (`in_use` | `idle`), published by
+/// every [`get_pool_metrics`](crate::PostgresEventStore::get_pool_metrics)
+/// call, so every tick of
+/// [`start_pool_monitoring`](crate::PostgresEventStore::start_pool_monitoring).
 pub const POOL_CONNECTIONS: &str = "eventcore_pool_connections";
 /// The pool's limit.
 pub const POOL_MAX: &str = "eventcore_pool_max_connections";
@@ -99,7 +101,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         POOL_CONNECTIONS,
-        "Open pool connections by state (in_use, idle), as of the last acquisition"
+        "Open pool connections by state (in_use, idle), as of the last pool monitoring tick"
     );
     describe_gauge!(POOL_MAX, "The pool's connection limit");
 }
@@ -143,13 +145,19 @@ pub(crate) fn events_read(operation: &'static str, events: usize) {
 }
 
 /// A connection was asked of the pool.
-pub(crate) fn acquired(waited: Duration, ok: bool, size: u32, idle: u32, max: u32) {
+pub(crate) fn acquired(waited: Duration, ok: bool) {
     if ok {
         histogram!(POOL_WAIT).record(waited.as_secs_f64());
     } else {
         counter!(POOL_FAILURES).increment(1);
     }
-    gauge!(POOL_CONNECTIONS, "state" => "in_use").set(f64::from(size.saturating_sub(idle)));
+}
+
+/// The pool as [`PostgresEventStore::get_pool_metrics`](crate::PostgresEventStore::get_pool_metrics)
+/// found it (so every tick of `start_pool_monitoring` publishes it).
+pub(crate) fn pool(m: &crate::PoolMetrics) {
+    let idle = m.idle_connections.min(m.current_connections);
+    gauge!(POOL_CONNECTIONS, "state" => "in_use").set(f64::from(m.current_connections - idle));
     gauge!(POOL_CONNECTIONS, "state" => "idle").set(f64::from(idle));
-    gauge!(POOL_MAX).set(f64::from(max));
+    gauge!(POOL_MAX).set(f64::from(m.max_connections));
 }

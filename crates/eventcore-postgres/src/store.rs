@@ -223,27 +223,20 @@ impl PostgresEventStore {
             self.inner
                 .stats
                 .record_acquire(started.elapsed(), true, self.inner.pool.size());
-            self.instrument_acquire(started.elapsed(), true);
+            instrument::acquired(started.elapsed(), true);
             return Ok(conn);
         }
         let result = self.inner.pool.acquire().await;
         self.inner
             .stats
             .record_acquire(started.elapsed(), result.is_ok(), self.inner.pool.size());
-        self.instrument_acquire(started.elapsed(), result.is_ok());
+        instrument::acquired(started.elapsed(), result.is_ok());
         result
             .map(|c| self.inner.conns.wrap(c))
             .map_err(|source| Error::Unavailable {
                 operation,
                 source: Box::new(ConnectError(source)),
             })
-    }
-
-    fn instrument_acquire(&self, waited: std::time::Duration, ok: bool) {
-        let pool = &self.inner.pool;
-        let idle = (pool.num_idle() + self.inner.conns.idle_count()) as u32;
-        let max = self.inner.config.max_connections;
-        instrument::acquired(waited, ok, pool.size(), idle, max);
     }
 
     pub(crate) fn map_err(&self, operation: &'static str, e: sqlx::Error) -> Error {

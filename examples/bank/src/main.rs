@@ -140,6 +140,10 @@ async fn main() -> anyhow::Result<()> {
         .await
     } else {
         let store = connect_postgres(&args, workload).await?;
+        // Publishes the pool's gauges (and logs it at info level) every 5 s.
+        let _pool_gauges = args
+            .metrics
+            .map(|_| store.start_pool_monitoring(Duration::from_secs(5)));
         let checkpoints = PostgresCheckpointStore::new(store.clone());
         let read_model = ReadModel::postgres(&store, checkpoints.clone()).await?;
         run(store, checkpoints, read_model, workload).await

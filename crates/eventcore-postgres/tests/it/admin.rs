@@ -393,6 +393,7 @@ async fn store_calls_and_runners_record_metrics_through_the_facade() {
         ],
     );
     assert!(matches!(store.append(stale).await, Err(Error::Conflict(_))));
+    store.get_pool_metrics();
     let (p, _, _) = counter(None);
     ProjectionRunner::new(
         p,
