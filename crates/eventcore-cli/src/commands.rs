@@ -51,7 +51,15 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail(&store, &config, args, &mut out).await,
         Command::Connections => connections(&store, &mut out).await,
         Command::Projections(args) => {
-            require_initialized(&store, &config).await?;
+            // Errors and operator records live in tables of the current
+            // version: an older schema would fail on a missing column.
+            let version = require_initialized(&store, &config).await?;
+            if version < SCHEMA_VERSION {
+                bail!(
+                    "schema {} is at version {version}; projections need version {SCHEMA_VERSION}: run `eventcore init` to migrate it",
+                    config.schema()
+                );
+            }
             crate::projections::run(&store, args.action.as_ref(), &mut out).await
         }
         Command::Export(args) => {
