@@ -78,6 +78,24 @@
 //! still decides what is readable, so delivery (every event once, in order)
 //! is the same either way; [`PostgresEventStore::recent_append_stats`]
 //! shows how often memory served.
+//!
+//! ## Operations
+//!
+//! What the `eventcore` CLI and its web page do is here as functions:
+//! [`projections`](PostgresEventStore::projections) (checkpoint, lag, the
+//! runner holding the lease, skips, last error),
+//! [`reset_projection`](PostgresEventStore::reset_projection),
+//! [`request_projection_rebuild`](PostgresEventStore::request_projection_rebuild)
+//! and [`skip_projection_event`](PostgresEventStore::skip_projection_event)
+//! (refused while a runner is active unless forced, recorded:
+//! [`projection_operations`](PostgresEventStore::projection_operations)),
+//! [`export`](PostgresEventStore::export) and
+//! [`import`](PostgresEventStore::import) as JSON Lines,
+//! [`verify`](PostgresEventStore::verify),
+//! [`streams`](PostgresEventStore::streams) and
+//! [`connections`](PostgresEventStore::connections). Metrics go through the
+//! `metrics` facade ([`instrument`], [`describe_metrics`]), spans through
+//! `tracing`.
 
 mod admin;
 mod config;
