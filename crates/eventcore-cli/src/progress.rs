@@ -12,13 +12,13 @@ pub(crate) fn events_bar(len: Option<u64>, json: bool, message: &str) -> Progres
     let bar = match len {
         Some(len) => ProgressBar::new(len).with_style(
             ProgressStyle::with_template(
-                "{msg} [{bar:30}] {human_pos}/{human_len} events ({per_sec}, {eta} left)",
+                "{msg} [{bar:30}] {human_pos}/{human_len} events ({per_sec:0}, {eta} left)",
             )
             .expect("valid template")
             .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg} {human_pos} events ({per_sec})")
+            ProgressStyle::with_template("{spinner} {msg} {human_pos} events ({per_sec:0})")
                 .expect("valid template"),
         ),
     };
