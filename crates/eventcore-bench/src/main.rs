@@ -57,6 +57,12 @@ struct Args {
     #[arg(long)]
     no_ceiling: bool,
 
+    /// Install a metrics recorder (the Prometheus exporter's, without its
+    /// HTTP listener) before running: what recording costs, against a run
+    /// without it (no recorder: the metrics facade's no-op).
+    #[arg(long)]
+    metrics_recorder: bool,
+
     /// The executor's retry policy in D: attempts, base delay and delay cap
     /// in ms (default 200,5,20).
     #[arg(long, value_name = "ATTEMPTS,BASE_MS,MAX_MS", value_parser = parse_retry)]
@@ -112,6 +118,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let scenarios = selected(&args.only)?;
+    if args.metrics_recorder {
+        metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+        eventcore_postgres::describe_metrics();
+    }
     let measure = args.duration.unwrap_or(if args.quick { 2.0 } else { 10.0 });
     if !(measure.is_finite() && measure > 0.0) {
         bail!("--duration must be a positive number of seconds");
@@ -149,10 +159,15 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "cores: {}; measured {:.1} s per run after {:.1} s warm-up",
+        "cores: {}; measured {:.1} s per run after {:.1} s warm-up; metrics recorder: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         timing.measure.as_secs_f64(),
-        timing.warmup.as_secs_f64()
+        timing.warmup.as_secs_f64(),
+        if args.metrics_recorder {
+            "Prometheus"
+        } else {
+            "none"
+        }
     );
     if let Some(db) = &db {
         let settings: Vec<String> = db

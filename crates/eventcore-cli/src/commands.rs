@@ -49,8 +49,33 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<ExitCode> {
         Command::Stats => stats(&store, &config, &mut out).await,
         Command::Stream(args) => stream(&store, &config, args, &mut out).await,
         Command::Tail(args) => tail(&store, &config, args, &mut out).await,
-        Command::Pool => pool(&store, &mut out),
         Command::RestoreCheck => crate::restore::run(&config, &mut out).await,
+        Command::Connections => connections(&store, &mut out).await,
+        Command::Projections(args) => {
+            // Errors and operator records live in tables of the current
+            // version: an older schema would fail on a missing column.
+            let version = require_initialized(&store, &config).await?;
+            if version < SCHEMA_VERSION {
+                bail!(
+                    "schema {} is at version {version}; projections need version {SCHEMA_VERSION}: run `eventcore init` to migrate it",
+                    config.schema()
+                );
+            }
+            crate::projections::run(&store, args.action.as_ref(), &mut out).await
+        }
+        Command::Export(args) => {
+            require_initialized(&store, &config).await?;
+            crate::transfer::export(&store, args, &mut out).await
+        }
+        Command::Import(args) => {
+            require_initialized(&store, &config).await?;
+            crate::transfer::import(&store, args, &mut out).await
+        }
+        Command::Verify => crate::verify::verify(&store, &mut out).await,
+        Command::Serve(args) => {
+            require_initialized(&store, &config).await?;
+            crate::serve::serve(&store, &config, args, &mut out).await
+        }
     };
     // Whatever happened, print what was produced and say goodbye to the
     // server properly.
@@ -401,13 +426,67 @@ async fn read_all_pages(
     }
 }
 
-/// `pool`: this process's pool, right after connecting.
-fn pool(store: &PostgresEventStore, out: &mut Output) -> anyhow::Result<ExitCode> {
-    let m = store.get_pool_metrics();
+/// `connections` (`pool`): every client connection of the server, by
+/// database, application and state: the pools of every process using the
+/// store (this command's own is of no interest).
+async fn connections(store: &PostgresEventStore, out: &mut Output) -> anyhow::Result<ExitCode> {
+    let c = store
+        .connections()
+        .await
+        .context("cannot list the server's connections")?;
     if out.json() {
-        out.json_line(&output::pool_json(&m))?;
-    } else {
-        out.rows(&output::pool_rows(&m))?;
+        out.json_line(&serde_json::to_value(&c)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    out.line(&format!(
+        "{} client connections of max_connections {}",
+        c.total, c.max_connections
+    ))?;
+    let rows: Vec<[String; 6]> = c
+        .groups
+        .iter()
+        .map(|g| {
+            [
+                g.database.clone(),
+                if g.application.is_empty() {
+                    "-".into()
+                } else {
+                    g.application.clone()
+                },
+                if g.state.is_empty() {
+                    "-".into()
+                } else {
+                    g.state.clone()
+                },
+                g.count.to_string(),
+                g.waiting_on_locks.to_string(),
+                g.oldest_transaction_seconds
+                    .map_or("-".into(), |s| format!("{s:.1} s")),
+            ]
+        })
+        .collect();
+    let header = [
+        "database",
+        "application",
+        "state",
+        "count",
+        "waiting on locks",
+        "oldest transaction",
+    ]
+    .map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.line(cells.join("  ").trim_end())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -418,7 +497,10 @@ fn page_size(remaining: Option<u64>) -> usize {
 }
 
 /// The schema version, or a clear error if `init` never ran on this schema.
-async fn require_initialized(store: &PostgresEventStore, config: &Config) -> anyhow::Result<i32> {
+pub(crate) async fn require_initialized(
+    store: &PostgresEventStore,
+    config: &Config,
+) -> anyhow::Result<i32> {
     let schema = config.schema();
     let version = store
         .schema_version()

@@ -13,10 +13,18 @@
 //! $ eventcore stream account-42 --from 10 --limit 5
 //! $ eventcore tail --after 123456 --follow  # all streams in global order, until Ctrl-C
 //! $ eventcore tail --timeout 30             # give up if an open transaction holds readers back 30 s
-//! $ eventcore pool                          # connection pool metrics
+//! $ eventcore connections                   # the server's clients by application and state (alias: pool)
+//! $ eventcore projections                   # checkpoint, lag, runner, skips, last error of each
+//! $ eventcore projections skip balances 4711 --reason 'bad amount'
+//! $ eventcore projections rebuild balances  # then follows the runner with a progress bar
+//! $ eventcore export > all.jsonl            # JSON Lines; `import` reads them back, idempotently
+//! $ eventcore verify                        # exit 1 if a check fails
+//! $ eventcore serve                         # the event browser on http://127.0.0.1:8080/
 //! $ eventcore restore-check                 # after pg_restore: may writers start? (exit 1: not yet)
 //! $ eventcore --schema tenant_a stats       # a store in another schema
 //! ```
+//!
+//! Every subcommand's `--help` ends with examples.
 //!
 //! ## Options
 //!
@@ -28,25 +36,34 @@
 //! * `--connect-timeout SECONDS` (default 10): how long to keep trying to
 //!   connect before giving up.
 //! * `--json`: machine-readable output: one JSON object for `init`, `health`,
-//!   `stats` and `pool`; one object per line (JSON Lines) for the events of
-//!   `stream` and `tail`, with the field names of
-//!   [`StoredEvent`](eventcore::StoredEvent).
+//!   `stats`, `connections`, `verify`, `import`, `serve` (its address) and
+//!   each projection action; one object per line (JSON Lines) for the events
+//!   of `stream` and `tail` (the field names of
+//!   [`StoredEvent`](eventcore::StoredEvent)), for `projections` and
+//!   `projections history`. `export` always writes JSON Lines.
 //!
 //! Options may come before or after the subcommand. Results go to stdout,
-//! errors and diagnostics to stderr (log level via `RUST_LOG`, default
-//! `warn`).
+//! errors, diagnostics and progress bars to stderr (log level via
+//! `RUST_LOG`, default `warn`). Colour only ever goes to a terminal, and
+//! never while `NO_COLOR` is set; progress bars only to a terminal.
 //!
 //! ## Exit status
 //!
-//! `0` on success, `1` when `health` finds the store unhealthy or
-//! `restore-check` finds that writers must not start yet, `2` on any error
-//! (bad arguments, unreachable database, uninitialized schema, a database
-//! `restore-check` cannot look into, ...).
+//! `0` on success, `1` when `health` finds the store unhealthy, a `verify`
+//! check fails or `restore-check` finds that writers must not start yet,
+//! `2` on any error (bad arguments, unreachable database, uninitialized
+//! schema, a projection action refused, a database `restore-check` cannot
+//! look into, ...).
 
 mod cli;
 mod commands;
 mod output;
+mod progress;
+mod projections;
 mod restore;
+mod serve;
+mod transfer;
+mod verify;
 
 use std::{io, process::ExitCode};
 
@@ -64,6 +81,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(io::stderr)
+        // Escape codes only for a terminal, never with NO_COLOR.
+        .with_ansi(output::stderr_colour())
         .init();
     let result = match cli.into_config() {
         Ok(config) => commands::run(config).await,

@@ -2,28 +2,67 @@
 //! [`eventcore_postgres::redact_secrets`].
 
 use std::{
-    io::{self, BufWriter, Stdout, Write},
+    ffi::OsString,
+    io::{self, BufWriter, IsTerminal, Stdout, Write},
     time::Duration,
 };
+
+use anstyle::{AnsiColor, Style};
 
 use chrono::SecondsFormat;
 use eventcore::StoredEvent;
 use eventcore_postgres::PoolMetrics;
 use serde_json::{Value, json};
 
+/// Whether to colour what goes to a stream: only a terminal, and never
+/// while `NO_COLOR` is set to anything but the empty string
+/// (<https://no-color.org>).
+pub(crate) fn colour(is_terminal: bool, no_color: Option<OsString>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Whether stderr may be coloured (logs).
+pub(crate) fn stderr_colour() -> bool {
+    colour(io::stderr().is_terminal(), std::env::var_os("NO_COLOR"))
+}
+
+/// How a verdict looks in colour.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Tone {
+    Good,
+    Warn,
+    Bad,
+}
+
 /// Buffered standard output; callers flush when a batch is complete.
 pub(crate) struct Output {
     out: BufWriter<Stdout>,
     json: bool,
+    colour: bool,
 }
 
 impl Output {
-    /// Output in JSON if `json`, else text.
+    /// Output in JSON if `json`, else text (coloured verdicts on a terminal).
     pub(crate) fn new(json: bool) -> Self {
         Self {
             out: BufWriter::new(io::stdout()),
             json,
+            colour: colour(io::stdout().is_terminal(), std::env::var_os("NO_COLOR")),
         }
+    }
+
+    /// `text` in the colour of `tone`, when stdout takes colour.
+    pub(crate) fn paint(&self, text: &str, tone: Tone) -> String {
+        if !self.colour {
+            return text.to_owned();
+        }
+        let colour = match tone {
+            Tone::Good => AnsiColor::Green,
+            Tone::Warn => AnsiColor::Yellow,
+            Tone::Bad => AnsiColor::Red,
+        };
+        let style = Style::new().fg_color(Some(colour.into())).bold();
+        format!("{style}{text}{style:#}")
     }
 
     /// Whether JSON was asked for.
@@ -169,6 +208,16 @@ pub(crate) fn or_none<T: ToString>(value: Option<T>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some("1".into())));
+        // The convention: an empty NO_COLOR does not count.
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(false, Some("".into())));
+    }
 
     #[test]
     fn durations_read_well() {

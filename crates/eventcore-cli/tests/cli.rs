@@ -7,7 +7,8 @@
 mod restore;
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     process::{Child, Command, Stdio},
     sync::{OnceLock, mpsc},
     thread,
@@ -404,14 +405,22 @@ fn connection_errors_name_the_server_but_not_the_password() {
 }
 
 #[test]
-fn pool_reports_this_process_pool() {
+fn connections_list_the_servers_clients_and_pool_is_its_alias() {
     let schema = fresh_schema();
-    let m = run_ok(&schema, &["pool", "--json"]).json();
-    assert_eq!(m["max_connections"], 2);
-    let current = m["current_connections"].as_u64().expect("current");
-    let idle = m["idle_connections"].as_u64().expect("idle");
-    assert!((1..=2).contains(&current) && idle <= current, "{m}");
-    assert_eq!(m["connection_timeouts"], 0);
+    let c = run_ok(&schema, &["connections", "--json"]).json();
+    assert!(c["max_connections"].as_i64().unwrap() > 0, "{c}");
+    let groups = c["groups"].as_array().expect("groups");
+    // This command's own connection is among them.
+    assert!(
+        groups.iter().any(|g| g["application"] == "eventcore-cli"),
+        "{c}"
+    );
+    let text = run_ok(&schema, &["pool"]).stdout;
+    assert!(
+        text.contains("client connections of max_connections"),
+        "{text}"
+    );
+    assert!(text.contains("eventcore-cli"), "{text}");
 }
 
 /// Reads the child's stdout lines on a thread, so the test can wait with
@@ -586,4 +595,401 @@ fn tail_names_the_transaction_it_waits_for_and_gives_up_after_the_timeout() {
         .collect();
     let r = run_ok(&schema, &["tail", "--timeout", "30", "--json"]);
     assert_eq!(ids_of(&r.json_lines()), all);
+}
+
+/// Holds a runner lease on `projection` in `schema` until the returned
+/// sender is dropped (on a thread with its own runtime).
+fn hold_lease(schema: &str, projection: &str) -> mpsc::Sender<()> {
+    let (release, released) = mpsc::channel::<()>();
+    let (held, taken) = mpsc::channel();
+    let (schema, projection) = (schema.to_owned(), projection.to_owned());
+    thread::spawn(move || {
+        with_store(&schema, async |store| {
+            use eventcore::CheckpointStore;
+            let checkpoints = eventcore_postgres::PostgresCheckpointStore::new(store.clone());
+            let lease = checkpoints.try_acquire(&projection).await.unwrap().unwrap();
+            held.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || released.recv()).await;
+            drop(lease);
+        });
+    });
+    taken
+        .recv_timeout(Duration::from_secs(30))
+        .expect("lease taken");
+    release
+}
+
+/// A projection row with a checkpoint, as a runner that stopped leaves it.
+fn projection_at(schema: &str, projection: &str, position: u64) {
+    with_store(schema, async |store| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO \"{schema}\".projection_checkpoints (projection, position, generation) \
+             VALUES ($1, $2, 1)"
+        )))
+        .bind(projection)
+        .bind(position as i64)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn projections_are_listed_and_actions_refused_while_a_runner_is_active_unless_forced() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    seed(&schema, "account-1", &[1, 2, 3]);
+    let first = run_ok(&schema, &["tail", "--json", "--limit", "1"]).json_lines()[0]["position"]
+        .as_u64()
+        .unwrap();
+    projection_at(&schema, "balances", first);
+
+    let listed = run_ok(&schema, &["projections", "--json"]).json();
+    assert_eq!(listed["name"], "balances");
+    assert_eq!(listed["checkpoint"], first);
+    assert_eq!(listed["lag_events"], 2);
+    assert_eq!(listed["runner"], Value::Null);
+
+    let release = hold_lease(&schema, "balances");
+    let listed = run_ok(&schema, &["projections", "list", "--json"]).json();
+    assert!(listed["runner"]["pid"].as_i64().is_some(), "{listed}");
+    let text = run_ok(&schema, &["projections"]).stdout;
+    assert!(
+        text.contains("balances  (running)") && text.contains("lag:"),
+        "{text}"
+    );
+
+    let refused = run(&schema, &["projections", "reset", "balances"]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("is active") && refused.stderr.contains("force"),
+        "{refused:?}"
+    );
+    let forced = run_ok(
+        &schema,
+        &[
+            "projections",
+            "reset",
+            "balances",
+            "--force",
+            "--reason",
+            "replay",
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!(forced["forced"], true);
+    assert_eq!(forced["checkpoint_before"], first);
+    assert_eq!(forced["checkpoint_after"], Value::Null);
+    drop(release);
+
+    let requested = run_ok(
+        &schema,
+        &["projections", "rebuild", "balances", "--no-wait", "--json"],
+    )
+    .json();
+    assert_eq!(requested["action"], "rebuild");
+    // Following a rebuild nobody picks up gives up after --timeout.
+    let waited = run(
+        &schema,
+        &["projections", "rebuild", "balances", "--timeout", "1"],
+    );
+    assert_eq!(waited.code, Some(2), "{waited:?}");
+    assert!(waited.stderr.contains("the rebuild goes on"), "{waited:?}");
+
+    let history = run_ok(&schema, &["projections", "history", "--json"]).json_lines();
+    let actions: Vec<&str> = history
+        .iter()
+        .map(|h| h["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rebuild", "rebuild", "reset"]);
+    assert_eq!(history[2]["reason"], "replay");
+
+    let unknown = run(&schema, &["projections", "skip", "nope", "1"]);
+    assert_eq!(unknown.code, Some(2));
+    assert!(unknown.stderr.contains("known: balances"), "{unknown:?}");
+}
+
+#[test]
+fn export_import_round_trip_is_byte_identical() {
+    let (source, target) = (fresh_schema(), fresh_schema());
+    run_ok(&source, &["init"]);
+    run_ok(&target, &["init"]);
+    seed(&source, "account-1", &[1, 2]);
+    seed(&source, "order-1", &[3]);
+    seed(&source, "account-2", &[4]);
+    let exported = run_ok(&source, &["export"]);
+    assert_eq!(exported.stdout.lines().count(), 4);
+    assert!(
+        exported.stderr.contains("exported 4 events of 3 streams"),
+        "{exported:?}"
+    );
+
+    let dir = std::env::temp_dir().join(fresh_schema());
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("all.jsonl");
+    std::fs::write(&file, &exported.stdout).unwrap();
+    let file = file.to_str().unwrap();
+    let imported = run_ok(&target, &["import", "--input", file, "--json"]).json();
+    assert_eq!(imported["imported"], 4);
+    let again = run_ok(&target, &["import", "-i", file, "--json"]).json();
+    assert_eq!(again["already_present"], 4);
+    let out = dir.join("back.jsonl");
+    let summary = run_ok(&target, &["export", "-o", out.to_str().unwrap(), "--json"]).json();
+    assert_eq!(summary["events"], 4);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), exported.stdout);
+
+    let accounts = run_ok(&source, &["export", "--category", "account-"]).stdout;
+    assert_eq!(accounts.lines().count(), 3);
+    let one = run_ok(&source, &["export", "--stream", "order-1"]).stdout;
+    assert!(
+        one.contains("\"stream_id\":\"order-1\"") && one.lines().count() == 1,
+        "{one}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn verify_passes_on_a_sound_store_and_exits_1_when_the_trigger_is_off() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    seed(&schema, "account-1", &[1]);
+    let report = run_ok(&schema, &["verify", "--json"]).json();
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 6);
+    with_store(&schema, async |store| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE \"{schema}\".events DISABLE TRIGGER events_no_truncate"
+        )))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    });
+    let failed = run(&schema, &["verify"]);
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed.stdout.contains("FAIL  append-only trigger"),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn no_colour_codes_reach_pipes() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    for args in [
+        &["health"][..],
+        &["verify"],
+        &["projections"],
+        &["stream", "none-here"],
+        &["--schema", "missing_schema_x", "stats"],
+    ] {
+        for no_color in [None, Some("1")] {
+            let mut cmd = eventcore(&schema);
+            cmd.args(args).env("RUST_LOG", "debug");
+            if let Some(v) = no_color {
+                cmd.env("NO_COLOR", v);
+            }
+            let out = cmd.output().expect("run");
+            for stream in [&out.stdout, &out.stderr] {
+                assert!(
+                    !stream.windows(2).any(|w| w == b"\x1b["),
+                    "escape codes from {args:?}: {}",
+                    String::from_utf8_lossy(stream)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_command_documents_examples() {
+    for args in [
+        &["--help"][..],
+        &["init", "--help"],
+        &["health", "--help"],
+        &["stats", "--help"],
+        &["stream", "--help"],
+        &["tail", "--help"],
+        &["connections", "--help"],
+        &["projections", "--help"],
+        &["projections", "reset", "--help"],
+        &["projections", "rebuild", "--help"],
+        &["projections", "skip", "--help"],
+        &["export", "--help"],
+        &["import", "--help"],
+        &["verify", "--help"],
+        &["serve", "--help"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_eventcore"))
+            .args(args)
+            .output()
+            .unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            help.contains("Examples:\n  $ ") && help.contains("  $ eventcore "),
+            "{args:?}: {help}"
+        );
+        assert!(help.contains("--json"), "{args:?}: {help}");
+    }
+}
+
+/// `eventcore serve` on a free port; its address and the child.
+fn serve(schema: &str, extra: &[&str]) -> (String, Child) {
+    let mut child = eventcore(schema)
+        .args(["serve", "--json", "--bind"])
+        .args(if extra.contains(&"--token") {
+            ["0.0.0.0:0"]
+        } else {
+            ["127.0.0.1:0"]
+        })
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let rx = line_reader(&mut child);
+    let first = next_lines(&rx, 1).remove(0);
+    let port = first["listening"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    (format!("127.0.0.1:{port}"), child)
+}
+
+/// A GET over a plain connection: status, headers, body.
+fn get(addr: &str, path: &str, headers: &[&str]) -> (u16, String, String) {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn serve_renders_every_page_and_follows_all_live_without_the_password() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    seed(&schema, "account-<1>", &[7]);
+    projection_at(&schema, "balances", 1);
+    let (addr, mut child) = serve(&schema, &[]);
+
+    let (code, head, _) = get(&addr, "/", &[]);
+    assert_eq!(code, 303, "{head}");
+    let (code, head, page) = get(&addr, "/streams?prefix=account-", &[]);
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_lowercase().contains("content-security-policy"),
+        "{head}"
+    );
+    // Escaped, and linked with the path escaped.
+    assert!(
+        page.contains("account-&lt;1&gt;") && page.contains("/streams/account-%3C1%3E"),
+        "{page}"
+    );
+    let (code, _, page) = get(&addr, "/streams/account-%3C1%3E", &[]);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Deposited") && page.contains("&quot;amount&quot;: 7"),
+        "{page}"
+    );
+    assert_eq!(get(&addr, "/streams/nothing-here", &[]).0, 404);
+    let (code, _, page) = get(&addr, "/all", &[]);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("/static/live.js") && page.contains("Deposited"),
+        "{page}"
+    );
+    let (code, _, page) = get(&addr, "/projections", &[]);
+    assert_eq!(code, 200);
+    assert!(page.contains("balances"), "{page}");
+    let (code, _, page) = get(&addr, "/health", &[]);
+    assert!(code == 200 || code == 503, "{code}");
+    assert!(page.contains("schema version"), "{page}");
+    assert_eq!(get(&addr, "/static/live.js", &[]).0, 200);
+    for path in ["/streams", "/all", "/projections", "/health"] {
+        let (_, _, page) = get(&addr, path, &[]);
+        assert!(page.contains("schema"), "{path}");
+        // The test URL may carry no password; the page shows the URL's
+        // user and host, masked wherever a password would be.
+        if let Some(password) = database_url()
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, pw)| pw)
+        {
+            assert!(!page.contains(password), "{path} shows the password");
+        }
+    }
+
+    // $all live: the events after position 0, as server-sent rows.
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "GET /all/live?after=0 HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0; 4096];
+    while !seen.contains("event: row") {
+        let n = conn.read(&mut buf).expect("SSE data");
+        assert!(n > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("account-&lt;1&gt;"), "{seen}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn serve_elsewhere_needs_a_token_and_checks_it() {
+    let schema = fresh_schema();
+    run_ok(&schema, &["init"]);
+    let refused = run(&schema, &["serve", "--bind", "0.0.0.0:0"]);
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("without a token"), "{refused:?}");
+
+    let (addr, mut child) = serve(&schema, &["--token", "s3cret"]);
+    let (code, head, _) = get(&addr, "/streams", &[]);
+    assert_eq!(code, 401, "{head}");
+    assert_eq!(
+        get(&addr, "/streams", &["Authorization: Bearer wrong"]).0,
+        401
+    );
+    assert_eq!(
+        get(&addr, "/streams", &["Authorization: Bearer s3cret"]).0,
+        200
+    );
+    // A browser: ?token= once, then the cookie.
+    let (code, head, _) = get(&addr, "/projections?token=s3cret", &[]);
+    assert_eq!(code, 303, "{head}");
+    assert!(head.contains("eventcore_token=s3cret; HttpOnly"), "{head}");
+    assert!(head.contains("location: /projections"), "{head}");
+    assert_eq!(
+        get(&addr, "/projections", &["Cookie: eventcore_token=s3cret"]).0,
+        200
+    );
+    assert_eq!(get(&addr, "/projections?token=nope", &[]).0, 401);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

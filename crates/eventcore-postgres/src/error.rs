@@ -15,6 +15,7 @@ pub(crate) mod sqlstate {
     pub(crate) const CRASH_SHUTDOWN: &str = "57P02";
     pub(crate) const CANNOT_CONNECT_NOW: &str = "57P03";
     pub(crate) const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub(crate) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     /// Class 08: connection exceptions.
     pub(crate) const CONNECTION_EXCEPTION_CLASS: &str = "08";
 }
@@ -165,9 +166,51 @@ pub enum PostgresError {
         next_transaction_id: Option<u64>,
     },
 
+    /// An operator's action on a projection was refused because a runner
+    /// of it is active (see [`ProjectionRequest::force`](crate::ProjectionRequest::force)).
+    #[error("a runner of projection {projection} is active ({runner}); stop it first, or force")]
+    ProjectionBusy {
+        /// The projection.
+        projection: String,
+        /// Who holds its lease: backend pid, application, client, since when.
+        runner: String,
+    },
+
+    /// An operator named a projection the store has no record of.
+    #[error("no projection named {projection:?} in this schema{}", known_names(.known))]
+    UnknownProjection {
+        /// The name given.
+        projection: String,
+        /// The projections the store knows.
+        known: Vec<String>,
+    },
+
+    /// A line of an import could not be taken: not an event of the export
+    /// format, or at odds with what the target store holds. Nothing of that
+    /// line or after it was written.
+    #[error("import line {line}: {reason}")]
+    Import {
+        /// The line, counted from 1.
+        line: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Reading an import or writing an export failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
     /// An event store operation failed.
     #[error(transparent)]
     Store(#[from] eventcore::Error),
+}
+
+fn known_names(known: &[String]) -> String {
+    if known.is_empty() {
+        " (it has none)".to_owned()
+    } else {
+        format!(" (known: {})", known.join(", "))
+    }
 }
 
 impl From<PostgresError> for eventcore::Error {

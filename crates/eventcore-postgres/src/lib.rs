@@ -82,11 +82,31 @@
 //! still decides what is readable, so delivery (every event once, in order)
 //! is the same either way; [`PostgresEventStore::recent_append_stats`]
 //! shows how often memory served.
+//!
+//! ## Operations
+//!
+//! What the `eventcore` CLI and its web page do is here as functions:
+//! [`projections`](PostgresEventStore::projections) (checkpoint, lag, the
+//! runner holding the lease, skips, last error),
+//! [`reset_projection`](PostgresEventStore::reset_projection),
+//! [`request_projection_rebuild`](PostgresEventStore::request_projection_rebuild)
+//! and [`skip_projection_event`](PostgresEventStore::skip_projection_event)
+//! (refused while a runner is active unless forced, recorded:
+//! [`projection_operations`](PostgresEventStore::projection_operations)),
+//! [`export`](PostgresEventStore::export) and
+//! [`import`](PostgresEventStore::import) as JSON Lines,
+//! [`verify`](PostgresEventStore::verify),
+//! [`streams`](PostgresEventStore::streams) and
+//! [`connections`](PostgresEventStore::connections). Metrics go through the
+//! `metrics` facade ([`instrument`], [`describe_metrics`]), spans through
+//! `tracing`.
 
+mod admin;
 mod config;
 mod conn_cache;
 mod counter;
 mod error;
+pub mod instrument;
 mod jsonb;
 mod metrics;
 mod notify;
@@ -104,9 +124,15 @@ mod store;
 #[doc = include_str!("../../../docs/guide.md")]
 mod guide {}
 
+pub use admin::{
+    Check, CheckStatus, ConnectionGroup, Connections, ExportSelection, ExportSummary,
+    ImportSummary, LastError, ProjectionOperation, ProjectionRequest, ProjectionStatus, RunnerInfo,
+    StreamSummary, VerifyReport,
+};
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
 pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
+pub use instrument::describe_metrics;
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
 pub use pg_projection::{PostgresProjection, Transactional};
 pub use projection::PostgresCheckpointStore;

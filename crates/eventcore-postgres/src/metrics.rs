@@ -191,11 +191,13 @@ impl PostgresEventStore {
         let stats = &self.inner.stats;
         let current = pool.size();
         // Connections parked by the store between operations are idle too.
-        let idle = (pool.num_idle() + self.inner.conns.idle_count()) as u32;
+        let idle = pool
+            .num_idle()
+            .saturating_add(self.inner.conns.idle_count()) as u32;
         let max = self.inner.config.max_connections.max(1);
         let acquisitions = stats.acquisitions.load(Ordering::Relaxed);
         let nanos = stats.acquire_nanos.load(Ordering::Relaxed);
-        PoolMetrics {
+        let metrics = PoolMetrics {
             current_connections: current,
             idle_connections: idle,
             max_connections: max,
@@ -206,7 +208,9 @@ impl PostgresEventStore {
             ),
             peak_connections: stats.peak.load(Ordering::Relaxed).max(current),
             total_acquisitions: acquisitions,
-        }
+        };
+        crate::instrument::pool(&metrics);
+        metrics
     }
 
     /// Logs pool metrics every `interval` as `tracing` events (target

@@ -464,6 +464,21 @@ impl CheckpointStore for PostgresCheckpointStore {
         })))
     }
 
+    async fn record_error(
+        &self,
+        projection: &str,
+        position: Option<GlobalPosition>,
+        error: &str,
+    ) -> Result<(), Error> {
+        self.store
+            .record_projection_error(projection, position, error)
+            .await
+    }
+
+    async fn rebuild_requested(&self, projection: &str) -> Result<bool, Error> {
+        self.store.projection_rebuild_requested(projection).await
+    }
+
     /// Passes the event at `position` by hand, in one transaction: records
     /// the skip and moves the checkpoint to it. Refuses while a runner of
     /// the projection is active, when the checkpoint is already at or past

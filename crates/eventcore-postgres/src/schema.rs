@@ -52,10 +52,21 @@ const MIGRATIONS: &[Migration] = &[
         name: "snapshots",
         sql: include_str!("../migrations/0006_snapshots.sql"),
     },
+    Migration {
+        version: 7,
+        name: "operations",
+        sql: include_str!("../migrations/0007_operations.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
+
+/// Every migration's version and name, oldest first (what the ledger
+/// should hold).
+pub(crate) fn migration_names() -> impl Iterator<Item = (i32, &'static str)> {
+    MIGRATIONS.iter().map(|m| (m.version, m.name))
+}
 
 /// A database object the store relies on.
 struct Required {
@@ -105,6 +116,7 @@ const REQUIRED: &[Required] = &[
     required(5, "function", "refuse_position_overflow"),
     required(6, "table", "snapshots"),
     required(6, "index", "snapshots_pkey"),
+    required(7, "table", "projection_operations"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in

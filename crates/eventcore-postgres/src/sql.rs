@@ -344,10 +344,11 @@ pub(crate) const SAVE_CHECKPOINT: &str = "UPDATE {schema}.projection_checkpoints
      SET position = greatest(position, $2), updated_at = now() \
      WHERE projection = $1 AND generation = $3";
 
-/// `$1` projection name, `$2` lease generation. Forgets the checkpoint but
-/// keeps the row, whose generation is the fence. Fenced like a save.
+/// `$1` projection name, `$2` lease generation. Forgets the checkpoint
+/// (and an operator's rebuild request, which this fulfils) but keeps the
+/// row, whose generation is the fence. Fenced like a save.
 pub(crate) const RESET_CHECKPOINT: &str = "UPDATE {schema}.projection_checkpoints \
-     SET position = NULL, updated_at = now() \
+     SET position = NULL, rebuild_requested_at = NULL, updated_at = now() \
      WHERE projection = $1 AND generation = $2";
 
 /// `$1` projection name. Its checkpoint, row locked: an operator's skip.

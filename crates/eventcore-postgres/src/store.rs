@@ -21,6 +21,7 @@ use crate::{
     PostgresConfig, PostgresError,
     conn_cache::{Conn, ConnCache},
     error::{CONFLICT_SQLSTATE, connection_lost, constraint, db_error_parts, map_sqlx, sqlstate},
+    instrument,
     jsonb::{JsonbColumn, JsonbParam, MetadataColumn, TimestampColumn},
     metrics::PoolStats,
     notify::Notifier,
@@ -222,12 +223,14 @@ impl PostgresEventStore {
             self.inner
                 .stats
                 .record_acquire(started.elapsed(), true, self.inner.pool.size());
+            instrument::acquired(started.elapsed(), true);
             return Ok(conn);
         }
         let result = self.inner.pool.acquire().await;
         self.inner
             .stats
             .record_acquire(started.elapsed(), result.is_ok(), self.inner.pool.size());
+        instrument::acquired(started.elapsed(), result.is_ok());
         result
             .map(|c| self.inner.conns.wrap(c))
             .map_err(|source| Error::Unavailable {
@@ -262,7 +265,18 @@ impl PostgresEventStore {
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
         let deadline = self.call_deadline();
-        match tokio::time::timeout(deadline, work).await {
+        let started = Instant::now();
+        let span = tracing::debug_span!("eventcore.call", operation);
+        let result = tokio::time::timeout(deadline, work.instrument(span)).await;
+        // The work's own error type says nothing of transience; a missed
+        // deadline is transient.
+        let failed = match &result {
+            Ok(Ok(_)) => None,
+            Ok(Err(_)) => Some(false),
+            Err(_) => Some(true),
+        };
+        instrument::call_finished(operation, started.elapsed(), failed);
+        match result {
             Ok(result) => result,
             Err(_) => {
                 let timeout = Error::Timeout {
@@ -297,6 +311,24 @@ impl PostgresEventStore {
         &self,
         operation: &'static str,
         kind: Call,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let started = Instant::now();
+        let result = self.attempts(operation, kind, attempt).await;
+        let failed = result.as_ref().err().map(Error::is_transient);
+        instrument::call_finished(operation, started.elapsed(), failed);
+        result
+    }
+
+    /// [`call`](Self::call)'s attempts, each in a span with its number.
+    async fn attempts<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        kind: Call,
         mut attempt: F,
     ) -> Result<T, Error>
     where
@@ -306,19 +338,23 @@ impl PostgresEventStore {
         let deadline = self.call_deadline();
         let mut stale_left = self.inner.config.max_connections;
         let mut in_doubt = None;
+        let mut number = 0_u32;
         loop {
+            number += 1;
+            let span = tracing::debug_span!("eventcore.attempt", operation, attempt = number);
             // A server that went silent answers nothing, not even the
             // server-side `statement_timeout`: only the client's clock ends it.
-            let (result, silent) = match tokio::time::timeout(deadline, attempt()).await {
-                Ok(result) => (result, false),
-                Err(_) => {
-                    let timeout = Error::Timeout {
-                        operation,
-                        elapsed: deadline,
-                    };
-                    (Err(timeout), true)
-                }
-            };
+            let (result, silent) =
+                match tokio::time::timeout(deadline, attempt().instrument(span)).await {
+                    Ok(result) => (result, false),
+                    Err(_) => {
+                        let timeout = Error::Timeout {
+                            operation,
+                            elapsed: deadline,
+                        };
+                        (Err(timeout), true)
+                    }
+                };
             let e = match result {
                 Ok(value) => return Ok(value),
                 Err(e) => e,
@@ -331,6 +367,7 @@ impl PostgresEventStore {
                 // test them rather than failing on each in turn.
                 self.inner.conns.clear();
                 tracing::debug!(operation, error = %e, "stale pooled connection; retrying");
+                instrument::stale_retry(operation);
                 if written {
                     in_doubt = Some(e);
                 }
@@ -856,13 +893,16 @@ impl EventStore for PostgresEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         request.validate(self.inner.config.max_event_bytes)?;
         crate::schema::ensure_writable(self).await?;
+        let events = request.event_count();
         let span = tracing::debug_span!(
             "eventcore.append",
             streams = request.streams().len(),
-            events = request.event_count(),
+            events,
             first_stream = request.streams().first().map(|s| s.stream_id.as_str()),
+            first_position = tracing::field::Empty,
+            replayed = tracing::field::Empty,
         );
-        async {
+        let result = async {
             if request.streams().is_empty() {
                 return Ok(AppendOutcome {
                     stream_versions: BTreeMap::new(),
@@ -887,10 +927,16 @@ impl EventStore for PostgresEventStore {
                 }
                 self.inner.notifier.appended(&self.inner.pool);
             }
+            if let Some((first, _)) = outcome.positions {
+                tracing::Span::current().record("first_position", first.get());
+            }
+            tracing::Span::current().record("replayed", outcome.replayed);
             Ok(outcome)
         }
         .instrument(span)
-        .await
+        .await;
+        instrument::appended(&result, events);
+        result
     }
 
     async fn read_stream(
@@ -914,6 +960,7 @@ impl EventStore for PostgresEventStore {
         })
         .instrument(span)
         .await
+        .inspect(|events| instrument::events_read("read_stream", events.len()))
     }
 
     async fn read_all(
@@ -952,9 +999,11 @@ impl EventStore for PostgresEventStore {
         })
         .instrument(span)
         .await
+        .inspect(|events| instrument::events_read("read_all", events.len()))
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error> {
+        let span = tracing::debug_span!("eventcore.stream_version", stream = stream.as_str());
         self.call("stream_version", Call::Read, || async {
             let mut conn = self.acquire("stream_version").await?;
             let version = sqlx::query_scalar(sql(&self.inner.sql.select_stream_version))
@@ -965,6 +1014,7 @@ impl EventStore for PostgresEventStore {
             let version: Option<i64> = version.map_err(|e| self.map_err("stream_version", e))?;
             Ok(StreamVersion::new(version.unwrap_or(0) as u64))
         })
+        .instrument(span)
         .await
     }
 
@@ -981,6 +1031,12 @@ impl EventStore for PostgresEventStore {
         }
         let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
         let lowest = streams.iter().map(|(_, v)| v.get()).min().unwrap_or(1);
+        let span = tracing::debug_span!(
+            "eventcore.read_streams",
+            streams = ids.len(),
+            first_stream = ids.first().copied(),
+            from = lowest
+        );
         let events = self
             .call("read_streams", Call::Read, || {
                 let query = sqlx::query(sql(&self.inner.sql.read_streams_forward))
@@ -989,7 +1045,9 @@ impl EventStore for PostgresEventStore {
                     .bind(BATCH as i64);
                 self.fetch_events("read_streams", query)
             })
+            .instrument(span)
             .await?;
+        instrument::events_read("read_streams", events.len());
         if events.len() == BATCH {
             // A long history: page through each stream instead.
             return eventcore::read_each_stream(self, streams).await;
@@ -1020,6 +1078,7 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn head_position(&self) -> Result<GlobalPosition, Error> {
+        let span = tracing::debug_span!("eventcore.head_position");
         self.call("head_position", Call::Read, || async {
             let mut conn = self.acquire("head_position").await?;
             let head = sqlx::query_scalar(sql(&self.inner.sql.select_head_position))
@@ -1029,6 +1088,7 @@ impl EventStore for PostgresEventStore {
             let head: Option<i64> = head.map_err(|e| self.map_err("head_position", e))?;
             Ok(GlobalPosition::new(head.unwrap_or(0) as u64))
         })
+        .instrument(span)
         .await
     }
 

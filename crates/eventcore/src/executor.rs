@@ -390,6 +390,7 @@ impl<S: EventStore> CommandExecutor<S> {
                                 Some(delay) => {
                                     tracing::debug!(attempt, error = %e, "transient read failure; retrying");
                                     retries.transient += 1;
+                                    crate::telemetry::command_retry("transient");
                                     tokio::time::sleep(delay).await;
                                     continue;
                                 }
@@ -436,8 +437,10 @@ impl<S: EventStore> CommandExecutor<S> {
                             tracing::debug!(attempt, error = %e, "append failed; retrying");
                             if e.as_conflict().is_some() {
                                 retries.conflicts += 1;
+                                crate::telemetry::command_retry("conflict");
                             } else {
                                 retries.transient += 1;
+                                crate::telemetry::command_retry("transient");
                             }
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;

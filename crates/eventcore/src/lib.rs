@@ -120,6 +120,7 @@ mod snapshot;
 mod state;
 mod store;
 mod subscription;
+pub mod telemetry;
 pub mod testing;
 mod upcast;
 
@@ -159,4 +160,5 @@ pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotPlan, SnapshotStore,
 pub use state::{CommandStreams, Decide, State, States, StreamField};
 pub use store::{DEFAULT_READ_PAGE, EventStore, ReadBlocker, read_each_stream};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};
+pub use telemetry::describe_metrics;
 pub use upcast::{UpcastError, Upcasters};

@@ -191,6 +191,30 @@ pub trait CheckpointStore: Send + Sync {
     /// holds the role.
     async fn try_acquire(&self, projection: &str) -> Result<Option<Box<dyn Lease>>, Error>;
 
+    /// Records why a runner of `projection` stopped, and at which event
+    /// if one caused it, for operators (`eventcore projections` lists the
+    /// last one). Best effort: a runner logs a failure here and goes on.
+    /// Default: nothing is kept.
+    async fn record_error(
+        &self,
+        projection: &str,
+        position: Option<GlobalPosition>,
+        error: &str,
+    ) -> Result<(), Error> {
+        let _ = (projection, position, error);
+        Ok(())
+    }
+
+    /// Whether an operator asked for `projection` to be rebuilt
+    /// (`eventcore projections rebuild` on PostgreSQL). A runner that finds
+    /// a request when it takes the lease resets the projection
+    /// ([`Projection::reset`]) and then the checkpoint (which clears the
+    /// request), and replays from the first event. Default: never.
+    async fn rebuild_requested(&self, projection: &str) -> Result<bool, Error> {
+        let _ = projection;
+        Ok(false)
+    }
+
     /// Passes a poison event by hand: records the event at `position` as
     /// skipped (with `reason`) and moves the checkpoint to it, so the next
     /// runner starts after it. For a runner that stopped on the event
@@ -350,7 +374,8 @@ pub struct RunnerOptions {
     /// Longest wait for new events without a wake-up. Default 500 ms.
     pub poll_interval: Duration,
     /// Save the checkpoint once this many events were processed (checked
-    /// after each page), after a skipped event, and when the runner stops.
+    /// after each page), after a skipped event, after 1 s without new
+    /// events, and when the runner stops.
     /// Default 100. (A crash replays the events after the last save.)
     pub checkpoint_every: usize,
     /// How often a runner waiting for the lease tries again. Default 1 s.
@@ -426,6 +451,9 @@ impl fmt::Display for CatchUpTimeout {
         }
     }
 }
+
+/// A runner that has had no new events for this long saves its checkpoint.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 
 /// How often a runner catching up checks whether it is stuck.
 const STALL_CHECK: Duration = Duration::from_millis(250);
@@ -522,6 +550,7 @@ enum Next {
     Page(Result<Vec<StoredEvent>, Error>),
     Shutdown,
     LeaseLost,
+    /// Stuck catching up, or a checkpoint write while idle failed.
     Stalled(Error),
 }
 
@@ -592,23 +621,28 @@ where
         let Some(lease) = self.acquire(never).await? else {
             unreachable!("acquire gives up only on shutdown");
         };
-        if let Err(source) = self.projection.reset().await {
-            return Err(if lease_lost_in(&*source) {
-                lease_lost(&name)
-            } else {
-                projection_error(&name, None, source)
-            });
-        }
-        retry_transient(&self.options.retry, &name, "reset the checkpoint", || {
-            self.checkpoints.reset(&name)
-        })
-        .await?;
+        self.reset_for_rebuild(&name).await?;
         let target = retry_transient(&self.options.retry, &name, "read the head", || {
             self.store.head_position()
         })
         .await?;
         self.run(futures::future::pending(), Some(target), Some(lease))
             .await
+    }
+
+    /// Resets the projection, then its checkpoint (under the lease).
+    async fn reset_for_rebuild(&mut self, name: &str) -> Result<(), Error> {
+        if let Err(source) = self.projection.reset().await {
+            return Err(if lease_lost_in(&*source) {
+                lease_lost(name)
+            } else {
+                projection_error(name, None, source)
+            });
+        }
+        retry_transient(&self.options.retry, name, "reset the checkpoint", || {
+            self.checkpoints.reset(name)
+        })
+        .await
     }
 
     /// Waits for the lease; `None` if `shutdown` came first.
@@ -652,6 +686,14 @@ where
             },
         };
         let name = self.projection.name().to_owned();
+        if retry_transient(&self.options.retry, &name, "ask for a rebuild", || {
+            self.checkpoints.rebuild_requested(&name)
+        })
+        .await?
+        {
+            tracing::warn!(projection = %name, "an operator asked for a rebuild: resetting the projection");
+            self.reset_for_rebuild(&name).await?;
+        }
         let start = retry_transient(&self.options.retry, &name, "load the checkpoint", || {
             self.checkpoints.load(&name)
         })
@@ -684,12 +726,22 @@ where
             let next = {
                 let page = events.next_page();
                 tokio::pin!(page);
+                let idle = tokio::time::sleep(IDLE_CHECKPOINT);
+                tokio::pin!(idle);
                 loop {
                     tokio::select! {
                         biased;
                         () = &mut lost => break Next::LeaseLost,
                         () = &mut shutdown => break Next::Shutdown,
                         page = &mut page => break Next::Page(page),
+                        // Caught up and nothing new: save what is done, so
+                        // the checkpoint (and the lag operators see) does
+                        // not trail behind while the store is quiet.
+                        () = &mut idle, if run.unsaved > 0 => {
+                            if let Err(e) = self.checkpoint(&name, &*lease, &mut run).await {
+                                break Next::Stalled(e);
+                            }
+                        }
                         () = tokio::time::sleep(self.stall_check_every()), if until.is_some() => {
                             let target = until.unwrap_or(GlobalPosition::START);
                             if let Some(e) = self
@@ -740,6 +792,15 @@ where
             }
             Err(e) => {
                 tracing::error!(projection = %name, applied = run.summary.applied, error = %e, "projection runner stopped on an error");
+                crate::telemetry::projection_error(&name);
+                if !matches!(e, Error::LeaseLost { .. })
+                    && let Err(failed) = self
+                        .checkpoints
+                        .record_error(&name, e.position(), &error_chain(e))
+                        .await
+                {
+                    tracing::warn!(projection = %name, error = %failed, "cannot record the runner's error");
+                }
             }
         }
         outcome.map(|()| run.summary)
@@ -821,6 +882,7 @@ where
             self.checkpoints.save(name, position)
         })
         .await?;
+        crate::telemetry::projection_checkpoint(name, position);
         run.summary.checkpoint = Some(position);
         run.unsaved = 0;
         run.skipped_since_save = false;
@@ -870,6 +932,7 @@ where
         self.apply_events(name, &mut cursor, &indexes, batch, lease, run)
             .await?;
         cursor.advance(run, page.len());
+        crate::telemetry::projection_page(name, page);
         Ok(())
     }
 
@@ -888,7 +951,9 @@ where
         if n == 0 {
             return Ok(());
         }
+        let started = Instant::now();
         let Err(source) = self.projection.apply_batch(batch).await else {
+            crate::telemetry::projection_applied(name, n, started.elapsed());
             run.summary.applied += n as u64;
             cursor.advance(run, indexes[n - 1] + 1);
             return Ok(());
@@ -932,6 +997,7 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let started = Instant::now();
             let result = match failed.take() {
                 Some(failure) => Err(failure),
                 None => match stored.decode::<P::Event>() {
@@ -940,6 +1006,7 @@ where
                 },
             };
             let Err(source) = result else {
+                crate::telemetry::projection_applied(name, 1, started.elapsed());
                 run.summary.applied += 1;
                 return Ok(());
             };
@@ -964,6 +1031,7 @@ where
                         error: error_chain(&*source),
                     })
                     .await?;
+                    crate::telemetry::projection_skipped(name);
                     run.summary.skipped += 1;
                     run.skipped_since_save = true;
                     return Ok(());
@@ -1003,6 +1071,7 @@ where
             error: e.to_string(),
         })
         .await?;
+        crate::telemetry::projection_skipped(name);
         run.summary.skipped += 1;
         run.skipped_since_save = true;
         run.done = Some(position);

@@ -319,6 +319,7 @@ impl<S: EventStore> Subscription<S> {
                         }
                     }
                     self.cursor = last;
+                    crate::telemetry::subscription_page(&page);
                     let filter = &self.options.filter;
                     self.buffer
                         .extend(page.into_iter().filter(|e| filter.matches(e)));

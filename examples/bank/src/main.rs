@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p bank                # PostgreSQL, provisioned automatically
 //! cargo run -p bank -- --memory    # in-memory store, no database needed
+//! cargo run -p bank -- --metrics 127.0.0.1:9000   # and Prometheus metrics
 //! ```
 //!
 //! Each account is an event stream, `account-<name>`, folded into one
@@ -36,6 +37,12 @@
 //! `--schema NAME` picks (or reuses) a schema instead, and the projection then
 //! resumes from its checkpoint. See `--help` for the rest, and
 //! `RUST_LOG=eventcore=debug` to watch conflicts being retried.
+//!
+//! `--metrics ADDR` installs the Prometheus exporter
+//! (`metrics-exporter-prometheus`) as the process's `metrics` recorder,
+//! serving `http://ADDR/metrics`: the store's and the runner's counters and
+//! histograms (`eventcore_*`, see docs/operations.md). The example then
+//! stays up after its run, until Ctrl-C, so the page can be scraped.
 
 mod audit;
 mod domain;
@@ -96,6 +103,11 @@ struct Args {
     /// Random transfers in total, spread over the tasks.
     #[arg(long, default_value_t = 200)]
     transfers: usize,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9000), and stay up after the run until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -106,13 +118,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(addr) = args.metrics {
+        // The application picks the exporter; the library only records
+        // through the `metrics` facade.
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        eventcore_postgres::describe_metrics();
+        println!("Metrics: http://{addr}/metrics");
+    }
     let workload = Workload {
         tasks: usize::from(args.tasks),
         transfers: args.transfers,
         max_amount: 40,
     };
 
-    if args.memory {
+    let result = if args.memory {
         println!("Store: in memory (nothing is kept after the run)");
         run(
             InMemoryEventStore::new(),
@@ -124,13 +146,22 @@ async fn main() -> anyhow::Result<()> {
         .await
     } else {
         run_postgres(&args, workload).await
+    };
+    if let (Ok(()), Some(addr)) = (&result, args.metrics) {
+        println!("Metrics stay up on http://{addr}/metrics; Ctrl-C stops.");
+        tokio::signal::ctrl_c().await?;
     }
+    result
 }
 
 /// The example on PostgreSQL: snapshots, checkpoints and the read model
 /// next to the events.
 async fn run_postgres(args: &Args, workload: Workload) -> anyhow::Result<()> {
     let store = connect_postgres(args, workload).await?;
+    // Publishes the pool's gauges (and logs it at info level) every 5 s.
+    let _pool_gauges = args
+        .metrics
+        .map(|_| store.start_pool_monitoring(Duration::from_secs(5)));
     let snapshots = PostgresSnapshotStore::new(store.clone());
     let checkpoints = PostgresCheckpointStore::new(store.clone());
     let read_model = ReadModel::postgres(&store, checkpoints.clone()).await?;

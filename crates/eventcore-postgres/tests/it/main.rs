@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL: `DATABASE_URL` if set,
 //! otherwise the throwaway cluster of `scripts/dev-db`.
 
+mod admin;
 mod concurrency;
 mod config;
 mod contract;
