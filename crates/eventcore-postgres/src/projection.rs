@@ -514,36 +514,10 @@ impl CheckpointStore for PostgresCheckpointStore {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| s.map_err(OP, e))?;
-            if let Some(at) = checkpoint
-                && at >= to_i64(position)
-            {
-                return Err(refused(format!("its checkpoint is already at {at}")));
-            }
-            let target = sqlx::query(sql::sql(&q.select_skip_target))
-                .bind(checkpoint.unwrap_or(0))
-                .bind(to_i64(position))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| s.map_err(OP, e))?;
-            let get = |e| s.map_err(OP, e);
-            let stream: Option<String> = target.try_get(0).map_err(get)?;
-            let between: bool = target.try_get(1).map_err(get)?;
-            let readable: bool = target.try_get(2).map_err(get)?;
-            let Some(stream) = stream else {
-                return Err(refused("there is no event at that position".into()));
+            let stream = match skip_target(&mut tx, s, checkpoint, position, OP).await? {
+                Ok(stream) => stream,
+                Err(why) => return Err(refused(why)),
             };
-            if !readable {
-                return Err(refused(
-                    "it is not readable yet (an older transaction is still open)".into(),
-                ));
-            }
-            if between {
-                return Err(refused(format!(
-                    "events between the checkpoint ({}) and it would be passed unrecorded; \
-                     let the runner reach it first",
-                    checkpoint.map_or_else(|| "none".to_owned(), |c| c.to_string())
-                )));
-            }
             sqlx::query(sql::sql(&q.insert_projection_skip))
                 .bind(projection)
                 .bind(to_i64(position))
@@ -568,6 +542,45 @@ impl CheckpointStore for PostgresCheckpointStore {
         drop(lease);
         Ok(())
     }
+}
+
+/// Whether the event at `position` may be passed by hand from `checkpoint`
+/// (in a transaction holding the checkpoint row's lock): its stream id, or
+/// why not. The one rule for operators' skips, whoever asks.
+pub(crate) async fn skip_target(
+    conn: &mut PgConnection,
+    store: &PostgresEventStore,
+    checkpoint: Option<i64>,
+    position: GlobalPosition,
+    operation: &'static str,
+) -> Result<Result<String, String>, Error> {
+    if let Some(at) = checkpoint
+        && at >= to_i64(position)
+    {
+        return Ok(Err(format!("its checkpoint is already at {at}")));
+    }
+    let map = |e| store.map_err(operation, e);
+    let target = sqlx::query(sql::sql(&store.inner.sql.select_skip_target))
+        .bind(checkpoint.unwrap_or(0))
+        .bind(to_i64(position))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map)?;
+    let stream: Option<String> = target.try_get(0).map_err(map)?;
+    let between: bool = target.try_get(1).map_err(map)?;
+    let readable: bool = target.try_get(2).map_err(map)?;
+    Ok(match stream {
+        None => Err("there is no event at that position".into()),
+        Some(_) if !readable => {
+            Err("it is not readable yet (an older transaction is still open)".into())
+        }
+        Some(_) if between => Err(format!(
+            "events between the checkpoint ({}) and it would be passed unrecorded; \
+             let the runner reach it first",
+            checkpoint.map_or_else(|| "none".to_owned(), |c| c.to_string())
+        )),
+        Some(stream) => Ok(stream),
+    })
 }
 
 impl PostgresEventStore {

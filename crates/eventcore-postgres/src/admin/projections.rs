@@ -503,42 +503,16 @@ impl PostgresEventStore {
             })
         };
         let map = |e| PostgresError::from(self.map_err(OP, e));
-        if let Some(at) = checkpoint
-            && at >= to_i64(target)
-        {
-            return Err(refused(format!("its checkpoint is already at {at}")));
-        }
-        let q = &self.inner.sql;
-        let found = sqlx::query(store_sql::sql(&q.select_skip_target))
-            .bind(checkpoint.unwrap_or(0))
-            .bind(to_i64(target))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map)?;
-        let stream: Option<String> = found.try_get(0).map_err(map)?;
-        let between: bool = found.try_get(1).map_err(map)?;
-        let readable: bool = found.try_get(2).map_err(map)?;
-        let Some(stream) = stream else {
-            return Err(refused("there is no event at that position".into()));
+        let stream = match crate::projection::skip_target(tx, self, checkpoint, target, OP).await? {
+            Ok(stream) => stream,
+            Err(why) => return Err(refused(why)),
         };
-        if !readable {
-            return Err(refused(
-                "it is not readable yet (an older transaction is still open)".into(),
-            ));
-        }
-        if between {
-            return Err(refused(format!(
-                "events between the checkpoint ({}) and it would be passed unrecorded; \
-                 let the runner reach it first",
-                checkpoint.map_or_else(|| "none".to_owned(), |c| c.to_string())
-            )));
-        }
         let reason = if request.reason.trim().is_empty() {
             "no reason given"
         } else {
             request.reason.as_str()
         };
-        sqlx::query(store_sql::sql(&q.insert_projection_skip))
+        sqlx::query(store_sql::sql(&self.inner.sql.insert_projection_skip))
             .bind(projection)
             .bind(to_i64(target))
             .bind(StreamId::new(&stream).ok().as_ref().map(StreamId::as_str))
