@@ -144,16 +144,24 @@ pub async fn restore_check(config: &PostgresConfig) -> Result<RestoreCheck, Post
     let mut admin = connect(&options, timeout)
         .await
         .map_err(PostgresError::Connect)?;
-    let databases: Vec<(String, bool)> = sqlx::query_as(sql::SELECT_DATABASES)
-        .fetch_all(&mut admin)
-        .await
-        .map_err(|e| {
-            PostgresError::Store(crate::error::map_sqlx(
-                "restore check",
-                config.query_timeout,
-                e,
-            ))
-        })?;
+    // A server that answers the connect and then goes silent would hold
+    // each query forever: the client's clock bounds them too.
+    let within = Duration::from_secs(1)
+        .saturating_add(config.query_timeout)
+        .saturating_add(timeout);
+    let failed = |e| {
+        PostgresError::Store(crate::error::map_sqlx(
+            "restore check",
+            config.query_timeout,
+            e,
+        ))
+    };
+    let databases: Vec<(String, bool)> = bounded(
+        within,
+        sqlx::query_as(sql::SELECT_DATABASES).fetch_all(&mut admin),
+    )
+    .await
+    .map_err(failed)?;
     let mut check = RestoreCheck {
         next_transaction_id: 0,
         stores: Vec::new(),
@@ -171,7 +179,7 @@ pub async fn restore_check(config: &PostgresConfig) -> Result<RestoreCheck, Post
         }
         let found = async {
             let mut conn = connect(&options.clone().database(&database), timeout).await?;
-            let found = stores_in(&mut conn, &database).await;
+            let found = bounded(within, stores_in(&mut conn, &database)).await;
             let _ = conn.close().await;
             found
         }
@@ -185,15 +193,9 @@ pub async fn restore_check(config: &PostgresConfig) -> Result<RestoreCheck, Post
         }
     }
     // Last: every position read above was written by a transaction below it.
-    check.next_transaction_id = counter::next_transaction_id(&mut admin)
+    check.next_transaction_id = bounded(within, counter::next_transaction_id(&mut admin))
         .await
-        .map_err(|e| {
-            PostgresError::Store(crate::error::map_sqlx(
-                "restore check",
-                config.query_timeout,
-                e,
-            ))
-        })?;
+        .map_err(failed)?;
     let _ = admin.close().await;
     Ok(check)
 }
@@ -202,11 +204,19 @@ async fn connect(
     options: &PgConnectOptions,
     timeout: Duration,
 ) -> Result<PgConnection, sqlx::Error> {
-    match tokio::time::timeout(timeout, options.connect()).await {
+    bounded(timeout, options.connect()).await
+}
+
+/// `work`, or a timed-out I/O error once `limit` has passed.
+async fn bounded<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(limit, work).await {
         Ok(result) => result,
         Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no answer within {timeout:?}"),
+            format!("no answer within {limit:?}"),
         ))),
     }
 }
