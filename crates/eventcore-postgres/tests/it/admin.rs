@@ -128,6 +128,23 @@ async fn projections_show_lag_runner_and_errors_and_operators_act_on_them() {
         Err(Error::LeaseLost { .. })
     ));
     drop(lease);
+    // The lease connection closes in the background: wait until the
+    // server no longer shows a runner before acting as an operator again.
+    let released = std::time::Instant::now();
+    while store
+        .projection("counter")
+        .await
+        .unwrap()
+        .unwrap()
+        .runner
+        .is_some()
+    {
+        assert!(
+            released.elapsed() < std::time::Duration::from_secs(10),
+            "the dropped lease was not released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 
     let status = store.projection("counter").await.unwrap().unwrap();
     assert_eq!(status.checkpoint, Some(poison));
