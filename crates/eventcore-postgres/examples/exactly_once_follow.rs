@@ -28,7 +28,7 @@ use std::{
 
 use eventcore::{
     BoxError, EventFilter, GlobalPosition, Projection, ProjectionRunner, RecordedEvent,
-    RunnerOptions, StreamId, async_trait,
+    RunnerOptions, StreamId,
     testing::{bank::AccountEvent, seed},
 };
 use eventcore_postgres::{PostgresCheckpointStore, PostgresConfigBuilder, PostgresEventStore};
@@ -43,7 +43,6 @@ struct Totals {
     last: Arc<AtomicU64>,
 }
 
-#[async_trait]
 impl Projection for Totals {
     type Event = AccountEvent;
 

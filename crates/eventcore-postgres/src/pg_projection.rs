@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use eventcore::{
     BoxError, ErrorStrategy, Event, EventFilter, GlobalPosition, Projection, ProjectionRunner,
     RecordedEvent,
@@ -29,13 +28,12 @@ const SELECT_CHECKPOINT_FENCED: &str = "SELECT position FROM {schema}.projection
 /// Run it with [`Transactional::runner`]:
 ///
 /// ```no_run
-/// use eventcore::{BoxError, RecordedEvent, async_trait, testing::bank::AccountEvent};
+/// use eventcore::{BoxError, RecordedEvent, testing::bank::AccountEvent};
 /// use eventcore_postgres::{PostgresConfig, PostgresEventStore, PostgresProjection, Transactional};
 /// use sqlx::{Postgres, Transaction};
 ///
 /// struct Deposits;
 ///
-/// #[async_trait]
 /// impl PostgresProjection for Deposits {
 ///     type Event = AccountEvent;
 ///
@@ -75,7 +73,6 @@ const SELECT_CHECKPOINT_FENCED: &str = "SELECT position FROM {schema}.projection
 ///
 /// Keep the read model in the database: state held in the value itself is
 /// not rolled back with a failed transaction.
-#[async_trait]
 pub trait PostgresProjection: Send {
     /// The events it reads.
     type Event: Event;
@@ -99,16 +96,19 @@ pub trait PostgresProjection: Send {
     /// Do not commit or roll back: return `Ok` and the runner commits the
     /// transaction with the checkpoint; return an error (`?` on any sqlx
     /// error does) and nothing of it commits.
-    async fn apply(
+    fn apply(
         &mut self,
         tx: &mut Transaction<'static, Postgres>,
         events: &[RecordedEvent<Self::Event>],
-    ) -> Result<(), BoxError>;
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// Empties the read model for a rebuild, inside the transaction that
     /// also forgets the checkpoint. Default: nothing.
-    async fn reset(&mut self, _tx: &mut Transaction<'static, Postgres>) -> Result<(), BoxError> {
-        Ok(())
+    fn reset(
+        &mut self,
+        _tx: &mut Transaction<'static, Postgres>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async move { Ok(()) }
     }
 }
 
@@ -194,7 +194,6 @@ async fn checkpoint_in(
     }
 }
 
-#[async_trait]
 impl<P: PostgresProjection> Projection for Transactional<P> {
     type Event = P::Event;
 

@@ -59,7 +59,7 @@ const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
 /// one transaction per page:
 ///
 /// ```no_run
-/// use eventcore::{BoxError, Projection, RecordedEvent, async_trait, testing::bank::AccountEvent};
+/// use eventcore::{BoxError, Projection, RecordedEvent, testing::bank::AccountEvent};
 /// use eventcore_postgres::PostgresCheckpointStore;
 /// use sqlx::PgPool;
 ///
@@ -69,7 +69,6 @@ const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
 ///     checkpoints: PostgresCheckpointStore,
 /// }
 ///
-/// #[async_trait]
 /// impl Projection for Deposits {
 ///     type Event = AccountEvent;
 ///
@@ -309,7 +308,6 @@ impl Drop for PgLease {
     }
 }
 
-#[async_trait]
 impl CheckpointStore for PostgresCheckpointStore {
     async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error> {
         let s = &self.store;

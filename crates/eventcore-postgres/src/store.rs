@@ -2,7 +2,6 @@
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Instant};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use eventcore::{
     AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion,
@@ -888,7 +887,6 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-#[async_trait]
 impl EventStore for PostgresEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         request.validate(self.inner.config.max_event_bytes)?;

@@ -128,7 +128,8 @@ pub use append::{
     AppendOutcome, AppendRequest, DEFAULT_MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND, StreamAppend,
     encoded_size,
 };
-/// Re-exported so projections can be written without a direct dependency.
+/// Re-exported for implementing the two traits used as trait objects,
+/// [`SnapshotStore`] and [`Lease`], without a direct dependency.
 pub use async_trait::async_trait;
 pub use command::{Command, Decision};
 pub use error::{

@@ -5,7 +5,6 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::watch;
 
@@ -124,7 +123,6 @@ impl Inner {
     }
 }
 
-#[async_trait]
 impl EventStore for InMemoryEventStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         request.validate(self.max_event_bytes)?;

@@ -33,7 +33,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `PostgresCheckpointStore` in `eventcore-postgres`); with
 /// [`apply_batch`](Projection::apply_batch) that is one transaction per page
 /// of events rather than per event.
-#[async_trait]
 pub trait Projection: Send {
     /// The events it reads.
     type Event: Event;
@@ -54,7 +53,10 @@ pub trait Projection: Send {
     }
 
     /// Applies one event.
-    async fn apply(&mut self, event: RecordedEvent<Self::Event>) -> Result<(), BoxError>;
+    fn apply(
+        &mut self,
+        event: RecordedEvent<Self::Event>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
     /// Applies several events, in global order: the runner hands over the
     /// events of each page it reads (those passing [`filter`](Self::filter)
@@ -68,21 +70,23 @@ pub trait Projection: Send {
     /// transaction rolled back), or it must say how many of its first events
     /// did take effect by returning [`PartialBatch`] (as the default does):
     /// those are not delivered again.
-    async fn apply_batch(
+    fn apply_batch(
         &mut self,
         events: Vec<RecordedEvent<Self::Event>>,
-    ) -> Result<(), BoxError> {
-        for (applied, event) in events.into_iter().enumerate() {
-            if let Err(source) = self.apply(event).await {
-                return Err(Box::new(PartialBatch { applied, source }));
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async move {
+            for (applied, event) in events.into_iter().enumerate() {
+                if let Err(source) = self.apply(event).await {
+                    return Err(Box::new(PartialBatch { applied, source }) as BoxError);
+                }
             }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Forgets everything, before a rebuild from the first event.
-    async fn reset(&mut self) -> Result<(), BoxError> {
-        Ok(())
+    fn reset(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+        async move { Ok(()) }
     }
 }
 
@@ -174,35 +178,49 @@ pub trait Lease: Send + Sync {
 /// [`save`](Self::save) and [`reset`](Self::reset) succeed only while this
 /// handle holds the projection's lease and no other runner took it over
 /// since; otherwise they fail with [`Error::LeaseLost`] and change nothing.
-#[async_trait]
 pub trait CheckpointStore: Send + Sync {
     /// The last position the projection finished, if any.
-    async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error>;
+    fn load(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Option<GlobalPosition>, Error>> + Send;
     /// Records that everything up to `position` is done. Checkpoints only
     /// move forward.
-    async fn save(&self, projection: &str, position: GlobalPosition) -> Result<(), Error>;
+    fn save(
+        &self,
+        projection: &str,
+        position: GlobalPosition,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
     /// Forgets the checkpoint (for a rebuild).
-    async fn reset(&self, projection: &str) -> Result<(), Error>;
+    fn reset(&self, projection: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Records an event skipped under [`ErrorStrategy::Skip`].
-    async fn record_skip(&self, skipped: SkippedEvent) -> Result<(), Error>;
+    fn record_skip(&self, skipped: SkippedEvent) -> impl Future<Output = Result<(), Error>> + Send;
     /// Events skipped by `projection`.
-    async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, Error>;
+    fn skipped(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Vec<SkippedEvent>, Error>> + Send;
     /// Becomes the one active runner of `projection`, or `None` if another
     /// holds the role.
-    async fn try_acquire(&self, projection: &str) -> Result<Option<Box<dyn Lease>>, Error>;
+    fn try_acquire(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Option<Box<dyn Lease>>, Error>> + Send;
 
     /// Records why a runner of `projection` stopped, and at which event
     /// if one caused it, for operators (`eventcore projections` lists the
     /// last one). Best effort: a runner logs a failure here and goes on.
     /// Default: nothing is kept.
-    async fn record_error(
+    fn record_error(
         &self,
         projection: &str,
         position: Option<GlobalPosition>,
         error: &str,
-    ) -> Result<(), Error> {
-        let _ = (projection, position, error);
-        Ok(())
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            let _ = (projection, position, error);
+            Ok(())
+        }
     }
 
     /// Whether an operator asked for `projection` to be rebuilt
@@ -210,9 +228,14 @@ pub trait CheckpointStore: Send + Sync {
     /// a request when it takes the lease resets the projection
     /// ([`Projection::reset`]) and then the checkpoint (which clears the
     /// request), and replays from the first event. Default: never.
-    async fn rebuild_requested(&self, projection: &str) -> Result<bool, Error> {
-        let _ = projection;
-        Ok(false)
+    fn rebuild_requested(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        async move {
+            let _ = projection;
+            Ok(false)
+        }
     }
 
     /// Passes a poison event by hand: records the event at `position` as
@@ -226,38 +249,40 @@ pub trait CheckpointStore: Send + Sync {
     /// Stores that can check more do (PostgreSQL also refuses when there is
     /// no event at `position`, or when events between the checkpoint and it
     /// would be passed unrecorded).
-    async fn skip(
+    fn skip(
         &self,
         projection: &str,
         position: GlobalPosition,
         reason: &str,
-    ) -> Result<(), Error> {
-        let Some(lease) = self.try_acquire(projection).await? else {
-            return Err(skip_refused(
-                projection,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            let Some(lease) = self.try_acquire(projection).await? else {
+                return Err(skip_refused(
+                    projection,
+                    position,
+                    "a runner of the projection is active; stop it first".into(),
+                ));
+            };
+            if let Some(at) = self.load(projection).await?
+                && at >= position
+            {
+                return Err(skip_refused(
+                    projection,
+                    position,
+                    format!("its checkpoint is already at {at}"),
+                ));
+            }
+            self.record_skip(SkippedEvent {
+                projection: projection.to_owned(),
                 position,
-                "a runner of the projection is active; stop it first".into(),
-            ));
-        };
-        if let Some(at) = self.load(projection).await?
-            && at >= position
-        {
-            return Err(skip_refused(
-                projection,
-                position,
-                format!("its checkpoint is already at {at}"),
-            ));
+                stream_id: None,
+                error: format!("skipped by an operator: {reason}"),
+            })
+            .await?;
+            self.save(projection, position).await?;
+            drop(lease);
+            Ok(())
         }
-        self.record_skip(SkippedEvent {
-            projection: projection.to_owned(),
-            position,
-            stream_id: None,
-            error: format!("skipped by an operator: {reason}"),
-        })
-        .await?;
-        self.save(projection, position).await?;
-        drop(lease);
-        Ok(())
     }
 }
 
@@ -320,7 +345,6 @@ impl Drop for MemoryLease {
     }
 }
 
-#[async_trait]
 impl CheckpointStore for InMemoryCheckpointStore {
     async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error> {
         Ok(self.lock().positions.get(projection).copied())
@@ -488,7 +512,6 @@ const STALL_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// #[derive(Default)]
 /// struct Deposits { total: u64 }
 ///
-/// #[async_trait::async_trait]
 /// impl Projection for Deposits {
 ///     type Event = AccountEvent;
 ///     fn name(&self) -> &str { "deposits" }

@@ -2,8 +2,6 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use async_trait::async_trait;
-
 use crate::{
     AppendOutcome, AppendRequest, Error, GlobalPosition, StoredEvent, StreamId, StreamVersion,
 };
@@ -25,41 +23,46 @@ pub const DEFAULT_READ_PAGE: usize = 1000;
 ///   are all stored returns the original outcome with `replayed = true`.
 /// * [`read_all`](EventStore::read_all) returns events in global order, and
 ///   a reader that has seen position `P` never later finds an event below `P`.
-#[async_trait]
 pub trait EventStore: Send + Sync {
     /// Atomically checks expectations and appends events to several streams.
-    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error>;
+    fn append(
+        &self,
+        request: AppendRequest,
+    ) -> impl Future<Output = Result<AppendOutcome, Error>> + Send;
 
     /// Reads up to `limit` events of `stream` with version `>= from`, in
     /// version order. An empty page means the end of the stream.
-    async fn read_stream(
+    fn read_stream(
         &self,
         stream: &StreamId,
         from: StreamVersion,
         limit: usize,
-    ) -> Result<Vec<StoredEvent>, Error>;
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, Error>> + Send;
 
     /// Reads up to `limit` events with position `> after`, in global order.
     /// Only events that can no longer be preceded by a later commit are
     /// returned, so paging with the last position seen never skips an event.
-    async fn read_all(
+    fn read_all(
         &self,
         after: GlobalPosition,
         limit: usize,
-    ) -> Result<Vec<StoredEvent>, Error>;
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, Error>> + Send;
 
     /// The current version of `stream` (0 if it has no events).
-    async fn stream_version(&self, stream: &StreamId) -> Result<StreamVersion, Error>;
+    fn stream_version(
+        &self,
+        stream: &StreamId,
+    ) -> impl Future<Output = Result<StreamVersion, Error>> + Send;
 
     /// Reads every event of several streams, each from its own version on:
     /// one `Vec` per requested stream, in request order. Stores override it
     /// to do it in one round trip (the executor reads all of a command's
     /// streams this way); the default reads them one after another.
-    async fn read_streams_to_end(
+    fn read_streams_to_end(
         &self,
         streams: &[(StreamId, StreamVersion)],
-    ) -> Result<Vec<Vec<StoredEvent>>, Error> {
-        read_each_stream(self, streams).await
+    ) -> impl Future<Output = Result<Vec<Vec<StoredEvent>>, Error>> + Send {
+        async move { read_each_stream(self, streams).await }
     }
 
     /// The position of the newest committed event (`START` if none). Events
@@ -67,13 +70,15 @@ pub trait EventStore: Send + Sync {
     /// for a moment while older transactions finish.
     ///
     /// The default pages through `read_all`; stores override it.
-    async fn head_position(&self) -> Result<GlobalPosition, Error> {
-        let mut head = GlobalPosition::START;
-        loop {
-            let page = self.read_all(head, DEFAULT_READ_PAGE).await?;
-            match page.last() {
-                Some(last) => head = last.position,
-                None => return Ok(head),
+    fn head_position(&self) -> impl Future<Output = Result<GlobalPosition, Error>> + Send {
+        async move {
+            let mut head = GlobalPosition::START;
+            loop {
+                let page = self.read_all(head, DEFAULT_READ_PAGE).await?;
+                match page.last() {
+                    Some(last) => head = last.position,
+                    None => return Ok(head),
+                }
             }
         }
     }
@@ -92,27 +97,29 @@ pub trait EventStore: Send + Sync {
     /// Readers waiting for events they know are committed report it
     /// ([`ProjectionRunner::run_until_caught_up`](crate::ProjectionRunner::run_until_caught_up),
     /// `eventcore tail`). `None` (the default) means nothing is known to.
-    async fn read_blocker(&self) -> Result<Option<ReadBlocker>, Error> {
-        Ok(None)
+    fn read_blocker(&self) -> impl Future<Output = Result<Option<ReadBlocker>, Error>> + Send {
+        async move { Ok(None) }
     }
 
     /// Reads every event of `stream` from version `from` on, page by page.
-    async fn read_stream_to_end(
+    fn read_stream_to_end(
         &self,
         stream: &StreamId,
         from: StreamVersion,
-    ) -> Result<Vec<StoredEvent>, Error> {
-        let mut events = Vec::new();
-        let mut next = from;
-        loop {
-            let page = self.read_stream(stream, next, DEFAULT_READ_PAGE).await?;
-            let full = page.len() == DEFAULT_READ_PAGE;
-            if let Some(last) = page.last() {
-                next = last.stream_version.next();
-            }
-            events.extend(page);
-            if !full {
-                return Ok(events);
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, Error>> + Send {
+        async move {
+            let mut events = Vec::new();
+            let mut next = from;
+            loop {
+                let page = self.read_stream(stream, next, DEFAULT_READ_PAGE).await?;
+                let full = page.len() == DEFAULT_READ_PAGE;
+                if let Some(last) = page.last() {
+                    next = last.stream_version.next();
+                }
+                events.extend(page);
+                if !full {
+                    return Ok(events);
+                }
             }
         }
     }
@@ -168,8 +175,7 @@ pub async fn read_each_stream<S: EventStore + ?Sized>(
 /// stores too (an executor can borrow a store or share one).
 macro_rules! forward_store {
     ($($ptr:ty),*) => {$(
-        #[async_trait]
-        impl<S: EventStore + ?Sized> EventStore for $ptr {
+                impl<S: EventStore + ?Sized> EventStore for $ptr {
             async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
                 (**self).append(request).await
             }

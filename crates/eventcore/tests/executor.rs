@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
 use eventcore::{
     AppendOutcome, AppendRequest, CommandError, CommandExecutor, Error, EventStore, GlobalPosition,
     InMemoryEventStore, RetryPolicy, StoredEvent, StreamId, StreamVersion,
@@ -204,7 +203,6 @@ impl Faulty {
     }
 }
 
-#[async_trait]
 impl EventStore for Faulty {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         self.sends.fetch_add(1, Ordering::Relaxed);

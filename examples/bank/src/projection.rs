@@ -26,9 +26,7 @@ use std::{
 };
 
 use anyhow::Context;
-use eventcore::{
-    BoxError, ErrorStrategy, EventFilter, GlobalPosition, Projection, RecordedEvent, async_trait,
-};
+use eventcore::{BoxError, ErrorStrategy, EventFilter, GlobalPosition, Projection, RecordedEvent};
 use eventcore_postgres::{
     PostgresCheckpointStore, PostgresEventStore, PostgresProjection, Transactional,
 };
@@ -83,7 +81,6 @@ impl BalanceProjection {
     }
 }
 
-#[async_trait]
 impl Projection for BalanceProjection {
     type Event = AccountEvent;
 
@@ -298,7 +295,6 @@ impl PgBalances {
     }
 }
 
-#[async_trait]
 impl PostgresProjection for PgBalances {
     type Event = AccountEvent;
 

@@ -198,7 +198,6 @@ struct Applied {
     insert: Arc<str>,
 }
 
-#[eventcore::async_trait]
 impl Projection for Applied {
     type Event = AccountEvent;
     fn name(&self) -> &str {

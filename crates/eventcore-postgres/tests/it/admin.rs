@@ -29,7 +29,6 @@ struct Counter {
     poison: Option<u64>,
 }
 
-#[eventcore::async_trait]
 impl Projection for Counter {
     type Event = AccountEvent;
 

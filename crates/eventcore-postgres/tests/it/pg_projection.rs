@@ -9,7 +9,7 @@ use std::sync::{
 
 use eventcore::{
     BoxError, CheckpointStore, Error, ErrorStrategy, EventFilter, EventStore, GlobalPosition,
-    Projection, RecordedEvent, StreamId, async_trait,
+    Projection, RecordedEvent, StreamId,
     testing::{bank::AccountEvent, seed, settled_positions},
 };
 use eventcore_postgres::{
@@ -47,7 +47,6 @@ impl Seen {
     }
 }
 
-#[async_trait]
 impl PostgresProjection for Seen {
     type Event = AccountEvent;
 

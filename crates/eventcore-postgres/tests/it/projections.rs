@@ -116,7 +116,6 @@ struct Ledger {
     seen: Arc<Mutex<Vec<GlobalPosition>>>,
 }
 
-#[eventcore::async_trait]
 impl Projection for Ledger {
     type Event = AccountEvent;
     fn name(&self) -> &str {
@@ -445,7 +444,6 @@ struct Strict {
     seen: Arc<Mutex<Vec<GlobalPosition>>>,
 }
 
-#[eventcore::async_trait]
 impl Projection for Strict {
     type Event = AccountEvent;
     fn name(&self) -> &str {
@@ -741,7 +739,6 @@ struct Applications {
     insert: Arc<str>,
 }
 
-#[eventcore::async_trait]
 impl Projection for Applications {
     type Event = AccountEvent;
     fn name(&self) -> &str {

@@ -5,8 +5,6 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use async_trait::async_trait;
-
 use crate::{
     AppendOutcome, AppendRequest, Error, EventStore, GlobalPosition, StoredEvent, StreamId,
     StreamVersion,
@@ -59,7 +57,6 @@ impl<S> CountingStore<S> {
     }
 }
 
-#[async_trait]
 impl<S: EventStore> EventStore for CountingStore<S> {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         self.inner.append(request).await

@@ -303,7 +303,6 @@ impl Recorder {
     }
 }
 
-#[async_trait]
 impl Projection for Recorder {
     type Event = AccountEvent;
 
@@ -620,7 +619,6 @@ impl<S> UnreadableAt<S> {
     }
 }
 
-#[async_trait]
 impl<S: EventStore> EventStore for UnreadableAt<S> {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         self.inner.append(request).await
@@ -837,7 +835,6 @@ struct Atomic {
     batches: Arc<Mutex<Vec<usize>>>,
 }
 
-#[async_trait]
 impl Projection for Atomic {
     type Event = AccountEvent;
 
@@ -984,7 +981,6 @@ impl Lease for RevocableLease {
     }
 }
 
-#[async_trait]
 impl<C: CheckpointStore> CheckpointStore for Revocable<C> {
     async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error> {
         self.inner.load(projection).await
@@ -1112,7 +1108,6 @@ fn made_up_blocker() -> ReadBlocker {
     }
 }
 
-#[async_trait]
 impl<S: EventStore> EventStore for HeldBack<S> {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
         self.inner.append(request).await
