@@ -20,7 +20,7 @@ use eventcore_postgres::{
 };
 use sqlx::AssertSqlSafe;
 
-use crate::support::fresh_store;
+use eventcore_test_support::fresh_store;
 
 /// Counts what it applies; fails on deposits of `poison` cents.
 struct Counter {

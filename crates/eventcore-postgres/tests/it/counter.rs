@@ -8,7 +8,7 @@ use eventcore::{AppendRequest, EventStore, ExpectedVersion, GlobalPosition, NewE
 use eventcore_postgres::{PostgresError, PostgresEventStore};
 use sqlx::AssertSqlSafe;
 
-use crate::support::fresh_store;
+use eventcore_test_support::fresh_store;
 
 fn one(stream: &str) -> AppendRequest {
     AppendRequest::new().append(

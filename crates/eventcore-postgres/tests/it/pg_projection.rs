@@ -17,7 +17,7 @@ use eventcore_postgres::{
 };
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
-use crate::support::fresh_store;
+use eventcore_test_support::fresh_store;
 
 /// One row per applied event (a second application would violate the
 /// primary key), in `<schema>.seen`. Fails on a deposit of `poison`.

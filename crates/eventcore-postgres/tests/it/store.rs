@@ -10,7 +10,7 @@ use eventcore::{
 use eventcore_postgres::{PostgresConfigBuilder, PostgresError, PostgresEventStore};
 use sqlx::{AssertSqlSafe, Connection};
 
-use crate::support::{config, database_url, fresh_store, store_with};
+use eventcore_test_support::{config, fresh_store, store_with, test_database_url};
 
 fn one(stream: &StreamId, kind: &str) -> AppendRequest {
     AppendRequest::new().append(
@@ -82,7 +82,9 @@ async fn statements_past_query_timeout_fail_with_timeout() {
     store.append(one(&stream, "First")).await.unwrap();
     // Hold the stream's row lock from another session, as a competing
     // writer would.
-    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query(AssertSqlSafe(format!(
         "SELECT 1 FROM {}.event_streams WHERE stream_id = 'locked-1' FOR UPDATE",
@@ -177,7 +179,9 @@ async fn late_commits_are_never_skipped() {
 
     // Open a transaction that appends the way the store's statements do but
     // does not commit yet: it holds the smaller transaction id.
-    let mut slow = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut slow = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let mut tx = slow.begin().await.unwrap();
     let event = NewEvent::raw("Slow", serde_json::json!({}));
     sqlx::query(AssertSqlSafe(format!(
