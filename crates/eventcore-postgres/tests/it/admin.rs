@@ -18,9 +18,8 @@ use eventcore_postgres::{
     CheckStatus, ExportSelection, PostgresCheckpointStore, PostgresError, PostgresEventStore,
     ProjectionRequest,
 };
-use sqlx::AssertSqlSafe;
-
 use eventcore_test_support::fresh_store;
+use sqlx::AssertSqlSafe;
 
 /// Counts what it applies; fails on deposits of `poison` cents.
 struct Counter {

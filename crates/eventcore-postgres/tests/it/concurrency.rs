@@ -1,7 +1,6 @@
 //! Many writers and a live reader on a real PostgreSQL.
 
 use eventcore::testing::contract::{TransferLoad, run_transfer_load};
-
 use eventcore_test_support::{config, store_with};
 
 /// 32 writers, 2,560 transfer attempts over 12 accounts, two of them hot,

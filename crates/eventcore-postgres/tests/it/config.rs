@@ -8,9 +8,8 @@ use std::{
 };
 
 use eventcore_postgres::{PostgresConfig, PostgresError, PostgresEventStore};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
 use eventcore_test_support::{config, store_with, test_database_url};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 const SECRET: &str = "hunter2-s3cret";
 

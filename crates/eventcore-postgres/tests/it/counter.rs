@@ -6,9 +6,8 @@
 
 use eventcore::{AppendRequest, EventStore, ExpectedVersion, GlobalPosition, NewEvent, StreamId};
 use eventcore_postgres::{PostgresError, PostgresEventStore};
-use sqlx::AssertSqlSafe;
-
 use eventcore_test_support::fresh_store;
+use sqlx::AssertSqlSafe;
 
 fn one(stream: &str) -> AppendRequest {
     AppendRequest::new().append(

@@ -14,13 +14,12 @@ use std::{
 
 use eventcore::{AppendRequest, Error, EventStore, ExpectedVersion, NewEvent, StreamId};
 use eventcore_postgres::PostgresEventStore;
+use eventcore_test_support::{config, store_with, test_database_url};
 use sqlx::{Connection as _, postgres::PgConnectOptions};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-use eventcore_test_support::{config, store_with, test_database_url};
 
 /// What the proxy does with traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,6 @@ use std::{
 };
 
 use eventcore::testing::contract::{TransferLoad, run_transfer_load};
-
 use eventcore_test_support::{config, store_with, test_database_url};
 
 /// Terminates this store's busy backends every few milliseconds while

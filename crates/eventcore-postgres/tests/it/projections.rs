@@ -16,10 +16,9 @@ use eventcore::{
     testing::{bank::AccountEvent, seed},
 };
 use eventcore_postgres::{PostgresCheckpointStore, PostgresEventStore};
+use eventcore_test_support::{AppliedRecorder, config, store_with, test_database_url};
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgPool};
-
-use eventcore_test_support::{AppliedRecorder, config, store_with, test_database_url};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 

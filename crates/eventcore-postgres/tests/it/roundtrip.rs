@@ -7,9 +7,8 @@
 #[path = "../../../eventcore/tests/it/roundtrip/cases.rs"]
 mod cases;
 
-use proptest::prelude::*;
-
 use eventcore_test_support::fresh_store;
+use proptest::prelude::*;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -6,9 +6,8 @@ use eventcore::{
     AppendRequest, EventStore, ExpectedVersion, GlobalPosition, NewEvent, StreamId, StreamVersion,
 };
 use eventcore_postgres::{APPEND_ONLY_SQLSTATE, PostgresError, PostgresEventStore, SCHEMA_VERSION};
-use sqlx::{AssertSqlSafe, Connection};
-
 use eventcore_test_support::{config, fresh_store, store_with, test_database_url};
+use sqlx::{AssertSqlSafe, Connection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_initializations_agree() {
