@@ -13,4 +13,3 @@ mod projections;
 mod roundtrip;
 mod schema;
 mod store;
-mod support;
