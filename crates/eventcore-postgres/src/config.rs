@@ -88,13 +88,6 @@ pub struct PostgresConfig {
     /// transactions. Default 5 ms. `None` disables NOTIFY (subscribers in
     /// other processes then rely on polling; in-process ones are still woken).
     pub notify_interval: Option<Duration>,
-    /// While the store has live subscribers, it keeps the events it appended
-    /// in memory, up to about this many bytes (payload text plus ~256 bytes
-    /// per event), so its subscribers' reads fetch positions from the server
-    /// and take the bodies from memory. Default 16 MiB; 0 disables it. A
-    /// payload read this way is the JSON text as appended rather than
-    /// PostgreSQL's `jsonb` rendering of it (same value).
-    pub recent_appends_bytes: usize,
 }
 
 impl Default for PostgresConfig {
@@ -120,7 +113,6 @@ impl PostgresConfig {
             statement_cache_capacity: 100,
             application_name: "eventcore".into(),
             notify_interval: Some(Duration::from_millis(5)),
-            recent_appends_bytes: 16 << 20,
         }
     }
 
@@ -332,7 +324,6 @@ impl fmt::Debug for PostgresConfig {
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("application_name", &self.application_name)
             .field("notify_interval", &self.notify_interval)
-            .field("recent_appends_bytes", &self.recent_appends_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -557,13 +548,6 @@ impl PostgresConfigBuilder {
     /// Sets the NOTIFY interval (`None` disables NOTIFY).
     pub fn notify_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.config.notify_interval = interval.into();
-        self
-    }
-
-    /// Sets the memory for the store's recent appends (0 disables it); see
-    /// [`PostgresConfig::recent_appends_bytes`].
-    pub fn recent_appends_bytes(mut self, bytes: usize) -> Self {
-        self.config.recent_appends_bytes = bytes;
         self
     }
 

@@ -147,25 +147,7 @@ pub struct StoreStats {
     pub max_position: Option<GlobalPosition>,
 }
 
-/// How the store's recent appends served `read_all`
-/// ([`PostgresConfig::recent_appends_bytes`](crate::PostgresConfig::recent_appends_bytes)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecentAppendStats {
-    /// Events held now (none while the store has no live subscriber).
-    pub held: usize,
-    /// Events `read_all` took from memory since the store was created.
-    pub hits: u64,
-    /// Events a positions-first read had to fetch whole (appended elsewhere,
-    /// or no longer held).
-    pub misses: u64,
-}
-
 impl PostgresEventStore {
-    /// Counters of the recent-append memory. Cheap: no I/O.
-    pub fn recent_append_stats(&self) -> RecentAppendStats {
-        self.inner.recent.stats()
-    }
-
     /// Counts streams and events (a full count: slow on very large stores).
     pub async fn stats(&self) -> Result<StoreStats, PostgresError> {
         let query = sqlx::query(sql::sql(&self.inner.sql.select_stats)).fetch_one(self.pool());

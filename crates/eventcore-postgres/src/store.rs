@@ -3,7 +3,6 @@
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use eventcore::{
     AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion,
     GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
@@ -25,7 +24,6 @@ use crate::{
     jsonb::{JsonbColumn, JsonbParam, MetadataColumn, TimestampColumn},
     metrics::PoolStats,
     notify::Notifier,
-    recent::RecentAppends,
     sql::{Statements, sql},
 };
 
@@ -64,7 +62,6 @@ pub(crate) struct Inner {
     pub(crate) stats: PoolStats,
     pub(crate) notifier: Notifier,
     pub(crate) conns: Arc<ConnCache>,
-    pub(crate) recent: RecentAppends,
 }
 
 /// How an [`ExpectedVersion`] travels to the append statements and the
@@ -190,7 +187,6 @@ impl PostgresEventStore {
                 sql: Statements::new(&config.schema),
                 notifier: Notifier::new(&config.schema, config.notify_interval),
                 conns: Arc::default(),
-                recent: RecentAppends::new(config.recent_appends_bytes),
                 pool,
                 config,
                 stats: PoolStats::default(),
@@ -704,44 +700,6 @@ impl PostgresEventStore {
         Ok(Some(outcome))
     }
 
-    /// `read_all` through the recent appends: positions and record times
-    /// from the server (the same horizon, order and limit as a full read),
-    /// bodies from memory, and whatever is not held fetched whole, on the
-    /// same connection.
-    async fn read_all_recent(
-        &self,
-        after: GlobalPosition,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, Error> {
-        const OP: &str = "read_all";
-        let mut conn = self.acquire(OP).await?;
-        let positions = sqlx::query(sql(&self.inner.sql.read_all_positions))
-            .bind(to_i64(after.get()))
-            .bind(to_i64(limit as u64));
-        let found = self
-            .fetch_rows(&mut conn, OP, positions)
-            .await?
-            .iter()
-            .map(|row| {
-                let TimestampColumn(at) = row.try_get_unchecked(1)?;
-                Ok((row.try_get_unchecked(0)?, at))
-            })
-            .collect::<Result<Vec<(i64, DateTime<Utc>)>, sqlx::Error>>()
-            .map_err(|e| self.map_err(OP, e))?;
-        let lookup = self.inner.recent.lookup(&found);
-        if lookup.missing.is_empty() {
-            return Ok(lookup.events.into_iter().flatten().collect());
-        }
-        let missing = sqlx::query(sql(&self.inner.sql.read_events_at)).bind(&lookup.missing);
-        let fetched = self.decode_rows(OP, &self.fetch_rows(&mut conn, OP, missing).await?)?;
-        let (first, count) = (lookup.missing[0], lookup.missing.len());
-        lookup.fill(fetched).ok_or_else(|| Error::CorruptRow {
-            what: format!("{count} events from position {first}"),
-            position: u64::try_from(first).ok().map(GlobalPosition::new),
-            reason: "events below the read horizon were not found on a second read".into(),
-        })
-    }
-
     async fn fetch_events(
         &self,
         operation: &'static str,
@@ -918,13 +876,6 @@ impl EventStore for PostgresEventStore {
                 .await?
             };
             if outcome.positions.is_some() && !outcome.replayed {
-                // Kept only while someone subscribes here; a replay's events
-                // are the earlier send's, which may differ from these.
-                if self.inner.notifier.has_subscribers() {
-                    self.inner.recent.record(request, &outcome);
-                } else {
-                    self.inner.recent.clear();
-                }
                 self.inner.notifier.appended(&self.inner.pool);
             }
             if let Some((first, _)) = outcome.positions {
@@ -970,14 +921,6 @@ impl EventStore for PostgresEventStore {
     ) -> Result<Vec<StoredEvent>, Error> {
         let span = tracing::debug_span!("eventcore.read_all", after = after.get(), limit);
         self.call("read_all", Call::Read, || async {
-            if self.inner.recent.covers(after) {
-                match self.read_all_recent(after, limit).await {
-                    // A bad row among the fetched ones: the full read below
-                    // delivers the good rows before it.
-                    Err(Error::CorruptRow { .. }) => {}
-                    other => return other,
-                }
-            }
             let query = sqlx::query(sql(&self.inner.sql.read_all_forward))
                 .bind(to_i64(after.get()))
                 .bind(to_i64(limit as u64));
