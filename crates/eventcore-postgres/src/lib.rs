@@ -96,7 +96,6 @@
 
 mod admin;
 mod config;
-mod conn_cache;
 mod counter;
 mod error;
 pub mod instrument;
@@ -104,6 +103,7 @@ mod jsonb;
 mod metrics;
 mod notify;
 mod pg_projection;
+mod pool;
 mod projection;
 mod restore;
 mod schema;
