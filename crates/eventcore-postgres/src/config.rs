@@ -307,8 +307,6 @@ fn validate_schema_name(name: &str) -> Result<(), PostgresError> {
 
 impl fmt::Debug for PostgresConfig {
     /// Every setting, with the password in `database_url` replaced by `***`.
-    // `retry` is left out on purpose: the store's own retries are being
-    // removed (issue 14 item 8), and this impl must not name the field.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("database_url", &redact_secrets(&self.database_url))
