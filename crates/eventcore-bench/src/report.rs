@@ -5,8 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde_json::{Map, Value, json};
 
-use crate::db::CeilingResult;
-use crate::scenarios::Measured;
+use crate::{ceiling::CeilingResult, cpu, measure::Measured};
 
 /// One line of the report: a scenario at one writer count.
 #[derive(Clone, Debug)]
@@ -38,7 +37,7 @@ impl Row {
             name: name.into(),
             writers,
             events_per_append,
-            events_per_sec: m.events as f64 / m.seconds,
+            events_per_sec: m.per_sec(m.events),
             ceiling_events_per_sec: None,
             p50_ms: m.quantile_ms(0.50),
             p99_ms: m.quantile_ms(0.99),
@@ -46,14 +45,14 @@ impl Row {
             notes: Vec::new(),
         };
         row.extra
-            .insert("ops_per_sec".into(), json!(round(m.ops as f64 / m.seconds)));
+            .insert("ops_per_sec".into(), json!(round(m.per_sec(m.ops))));
         if m.conflicts > 0 {
             row.extra.insert(
                 "conflicts_per_sec".into(),
-                json!(round(m.conflicts as f64 / m.seconds)),
+                json!(round(m.per_sec(m.conflicts))),
             );
         }
-        let per_event = |cpu| crate::cpu::us_per_event(cpu, m.events as f64);
+        let per_event = |cpu| cpu::us_per_event(cpu, m.events as f64);
         if let Some(us) = per_event(m.client_cpu_seconds) {
             row.extra
                 .insert("client_cpu_us_per_event".into(), json!(round3(us)));
@@ -162,6 +161,11 @@ impl Row {
             note.push_str(&format!("; the library reaches {of_same} of it"));
         }
         self.note(note)
+    }
+
+    /// Conflict retries per second (commands through the executor).
+    pub(crate) fn retries_per_sec(self, m: &Measured) -> Self {
+        self.extra("retries_per_sec", round(m.per_sec(m.retries)))
     }
 
     pub(crate) fn note(mut self, note: impl Into<String>) -> Self {

@@ -12,8 +12,8 @@ use std::sync::{
 
 use anyhow::Context as _;
 use eventcore::{
-    AppendRequest, Command, CommandError, CommandExecutor, Decide, Decision, EventMetadata,
-    EventStore, ExpectedVersion, NewEvent, Snapshots, State, States, StreamId,
+    AppendRequest, Command, CommandExecutor, Decide, Decision, EventMetadata, EventStore,
+    ExpectedVersion, NewEvent, Snapshots, State, States, StreamId,
     testing::{CountingStore, ReadCounts},
 };
 use eventcore_postgres::{PostgresEventStore, PostgresSnapshotStore};
@@ -21,8 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
-use super::{Ctx, Measured, OrderPlaced, Outcome, Worker, close, drive, stream_ids};
-use crate::report::Row;
+use crate::{
+    ctx::{Ctx, close},
+    measure::{Measured, Outcome, Worker, drive},
+    report::{Row, round},
+    workload::{OrderPlaced, command_outcome, stream_ids},
+};
 
 /// Events on the long stream.
 const LONG: usize = 100_000;
@@ -116,16 +120,7 @@ where
             stream: stream.clone(),
             state: std::marker::PhantomData,
         };
-        match executor.execute(command).await {
-            Ok(outcome) => Ok(Outcome::Ok {
-                events: outcome.events_written as u64,
-                retries: u64::from(outcome.attempts - 1),
-            }),
-            Err(CommandError::RetriesExhausted { attempts, .. }) => Ok(Outcome::Conflict {
-                retries: u64::from(attempts - 1),
-            }),
-            Err(e) => Err(anyhow::anyhow!("{e}")),
-        }
+        command_outcome(executor.execute(command).await)
     }
 }
 
@@ -197,7 +192,7 @@ where
     Ok((m, per_command))
 }
 
-pub(crate) async fn run_s(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+pub(super) async fn run_s(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let db = ctx.db()?;
     let schema = "bench_snapshot";
     eprintln!("[S] seeding a stream of {LONG} events and {SHORT_STREAMS} of {SHORT}");
@@ -242,7 +237,7 @@ pub(crate) async fn run_s(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             Row::from_measured(name, 1, 1, &m)
                 .extra("stream_length_at_start", start)
                 .extra("stream_length_at_end", end)
-                .extra("events_read_per_command", crate::report::round(read))
+                .extra("events_read_per_command", round(read))
                 .note(format!(
                     "a command appending to {which} of {start} events ({end} at the end, \
                      on average), fresh executor each: {how}; {read:.0} events read per command"
