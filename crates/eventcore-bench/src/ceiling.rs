@@ -179,17 +179,11 @@ FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-'
         )
     }
 
-    /// 100 events of one random stream (reference F1).
-    pub(crate) fn read_stream(schema: &str, streams: usize) -> Self {
+    /// A read script on the tables of `schema`.
+    fn read(key: String, text: String, schema: &str) -> Self {
         Self {
-            key: format!("F1_read_stream_{schema}"),
-            text: format!(
-                r"\set s random(1, {streams})
-SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at
-FROM events WHERE stream_id = 'stream-' || :s AND stream_version >= 1
-ORDER BY stream_version LIMIT {READ_STREAM_LEN};
-"
-            ),
+            key,
+            text,
             schema: schema.into(),
             writes: false,
             seeded: false,
@@ -197,23 +191,29 @@ ORDER BY stream_version LIMIT {READ_STREAM_LEN};
         }
     }
 
+    /// 100 events of one random stream (reference F1).
+    pub(crate) fn read_stream(schema: &str, streams: usize) -> Self {
+        let text = format!(
+            r"\set s random(1, {streams})
+SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at
+FROM events WHERE stream_id = 'stream-' || :s AND stream_version >= 1
+ORDER BY stream_version LIMIT {READ_STREAM_LEN};
+"
+        );
+        Self::read(format!("F1_read_stream_{schema}"), text, schema)
+    }
+
     /// 1,000 events after a random position (reference F2).
     pub(crate) fn read_all(schema: &str, events: usize, page: usize) -> Self {
-        Self {
-            key: format!("F2_read_all_{schema}"),
-            text: format!(
-                r"\set x random(0, {})
+        let text = format!(
+            r"\set x random(0, {})
 SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at
 FROM events WHERE global_position > :x
 ORDER BY global_position LIMIT {page};
 ",
-                events - page
-            ),
-            schema: schema.into(),
-            writes: false,
-            seeded: false,
-            payload: None,
-        }
+            events - page
+        );
+        Self::read(format!("F2_read_all_{schema}"), text, schema)
     }
 }
 

@@ -186,10 +186,8 @@ impl BenchDb {
     /// 15 defaults: 50 + 20 % of the rows dead, 1,000 + 20 % inserted since
     /// the last vacuum, 50 + 10 % changed since the last analyze). A full
     /// run writes millions of rows into one schema after another; vacuuming
-    /// them in the background took CPU from whichever scenario ran next
-    /// (one run's E read 338,500 events/s against 532,000 on a quiet
-    /// server). pgbench vacuums its own tables before every run for the
-    /// same reason.
+    /// them in the background took CPU from whichever scenario ran next.
+    /// pgbench vacuums its own tables before every run for the same reason.
     pub(crate) async fn quiesce(&self) -> anyhow::Result<()> {
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables \

@@ -232,39 +232,40 @@ fn fmt_rate(x: f64) -> String {
     }
 }
 
+const HEADER: [&str; 9] = [
+    "name",
+    "writers",
+    "ev/append",
+    "events/s",
+    "ceiling ev/s",
+    "ratio",
+    "p50 ms",
+    "p99 ms",
+    "notes",
+];
+
+/// A row's cells under [`HEADER`].
+fn cells(r: &Row) -> [String; 9] {
+    [
+        r.name.clone(),
+        r.writers.to_string(),
+        r.events_per_append.to_string(),
+        fmt_rate(r.events_per_sec),
+        r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
+        r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+        fmt_ms(r.p50_ms),
+        fmt_ms(r.p99_ms),
+        r.notes.join("; "),
+    ]
+}
+
 /// Prints one scenario's rows as a table on stdout.
 pub(crate) fn print_table(title: &str, rows: &[Row]) {
     if rows.is_empty() {
         return;
     }
-    let header = [
-        "name",
-        "writers",
-        "ev/append",
-        "events/s",
-        "ceiling ev/s",
-        "ratio",
-        "p50 ms",
-        "p99 ms",
-        "notes",
-    ];
-    let cells: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.name.clone(),
-                r.writers.to_string(),
-                r.events_per_append.to_string(),
-                fmt_rate(r.events_per_sec),
-                r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
-                r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
-                fmt_ms(r.p50_ms),
-                fmt_ms(r.p99_ms),
-                r.notes.join("; "),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
+    let cells: Vec<[String; 9]> = rows.iter().map(cells).collect();
+    let mut widths = HEADER.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
@@ -284,7 +285,7 @@ pub(crate) fn print_table(title: &str, rows: &[Row]) {
         }
         println!("{}", out.trim_end());
     };
-    line(&header.map(String::from));
+    line(&HEADER.map(String::from));
     let rule: Vec<String> = widths
         .iter()
         .enumerate()
@@ -305,23 +306,13 @@ pub(crate) fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
 
 /// The rows as a Markdown table (for pasting into docs/benchmarks.md).
 pub(crate) fn markdown(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| name | writers | ev/append | events/s | ceiling ev/s | ratio | p50 ms | p99 ms | notes |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    let mut out = format!(
+        "| {} |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        HEADER.join(" | ")
     );
     for r in rows {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r.name,
-            r.writers,
-            r.events_per_append,
-            fmt_rate(r.events_per_sec),
-            r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
-            r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
-            fmt_ms(r.p50_ms),
-            fmt_ms(r.p99_ms),
-            r.notes.join("; ").replace('|', "\\|"),
-        ));
+        let cells = cells(r).map(|c| c.replace('|', "\\|"));
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out
 }

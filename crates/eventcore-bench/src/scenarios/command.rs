@@ -102,7 +102,7 @@ pub(super) async fn run_c(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
 /// a writer that lost several races from sleeping while the others take
 /// turn after turn (20 ms is about one commit each for 16 writers); the
 /// 5 ms base spreads the first retries of the losers of one race; 200
-/// attempts leave room (the most seen in a run was ~90). ADR 0004 has the
+/// attempts leave room (the most seen in a run was ~90). ADR 0009 has the
 /// measurements.
 fn hot_stream_retry() -> RetryPolicy {
     RetryPolicy::new()

@@ -74,27 +74,24 @@ enum Variant {
 }
 
 impl Variant {
-    fn name(self) -> &'static str {
+    /// Row name, schema, and what it switches on.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Variant::SameStore => "F-same-store",
-            Variant::OtherStore => "F-other-store",
-            Variant::Nothing => "F-none",
-        }
-    }
-
-    fn schema(self) -> &'static str {
-        match self {
-            Variant::SameStore => "bench_f_same_w16",
-            Variant::OtherStore => "bench_f_other_w16",
-            Variant::Nothing => "bench_f_none_w16",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Variant::SameStore => "subscriber on the writers' store (in-process wake-ups)",
-            Variant::OtherStore => "subscriber on a second store (LISTEN/NOTIFY + polling)",
-            Variant::Nothing => "nothing switched on: the ratio's noise floor",
+            Variant::SameStore => (
+                "F-same-store",
+                "bench_f_same_w16",
+                "subscriber on the writers' store (in-process wake-ups)",
+            ),
+            Variant::OtherStore => (
+                "F-other-store",
+                "bench_f_other_w16",
+                "subscriber on a second store (LISTEN/NOTIFY + polling)",
+            ),
+            Variant::Nothing => (
+                "F-none",
+                "bench_f_none_w16",
+                "nothing switched on: the ratio's noise floor",
+            ),
         }
     }
 }
@@ -368,8 +365,7 @@ impl Latency {
 }
 
 async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
-    let name = variant.name();
-    let schema = variant.schema();
+    let (name, schema, describe) = variant.names();
     eprintln!(
         "[{name}] A with {WRITERS} writers, subscriber off/on every {} ms",
         SLICE.as_millis()
@@ -446,7 +442,7 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
         .note(format!(
             "{}; writers {with:.0} ev/s with it, {without:.0} without \
              (alternating {} ms slices): {ratio:.3}",
-            variant.describe(),
+            describe,
             SLICE.as_millis()
         ));
     // What the subscriber adds to the machine's work per written event.
