@@ -15,7 +15,10 @@ use anyhow::{Context as _, anyhow, bail};
 use hdrhistogram::Histogram;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use crate::provision::{BenchDb, READ_STREAM_LEN, STREAMS};
+use crate::{
+    measure::histogram,
+    provision::{BenchDb, READ_STREAM_LEN, STREAMS},
+};
 
 /// Schema of the pgbench write tables (truncated before every write run).
 const CEILING_WRITE_SCHEMA: &str = "ceiling_write";
@@ -500,7 +503,7 @@ fn parse_pgbench(stdout: &str, seconds: f64) -> anyhow::Result<CeilingResult> {
 /// per-transaction logs (`client tx_no time_us script epoch epoch_us`; a
 /// failed transaction has a word instead of a time).
 fn read_tx_logs(dir: &Path) -> anyhow::Result<Histogram<u64>> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut hist = histogram()?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let is_log = path

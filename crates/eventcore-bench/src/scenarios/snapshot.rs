@@ -160,32 +160,27 @@ where
     let counting = CountingStore::new(store.clone());
     let counts: Arc<ReadCounts> = counting.counts();
     let snapshots = snapshots.then(|| PostgresSnapshotStore::new(store.clone()));
-    let ran = Arc::new(AtomicU64::new(0));
-    let worker = SnapshotWorker::<S> {
-        store: counting,
+    let worker = |store, streams, seed, ran| SnapshotWorker::<S> {
+        store,
         snapshots: snapshots.clone(),
-        streams: Arc::clone(streams),
-        rng: SmallRng::seed_from_u64(0x5A),
-        ran: Arc::clone(&ran),
+        streams,
+        rng: SmallRng::seed_from_u64(seed),
+        ran,
         state: std::marker::PhantomData,
     };
+    let ran = Arc::new(AtomicU64::new(0));
+    let measured = worker(counting, Arc::clone(streams), 0x5A, Arc::clone(&ran));
     if snapshots.is_some() {
         // A command on each stream first, outside the measurement: the
         // first one folds the stream and takes its first snapshot.
-        let mut first = SnapshotWorker::<S> {
-            store: CountingStore::new(store.clone()),
-            snapshots,
-            streams: Arc::clone(streams),
-            rng: SmallRng::seed_from_u64(0),
-            ran: Arc::default(),
-            state: std::marker::PhantomData,
-        };
         for stream in streams.iter() {
-            first.streams = Arc::from([stream.clone()]);
-            first.op().await?;
+            let one = Arc::from([stream.clone()]);
+            worker(CountingStore::new(store.clone()), one, 0, Arc::default())
+                .op()
+                .await?;
         }
     }
-    let m = drive(vec![worker], ctx.timing).await?;
+    let m = drive(vec![measured], ctx.timing).await?;
     // Every command the worker ran, warm-up included, read through `counting`.
     let read = counts.stream_events.load(Ordering::Relaxed) as f64;
     let per_command = read / ran.load(Ordering::Relaxed).max(1) as f64;
