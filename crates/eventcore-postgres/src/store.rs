@@ -1,18 +1,17 @@
 //! The PostgreSQL [`EventStore`].
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Instant};
+use std::{borrow::Cow, collections::BTreeMap, future::Future, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use eventcore::{
-    AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, ExpectedVersion,
-    GlobalPosition, StoredEvent, StreamId, StreamVersion, VersionConflict,
+    AppendOutcome, AppendRequest, Error, EventId, EventMetadata, EventStore, GlobalPosition,
+    StoredEvent, StreamId, StreamVersion, VersionConflict,
 };
 use sqlx::{
     Connection, PgConnection, PgPool, Postgres, Row,
     postgres::{PgArguments, PgPoolOptions, PgRow},
     query::Query,
-    types::Json,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -22,21 +21,20 @@ use crate::{
     conn_cache::{Conn, ConnCache},
     error::{CONFLICT_SQLSTATE, connection_lost, constraint, db_error_parts, map_sqlx, sqlstate},
     instrument,
-    jsonb::{JsonbColumn, JsonbParam, MetadataColumn, TimestampColumn},
+    jsonb::{self, CustomColumn, JsonbColumn, JsonbParam, TimestampColumn},
     metrics::PoolStats,
     notify::Notifier,
     recent::RecentAppends,
-    sql::{Statements, sql},
+    sql::{self, Statements, sql},
 };
 
 /// The production event store: every guarantee of [`EventStore`] on PostgreSQL.
 ///
-/// * One append is one round trip and one transaction. A single-stream
-///   append is one statement that checks and bumps its stream row and
-///   inserts its events; a multi-stream append calls the
-///   `append_to_streams` function, which runs that statement per stream
-///   (and locks each check-only stream's row) in stream-id order. Stream
-///   rows are the locks: no global lock, no SERIALIZABLE, no deadlocks.
+/// * One append is one round trip and one transaction: a call of the
+///   `append_to_streams` function, which checks and bumps each stream's row
+///   (and locks each check-only stream's row) in stream-id order and
+///   inserts the events. Stream rows are the locks: no global lock, no
+///   SERIALIZABLE, no deadlocks.
 /// * The global position encodes the writing transaction's id, and `$all`
 ///   readers stop below the oldest transaction still running, so they never
 ///   skip an event that commits late (see `docs/adr/0001-global-order.md`).
@@ -67,33 +65,6 @@ pub(crate) struct Inner {
     pub(crate) recent: RecentAppends,
 }
 
-/// How an [`ExpectedVersion`] travels to the append statements and the
-/// `append_to_streams` function (`$2` / `p_expected`): an exact version as
-/// itself, the others as negative codes no version can take. The one place
-/// the encoding is written on this side; the SQL reads it back in sql.rs and
-/// migrations/0003_lean_write_path.sql.
-mod expectation {
-    pub(crate) const ANY: i64 = -1;
-    pub(crate) const NO_STREAM: i64 = -2;
-    pub(crate) const STREAM_EXISTS: i64 = -3;
-}
-
-/// The code of `expected` for `stream`; a version beyond `i64::MAX` (which
-/// would collide with the codes above) is refused.
-fn expectation_code(stream: &StreamId, expected: ExpectedVersion) -> Result<i64, Error> {
-    Ok(match expected {
-        ExpectedVersion::Any => expectation::ANY,
-        ExpectedVersion::NoStream => expectation::NO_STREAM,
-        ExpectedVersion::StreamExists => expectation::STREAM_EXISTS,
-        ExpectedVersion::Exact(v) => i64::try_from(v.get()).map_err(|_| Error::InvalidAppend {
-            reason: format!(
-                "stream '{stream}' is expected at version {v}, beyond the largest a stream can reach ({})",
-                i64::MAX
-            ),
-        })?,
-    })
-}
-
 /// What one send of an append found.
 enum Attempt {
     Written(AppendOutcome),
@@ -114,12 +85,15 @@ struct AppendParams<'a> {
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
     data: Vec<JsonbParam<'a>>,
-    metadata: Vec<Json<&'a EventMetadata>>,
+    occurred_at: Vec<DateTime<Utc>>,
+    correlation_ids: Vec<Uuid>,
+    causation_ids: Vec<Option<Uuid>>,
+    /// Custom metadata as JSON text.
+    custom: Vec<Cow<'a, str>>,
 }
 
 impl<'a> AppendParams<'a> {
-    /// Binds the per-event arrays, in the order both multi-event statements
-    /// take them: ids, types, schema versions, data, metadata.
+    /// Binds the per-event arrays, `$5..$12` of `append_to_streams`.
     fn bind_events<'q>(
         &'q self,
         query: Query<'q, Postgres, PgArguments>,
@@ -129,7 +103,15 @@ impl<'a> AppendParams<'a> {
             .bind(&self.event_types)
             .bind(&self.schema_versions)
             .bind(&self.data)
-            .bind(&self.metadata)
+            .bind(&self.occurred_at)
+            .bind(&self.correlation_ids)
+            .bind(&self.causation_ids)
+            .bind(
+                self.custom
+                    .iter()
+                    .map(|c| JsonbParam(c))
+                    .collect::<Vec<_>>(),
+            )
     }
 
     fn new(request: &'a AppendRequest) -> Result<Self, Error> {
@@ -141,17 +123,30 @@ impl<'a> AppendParams<'a> {
             event_types: Vec::with_capacity(n),
             schema_versions: Vec::with_capacity(n),
             data: Vec::with_capacity(n),
-            metadata: Vec::with_capacity(n),
+            occurred_at: Vec::with_capacity(n),
+            correlation_ids: Vec::with_capacity(n),
+            causation_ids: Vec::with_capacity(n),
+            custom: Vec::with_capacity(n),
         };
         for s in request.streams() {
             p.streams.push(s.stream_id.as_str());
-            p.expected.push(expectation_code(&s.stream_id, s.expected)?);
+            p.expected
+                .push(sql::expected_version_code(&s.stream_id, s.expected)?);
             for e in &s.events {
                 p.event_ids.push(e.event_id.as_uuid());
                 p.event_types.push(&e.event_type);
                 p.schema_versions.push(e.schema_version as i32);
-                p.data.push(JsonbParam(&e.data));
-                p.metadata.push(Json(&e.metadata));
+                p.data.push(JsonbParam(e.data.get()));
+                p.occurred_at.push(e.metadata.occurred_at);
+                p.correlation_ids.push(e.metadata.correlation_id);
+                p.causation_ids.push(e.metadata.causation_id);
+                p.custom
+                    .push(jsonb::custom_text(&e.metadata.custom).map_err(|source| {
+                        Error::Encode {
+                            event_type: e.event_type.clone(),
+                            source,
+                        }
+                    })?);
             }
         }
         Ok(p)
@@ -391,11 +386,7 @@ impl PostgresEventStore {
         p: &AppendParams<'_>,
     ) -> Result<AppendOutcome, Error> {
         let mut conn = self.acquire("append").await?;
-        let attempt = if request.streams().len() == 1 && !p.event_ids.is_empty() {
-            self.append_to_stream(&mut conn, request, p).await
-        } else {
-            self.append_to_streams(&mut conn, request, p).await
-        };
+        let attempt = self.append_to_streams(&mut conn, request, p).await;
         conn.finished(&attempt);
         match attempt {
             Ok(Attempt::Written(outcome)) => Ok(outcome),
@@ -446,37 +437,10 @@ impl PostgresEventStore {
         }
     }
 
-    /// The common case, events for one stream: one statement, which is its
-    /// own transaction.
-    async fn append_to_stream(
-        &self,
-        conn: &mut PgConnection,
-        request: &AppendRequest,
-        p: &AppendParams<'_>,
-    ) -> Result<Attempt, sqlx::Error> {
-        let stream = &request.streams()[0];
-        let n = p.event_ids.len() as i64;
-        match self.write_stream(conn, request, p).await? {
-            Some((version, first)) => Ok(Attempt::Written(AppendOutcome {
-                stream_versions: BTreeMap::from([(
-                    stream.stream_id.clone(),
-                    StreamVersion::new(version as u64),
-                )]),
-                positions: Some((
-                    GlobalPosition::new(first as u64),
-                    GlobalPosition::new((first + n - 1) as u64),
-                )),
-                replayed: false,
-            })),
-            None => self.single_stream_conflict(conn, p).await,
-        }
-    }
-
-    /// Several streams, or check-only ones: one call of the
-    /// `append_to_streams` function, which runs the one-stream statement for
-    /// each stream (and locks each check-only stream's row) in stream-id
-    /// order, so every writer takes row locks in one global order and none
-    /// deadlocks. A failed expectation rolls everything back (SQLSTATE
+    /// One call of the `append_to_streams` function, which checks and bumps
+    /// each stream's row (and locks each check-only stream's row) in
+    /// stream-id order, so every writer takes row locks in one global order
+    /// and none deadlocks. A failed expectation rolls everything back (SQLSTATE
     /// EC002); the actual versions are read afterwards.
     async fn append_to_streams(
         &self,
@@ -572,79 +536,6 @@ impl PostgresEventStore {
             }),
             None => Err(raised),
         }
-    }
-
-    /// Writes the events of the request's only stream with its one
-    /// statement. Returns the stream's new version and the first event's
-    /// position, or `None` if its expectation failed and nothing was written.
-    async fn write_stream(
-        &self,
-        conn: &mut PgConnection,
-        request: &AppendRequest,
-        p: &AppendParams<'_>,
-    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
-        let stream = &request.streams()[0];
-        let n = stream.events.len();
-        let existing = match stream.expected {
-            ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
-            ExpectedVersion::StreamExists => true,
-            ExpectedVersion::Any | ExpectedVersion::NoStream => false,
-        };
-        let s = &self.inner.sql;
-        let (one, many) = if existing {
-            (
-                &s.append_one_to_existing_stream,
-                &s.append_to_existing_stream,
-            )
-        } else {
-            (&s.append_one_to_new_stream, &s.append_to_new_stream)
-        };
-        if n == 1 {
-            let row = sqlx::query(sql(one))
-                .bind(p.streams[0])
-                .bind(p.expected[0])
-                .bind(1_i64)
-                .bind(p.event_ids[0])
-                .bind(p.event_types[0])
-                .bind(p.schema_versions[0])
-                .bind(p.data[0])
-                .bind(p.metadata[0])
-                .fetch_optional(&mut *conn)
-                .await?;
-            return match row {
-                Some(row) => Ok(Some((row.try_get(1)?, row.try_get(0)?))),
-                None => Ok(None),
-            };
-        }
-        let query = sqlx::query(sql(many))
-            .bind(p.streams[0])
-            .bind(p.expected[0])
-            .bind(n as i64);
-        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
-        let version: Option<i64> = row.try_get(0)?;
-        let first: Option<i64> = row.try_get(1)?;
-        Ok(version.zip(first))
-    }
-
-    /// After the single stream failed its expectation (nothing written):
-    /// its actual version, and whether any of the append's ids is already
-    /// stored (a re-send).
-    async fn single_stream_conflict(
-        &self,
-        conn: &mut PgConnection,
-        p: &AppendParams<'_>,
-    ) -> Result<Attempt, sqlx::Error> {
-        let row = sqlx::query(sql(&self.inner.sql.select_conflict_state))
-            .bind(p.streams[0])
-            .bind(&p.event_ids)
-            .fetch_one(&mut *conn)
-            .await?;
-        let actual: i64 = row.try_get(0)?;
-        Ok(Attempt::Conflict {
-            index: 0,
-            actual: actual as u64,
-            id_seen: row.try_get(1)?,
-        })
     }
 
     /// The original outcome if every event of `request` is already stored on
@@ -778,7 +669,7 @@ impl PostgresEventStore {
 }
 
 /// Turns a row of `event_columns!()` into a [`StoredEvent`]; a row whose
-/// stored values break the model (bad id, metadata of the wrong shape) is
+/// stored values break the model (bad id, custom metadata not an object) is
 /// [`Error::CorruptRow`] naming it. `last_stream` carries the previous
 /// row's stream id: rows of one stream share it instead of each allocating
 /// and validating its own.
@@ -801,7 +692,14 @@ fn decode_row(
     // position so that a reader can record it and read on after it.
     let column = |e: sqlx::Error| match e {
         sqlx::Error::ColumnDecode { index, source } => {
-            corrupt(format!("column {index} does not decode: {source}"))
+            let name = index
+                .parse()
+                .ok()
+                .and_then(|i| sql::EVENT_COLUMNS.split(", ").nth(i));
+            corrupt(format!(
+                "column {} does not decode: {source}",
+                name.unwrap_or(&index)
+            ))
         }
         other => map(other),
     };
@@ -809,10 +707,13 @@ fn decode_row(
     let event_type: String = row.try_get_unchecked(4).map_err(column)?;
     let schema_version: i32 = row.try_get_unchecked(5).map_err(column)?;
     // The payload stays JSON text, unparsed, until someone asks for a type
-    // (see `jsonb`). Metadata is parsed once, straight from the column.
+    // (see `jsonb`).
     let JsonbColumn(data) = row.try_get_unchecked(6).map_err(column)?;
-    let metadata: Result<MetadataColumn, _> = row.try_get_unchecked(7);
-    let TimestampColumn(recorded_at) = row.try_get_unchecked(8).map_err(column)?;
+    let TimestampColumn(occurred_at) = row.try_get_unchecked(7).map_err(column)?;
+    let correlation_id: Uuid = row.try_get_unchecked(8).map_err(column)?;
+    let causation_id: Option<Uuid> = row.try_get_unchecked(9).map_err(column)?;
+    let CustomColumn(custom) = row.try_get_unchecked(10).map_err(column)?;
+    let TimestampColumn(recorded_at) = row.try_get_unchecked(11).map_err(column)?;
     let stream = match last_stream {
         Some(s) if s.as_str() == stream_id => s.clone(),
         _ => {
@@ -829,12 +730,11 @@ fn decode_row(
         event_type,
         schema_version: schema_version as u32,
         data,
-        metadata: match metadata {
-            Ok(MetadataColumn(m)) => m,
-            Err(sqlx::Error::ColumnDecode { source, .. }) => {
-                return Err(corrupt(format!("metadata does not decode: {source}")));
-            }
-            Err(e) => return Err(map(e)),
+        metadata: EventMetadata {
+            correlation_id,
+            causation_id,
+            occurred_at,
+            custom,
         },
         recorded_at,
     })

@@ -36,10 +36,10 @@ async fn corrupt_rows_are_errors_naming_the_row() {
     let schema = &store.config().schema;
     let stream = StreamId::new("corrupt-1").unwrap();
     store.append(one(&stream, "Good")).await.unwrap();
-    // Metadata of the wrong shape, written behind the store's back.
+    // Custom metadata that is not an object, written behind the store's back.
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         VALUES (9223372036854775000, '018f0000-0000-7000-8000-000000000001', 'corrupt-1', 2, 'Bad', 1, '{{}}', '[1, 2]')"
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES (9223372036854775000, '018f0000-0000-7000-8000-000000000001', 'corrupt-1', 2, 'Bad', 1, '{{}}', '[1, 2]', now(), gen_random_uuid())"
     )))
     .execute(store.pool())
     .await
@@ -182,11 +182,12 @@ async fn late_commits_are_never_skipped() {
     let event = NewEvent::raw("Slow", serde_json::json!({}));
     sqlx::query(AssertSqlSafe(format!(
         "WITH v AS (INSERT INTO {schema}.event_streams (stream_id, version) VALUES ('late', 1) RETURNING version) \
-         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $1, 'late', v.version, 'Slow', 1, '{{}}', $2 FROM v"
+         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, occurred_at, correlation_id) \
+         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $1, 'late', v.version, 'Slow', 1, '{{}}', $2, $3 FROM v"
     )))
     .bind(event.event_id.as_uuid())
-    .bind(serde_json::to_value(&event.metadata).unwrap())
+    .bind(event.metadata.occurred_at)
+    .bind(event.metadata.correlation_id)
     .execute(&mut *tx)
     .await
     .unwrap();
@@ -235,11 +236,11 @@ async fn read_all_delivers_the_good_rows_before_a_bad_one_then_names_it() {
     let first = store.append(one(&stream, "Before")).await.unwrap();
     let (p1, _) = first.positions.unwrap();
     // A bad row in the same transaction's position range, right after the
-    // good one: metadata of the wrong shape.
+    // good one: custom metadata that is not an object.
     let bad = p1.get() + 1;
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         VALUES ({bad}, '018f0000-0000-7000-8000-0000000000aa', 'mixed-bad', 1, 'Bad', 1, '{{}}', '[1]')"
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES ({bad}, '018f0000-0000-7000-8000-0000000000aa', 'mixed-bad', 1, 'Bad', 1, '{{}}', '[1]', now(), gen_random_uuid())"
     )))
     .execute(store.pool())
     .await
