@@ -30,7 +30,7 @@ pub const APPEND_ONLY_SQLSTATE: &str = "EC001";
 /// versions; should it escape, it is a transient abort.
 pub(crate) const CONFLICT_SQLSTATE: &str = "EC002";
 
-/// SQLSTATE raised by every statement that computes a global position when
+/// SQLSTATE raised by `append_to_streams`, which computes every position, when
 /// the transaction's id is past the largest a position can encode
 /// ([`MAX_TRANSACTION_ID`](crate::MAX_TRANSACTION_ID); see
 /// `migrations/0001_event_store.sql`). The store reports it as

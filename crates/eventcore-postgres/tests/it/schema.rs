@@ -310,6 +310,10 @@ const TAMPERING: &[(&str, &str)] = &[
         "DROP FUNCTION {s}.append_to_streams",
         "function append_to_streams missing",
     ),
+    (
+        "DROP INDEX {s}.events_correlation_id_idx",
+        "index events_correlation_id_idx missing",
+    ),
 ];
 
 /// Issue 14 item 13: after each kind of tampering, `initialize()` fails

@@ -359,3 +359,116 @@ async fn an_exhausted_pool_fails_a_command_within_one_retry_budget() {
     assert!(elapsed < Duration::from_millis(2000), "{elapsed:?}");
     drop(held);
 }
+
+/// The writer's metadata is in typed columns that SQL can query: events of
+/// one request found by correlation id (through its index), causation ids
+/// and times as stored, and the `metadata` column holding exactly the
+/// custom map. What is read back equals what was sent, custom maps and the
+/// edges of the time range included.
+#[tokio::test]
+async fn metadata_is_in_typed_columns_that_sql_can_query() {
+    let store = fresh_store().await;
+    let schema = &store.config().schema;
+    let stream = StreamId::new("typed-1").unwrap();
+    let correlation = uuid::Uuid::now_v7();
+    let cause = uuid::Uuid::now_v7();
+    let at = |y, nanos| {
+        chrono::NaiveDate::from_ymd_opt(y, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, nanos)
+            .unwrap()
+            .and_utc()
+    };
+    let mut sent = Vec::new();
+    for (i, t) in [at(1, 0), at(2026, 123_456_000), at(9999, 999_999_000)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut e = NewEvent::raw("Typed", serde_json::json!({ "i": i }));
+        e.metadata = eventcore::EventMetadata::new().with_correlation_id(correlation);
+        e.metadata.occurred_at = t;
+        if i > 0 {
+            e.metadata = e
+                .metadata
+                .with_causation_id(cause)
+                .with_custom("tenant", format!("t{i}"))
+                .with_custom(
+                    "nested",
+                    serde_json::json!({ "a": [1, 2.5, null], "b": "zoë" }),
+                );
+        }
+        sent.push(e);
+    }
+    let other = NewEvent::raw("Other", serde_json::json!({}));
+    store
+        .append(
+            AppendRequest::new()
+                .append(stream.clone(), ExpectedVersion::NoStream, sent.clone())
+                .append(
+                    StreamId::new("typed-2").unwrap(),
+                    ExpectedVersion::Any,
+                    vec![other],
+                ),
+        )
+        .await
+        .unwrap();
+
+    let back = store
+        .read_stream_to_end(&stream, StreamVersion::new(1))
+        .await
+        .unwrap();
+    let metadata: Vec<_> = back.iter().map(|e| e.metadata.clone()).collect();
+    let want: Vec<_> = sent.iter().map(|e| e.metadata.clone()).collect();
+    assert_eq!(metadata, want);
+
+    let rows: Vec<(
+        uuid::Uuid,
+        Option<uuid::Uuid>,
+        chrono::DateTime<chrono::Utc>,
+        Option<String>,
+    )> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT event_id, causation_id, occurred_at, metadata->>'tenant' FROM {schema}.events \
+             WHERE correlation_id = $1 ORDER BY stream_version"
+    )))
+    .bind(correlation)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3, "only this request's events: {rows:?}");
+    for ((id, causation, occurred_at, tenant), (i, e)) in rows.iter().zip(sent.iter().enumerate()) {
+        assert_eq!(*id, e.event_id.as_uuid());
+        assert_eq!(*causation, e.metadata.causation_id);
+        assert_eq!(*occurred_at, e.metadata.occurred_at);
+        assert_eq!(tenant.clone(), (i > 0).then(|| format!("t{i}")));
+    }
+    let empty: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.events WHERE metadata = '{{}}'::jsonb AND correlation_id = $1"
+    )))
+    .bind(correlation)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(empty, 1, "no custom entries: an empty object");
+
+    // The lookup by correlation id is an index scan.
+    let mut conn = store.pool().acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "EXPLAIN SELECT event_id FROM {schema}.events WHERE correlation_id = '{correlation}'"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("RESET enable_seqscan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|line| line.contains("events_correlation_id_idx")),
+        "{plan:?}"
+    );
+}
