@@ -152,7 +152,7 @@ pub(crate) fn check_metadata(metadata: &EventMetadata) -> Result<(), InvalidEven
     let t = metadata.occurred_at;
     if !(1..=9999).contains(&t.year())
         || t.nanosecond() >= 1_000_000_000
-        || t.nanosecond() % 1_000 != 0
+        || !t.nanosecond().is_multiple_of(1_000)
     {
         return Err(InvalidEventReason::OccurredAt { occurred_at: t });
     }

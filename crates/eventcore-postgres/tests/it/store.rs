@@ -421,12 +421,13 @@ async fn metadata_is_in_typed_columns_that_sql_can_query() {
     let want: Vec<_> = sent.iter().map(|e| e.metadata.clone()).collect();
     assert_eq!(metadata, want);
 
-    let rows: Vec<(
+    type Row = (
         uuid::Uuid,
         Option<uuid::Uuid>,
         chrono::DateTime<chrono::Utc>,
         Option<String>,
-    )> = sqlx::query_as(AssertSqlSafe(format!(
+    );
+    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT event_id, causation_id, occurred_at, metadata->>'tenant' FROM {schema}.events \
              WHERE correlation_id = $1 ORDER BY stream_version"
     )))
