@@ -115,7 +115,11 @@ impl Script {
     /// `n = 10` this is the reference `B_append10.sql`.
     pub(crate) fn append_n(n: usize) -> Self {
         let rows = (1..=n)
-            .map(|i| format!("({i}, 'OrderLinePicked', :payload::jsonb, :meta::jsonb)"))
+            .map(|i| {
+                format!(
+                    "({i}, 'OrderLinePicked', :payload::jsonb, now(), gen_random_uuid(), '{{}}')"
+                )
+            })
             .collect::<Vec<_>>()
             .join(",\n             ");
         let text = format!(
@@ -125,7 +129,7 @@ WITH st AS (
   INSERT INTO event_streams AS es (stream_id, version) VALUES ('stream-' || :s, :ev::bigint + {n})
   ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version WHERE es.version = :ev::bigint
   RETURNING es.version)
-INSERT INTO events (event_id, stream_id, stream_version, event_type, event_data, metadata)
+INSERT INTO events (event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, metadata)
 SELECT gen_random_uuid(), 'stream-' || :s, b.base + v.n, v.t, v.d, v.m
 FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-' || :s)) - {n} AS base) b,
      (VALUES {rows}) AS v(n, t, d, m);
@@ -198,7 +202,7 @@ FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-'
     pub(crate) fn read_stream(schema: &str, streams: usize) -> Self {
         let text = format!(
             r"\set s random(1, {streams})
-SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at
+SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, causation_id, metadata, created_at
 FROM events WHERE stream_id = 'stream-' || :s AND stream_version >= 1
 ORDER BY stream_version LIMIT {READ_STREAM_LEN};
 "
@@ -210,7 +214,7 @@ ORDER BY stream_version LIMIT {READ_STREAM_LEN};
     pub(crate) fn read_all(schema: &str, events: usize, page: usize) -> Self {
         let text = format!(
             r"\set x random(0, {})
-SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at
+SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, causation_id, metadata, created_at
 FROM events WHERE global_position > :x
 ORDER BY global_position LIMIT {page};
 ",
@@ -408,10 +412,9 @@ impl Ceiling {
         if seeded {
             let payload = script.payload.as_ref().unwrap_or(&self.payload);
             let payload = payload.replace('\'', "''");
-            let meta = self.meta.replace('\'', "''");
             db.exec(format!(
-                "INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, event_data, metadata) \
-                 SELECT gen_random_uuid(), 'stream-' || g, 1, 'OrderPlaced', '{payload}'::jsonb, '{meta}'::jsonb \
+                "INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, metadata) \
+                 SELECT gen_random_uuid(), 'stream-' || g, 1, 'OrderPlaced', '{payload}'::jsonb, now(), gen_random_uuid(), '{{}}' \
                  FROM generate_series(1, {STREAMS}) g"
             ))
             .await?;
@@ -435,10 +438,9 @@ impl Ceiling {
         eprintln!("  building ceiling read tables {schema} ({events} events)");
         create_reference_tables(db, schema).await?;
         let payload = self.payload.replace('\'', "''");
-        let meta = self.meta.replace('\'', "''");
         db.exec(format!(
-            "INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, event_data, metadata) \
-             SELECT gen_random_uuid(), 'stream-' || s, v, 'OrderPlaced', '{payload}'::jsonb, '{meta}'::jsonb \
+            "INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, metadata) \
+             SELECT gen_random_uuid(), 'stream-' || s, v, 'OrderPlaced', '{payload}'::jsonb, now(), gen_random_uuid(), '{{}}' \
              FROM generate_series(1, {streams}) s, generate_series(1, {READ_STREAM_LEN}) v \
              ORDER BY s, v"
         ))

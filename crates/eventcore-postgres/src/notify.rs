@@ -23,10 +23,6 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// Sends a NOTIFY on `$1` (the channel) with an empty payload. The channel
-/// travels as a value, never spliced into SQL; `LISTEN` quotes it (sqlx).
-const NOTIFY_CHANNEL: &str = "SELECT pg_notify($1, '')";
-
 /// The store's channel is this prefix followed by the schema name.
 pub(crate) const CHANNEL_PREFIX: &str = "eventcore_";
 
@@ -139,7 +135,7 @@ async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval
         // The interval runs from this send's start: a NOTIFY's own round
         // trip (a commit, slow under load) does not stretch the cadence.
         let sent = tokio::time::Instant::now();
-        if let Err(e) = sqlx::query(NOTIFY_CHANNEL)
+        if let Err(e) = sqlx::query(crate::sql::NOTIFY_CHANNEL)
             .bind(&channel)
             .execute(&pool)
             .await

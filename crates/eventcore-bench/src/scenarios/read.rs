@@ -5,8 +5,8 @@
 //! The store's data set is written by SQL straight into its tables (far
 //! faster than appends), with everything made the way the append statements make
 //! it: one transaction per batch, `global_position = xid8 << 20 + index`,
-//! UUIDv7-shaped event ids, metadata that decodes as `EventMetadata`. It is
-//! kept between runs (schema `bench_read_<size>_v<schema version>_m2`).
+//! UUIDv7-shaped event ids, metadata in its typed columns. It is
+//! kept between runs (schema `bench_read_<size>_v<schema version>_m3`).
 
 use std::sync::Arc;
 
@@ -161,13 +161,12 @@ BEGIN
         END IF;
         base := pg_current_xact_id()::text::bigint << 20;
         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version,
-                                     event_type, schema_version, event_data, metadata)
+                                     event_type, schema_version, event_data,
+                                     occurred_at, correlation_id)
         SELECT base + (s - lo) * {READ_STREAM_LEN} + v,
                overlay(gen_random_uuid()::text PLACING '7' FROM 15 FOR 1)::uuid,
                'stream-' || s, v, 'OrderPlaced', 1, '{payload}'::jsonb,
-               jsonb_build_object('correlation_id', gen_random_uuid(),
-                                  'occurred_at', replace(to_char(clock_timestamp() AT TIME ZONE 'UTC',
-                                                                 'YYYY-MM-DD HH24:MI:SS.US'), ' ', 'T') || 'Z')
+               clock_timestamp(), gen_random_uuid()
         FROM generate_series(lo, hi) s, generate_series(1, {READ_STREAM_LEN}) v
         ORDER BY s, v;
         INSERT INTO {schema}.event_streams (stream_id, version)
@@ -206,9 +205,9 @@ pub(super) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     };
     let readers_list = ctx.sweep(&[16], &[1, 16]);
     let max_readers = readers_list.iter().copied().max().unwrap_or(1);
-    // `_m2`: metadata timestamps spelled as the library writes them.
-    let schema = format!("bench_read_{label}_v{SCHEMA_VERSION}_m2");
-    let ceiling_schema = format!("ceiling_read_{label}");
+    // `_m3`: metadata in typed columns.
+    let schema = format!("bench_read_{label}_v{SCHEMA_VERSION}_m3");
+    let ceiling_schema = format!("ceiling_read_{label}_m3");
     let streams = stream_ids("stream", events / READ_STREAM_LEN)?;
 
     eprintln!("[E] {events} events stored");
