@@ -106,6 +106,7 @@ mod config;
 mod conn_cache;
 mod counter;
 mod error;
+mod history;
 pub mod instrument;
 mod jsonb;
 mod metrics;
@@ -132,6 +133,7 @@ pub use admin::{
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
 pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
+pub use history::{ClusterHistory, InvalidStampedPosition, StampedPosition};
 pub use instrument::describe_metrics;
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
 pub use pg_projection::{PostgresProjection, Transactional};

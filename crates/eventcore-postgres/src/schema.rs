@@ -57,10 +57,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "operations",
         sql: include_str!("../migrations/0007_operations.sql"),
     },
+    Migration {
+        version: 8,
+        name: "history_stamps",
+        sql: include_str!("../migrations/0008_history_stamps.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Every migration's version and name, oldest first (what the ledger
 /// should hold).
