@@ -95,6 +95,20 @@ pub struct PostgresConfig {
     /// payload read this way is the JSON text as appended rather than
     /// PostgreSQL's `jsonb` rendering of it (same value).
     pub recent_appends_bytes: usize,
+    /// Hot standbys (streaming replicas) of the primary at `database_url`,
+    /// by URL, for reads: `read_stream`, `read_all`, and so subscriptions
+    /// and projection catch-up. Default none. Appends, the reads a command
+    /// decides on (`read_streams_to_end`, `stream_version`), checkpoints,
+    /// wake-ups (`LISTEN`, refused by a standby) and the read blocker stay
+    /// on the primary. Each replica gets a pool of its own with the
+    /// primary's settings; calls take them in turn. A replica read sees
+    /// what the standby has replayed: see
+    /// [`commit_token`](crate::PostgresEventStore::commit_token) for
+    /// reading one's own writes.
+    pub read_replicas: Vec<String>,
+    /// Replication lag past which [`health_check`](crate::PostgresEventStore::health_check)
+    /// reports a replica unhealthy. Default 30 s.
+    pub max_replica_lag: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -121,6 +135,8 @@ impl PostgresConfig {
             application_name: "eventcore".into(),
             notify_interval: Some(Duration::from_millis(5)),
             recent_appends_bytes: 16 << 20,
+            read_replicas: Vec::new(),
+            max_replica_lag: Duration::from_secs(30),
         }
     }
 
@@ -158,23 +174,34 @@ impl PostgresConfig {
         }
         validate_schema_name(&self.schema)?;
         self.connect_options()?;
+        for url in &self.read_replicas {
+            self.connect_options_for("read_replicas", url)?;
+        }
         Ok(())
     }
 
     /// The sqlx connection options: the URL plus the per-session settings
     /// the store relies on.
     pub(crate) fn connect_options(&self) -> Result<PgConnectOptions, PostgresError> {
+        self.connect_options_for("database_url", &self.database_url)
+    }
+
+    /// [`connect_options`](Self::connect_options) for `url`, the setting
+    /// `field` (the primary's or a replica's).
+    pub(crate) fn connect_options_for(
+        &self,
+        field: &str,
+        url: &str,
+    ) -> Result<PgConnectOptions, PostgresError> {
         // sqlx parses any scheme; a mysql:// URL here is a mistake to report.
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            return Err(PostgresError::InvalidConfig(
-                "database_url must start with postgres:// or postgresql://".into(),
-            ));
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(PostgresError::InvalidConfig(format!(
+                "{field} must start with postgres:// or postgresql://"
+            )));
         }
-        let options: PgConnectOptions = self.database_url.parse().map_err(|e| {
+        let options: PgConnectOptions = url.parse().map_err(|e| {
             PostgresError::InvalidConfig(redact_secrets(&format!(
-                "database_url is not a valid PostgreSQL URL: {e}"
+                "{field} is not a valid PostgreSQL URL: {e}"
             )))
         })?;
         QUERY_TIMEOUT.check(self.query_timeout)?;
@@ -333,6 +360,15 @@ impl fmt::Debug for PostgresConfig {
             .field("application_name", &self.application_name)
             .field("notify_interval", &self.notify_interval)
             .field("recent_appends_bytes", &self.recent_appends_bytes)
+            .field(
+                "read_replicas",
+                &self
+                    .read_replicas
+                    .iter()
+                    .map(|url| redact_secrets(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("max_replica_lag", &self.max_replica_lag)
             .finish_non_exhaustive()
     }
 }
@@ -564,6 +600,19 @@ impl PostgresConfigBuilder {
     /// [`PostgresConfig::recent_appends_bytes`].
     pub fn recent_appends_bytes(mut self, bytes: usize) -> Self {
         self.config.recent_appends_bytes = bytes;
+        self
+    }
+
+    /// Adds a hot standby to read from; see [`PostgresConfig::read_replicas`].
+    pub fn read_replica(mut self, url: impl Into<String>) -> Self {
+        self.config.read_replicas.push(url.into());
+        self
+    }
+
+    /// Sets the replication lag past which a replica is unhealthy; see
+    /// [`PostgresConfig::max_replica_lag`].
+    pub fn max_replica_lag(mut self, lag: Duration) -> Self {
+        self.config.max_replica_lag = lag;
         self
     }
 

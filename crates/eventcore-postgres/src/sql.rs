@@ -41,6 +41,7 @@ macro_rules! read_horizon {
           FROM pg_snapshot_xmin(pg_current_snapshot()) AS x)"
     };
 }
+pub(crate) use read_horizon;
 
 /// The head of the single-stream statements for expectations that allow a
 /// new stream (any, no stream, exact 0): CTE `v` creates or bumps the stream

@@ -25,6 +25,7 @@ use crate::{
     metrics::PoolStats,
     notify::Notifier,
     recent::RecentAppends,
+    replica::{Replica, Replicas},
     sql::{Statements, sql},
 };
 
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) notifier: Notifier,
     pub(crate) conns: Arc<ConnCache>,
     pub(crate) recent: RecentAppends,
+    /// Read replicas (see [`PostgresConfig::read_replicas`]).
+    pub(crate) replicas: Replicas,
 }
 
 /// How an [`ExpectedVersion`] travels to the append statements and the
@@ -171,7 +174,8 @@ impl PostgresEventStore {
             .test_before_acquire(config.test_before_acquire)
             .connect_lazy_with(config.connect_options()?);
         crate::metrics::first_connection(&pool, config.connect_timeout).await?;
-        Ok(Self::assemble(pool, config))
+        let replicas = Replicas::new(&config)?;
+        Ok(Self::assemble(pool, config, replicas))
     }
 
     /// Wraps an existing pool. The pool's own settings apply; of `config`
@@ -180,16 +184,18 @@ impl PostgresEventStore {
     /// `statement_timeout` themselves.
     pub fn from_pool(pool: PgPool, config: PostgresConfig) -> Result<Self, PostgresError> {
         config.validate()?;
-        Ok(Self::assemble(pool, config))
+        let replicas = Replicas::new(&config)?;
+        Ok(Self::assemble(pool, config, replicas))
     }
 
-    fn assemble(pool: PgPool, config: PostgresConfig) -> Self {
+    fn assemble(pool: PgPool, config: PostgresConfig, replicas: Replicas) -> Self {
         Self {
             inner: Arc::new(Inner {
                 sql: Statements::new(&config.schema),
                 notifier: Notifier::new(&config.schema, config.notify_interval),
                 conns: Arc::default(),
                 recent: RecentAppends::new(config.recent_appends_bytes),
+                replicas,
                 pool,
                 config,
                 stats: PoolStats::default(),
@@ -236,6 +242,70 @@ impl PostgresEventStore {
                 operation,
                 source: Box::new(ConnectError(source)),
             })
+    }
+
+    /// A connection to `replica`, or to the primary when `None`.
+    async fn acquire_on(
+        &self,
+        replica: Option<&Replica>,
+        operation: &'static str,
+    ) -> Result<Conn, Error> {
+        match replica {
+            Some(replica) => replica.acquire(operation).await,
+            None => self.acquire(operation).await,
+        }
+    }
+
+    /// Reads `stream` on `replica` (or the primary): `read_stream`'s work.
+    async fn read_stream_on(
+        &self,
+        replica: Option<&Replica>,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let span = tracing::debug_span!(
+            "eventcore.read_stream",
+            stream = stream.as_str(),
+            from = from.get(),
+            limit,
+            replica = replica.map(|r| r.name.as_str()),
+        );
+        self.call("read_stream", Call::Read, || {
+            let query = sqlx::query(sql(&self.inner.sql.read_stream_forward))
+                .bind(stream.as_str())
+                .bind(to_i64(from.get()))
+                .bind(to_i64(limit as u64));
+            self.fetch_events("read_stream", replica, query)
+        })
+        .instrument(span)
+        .await
+        .inspect(|events| instrument::events_read("read_stream", events.len()))
+    }
+
+    /// Every event of `stream` from `from` on, from the primary: what a
+    /// command decides on must be the newest state, which a replica may
+    /// not have replayed yet.
+    async fn read_stream_to_end_on_primary(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let mut events = Vec::new();
+        let mut next = from;
+        loop {
+            let page = self
+                .read_stream_on(None, stream, next, eventcore::DEFAULT_READ_PAGE)
+                .await?;
+            let full = page.len() == eventcore::DEFAULT_READ_PAGE;
+            if let Some(last) = page.last() {
+                next = last.stream_version.next();
+            }
+            events.extend(page);
+            if !full {
+                return Ok(events);
+            }
+        }
     }
 
     pub(crate) fn map_err(&self, operation: &'static str, e: sqlx::Error) -> Error {
@@ -365,6 +435,7 @@ impl PostgresEventStore {
                 // Its parked siblings are most likely dead too: let sqlx
                 // test them rather than failing on each in turn.
                 self.inner.conns.clear();
+                self.inner.replicas.clear();
                 tracing::debug!(operation, error = %e, "stale pooled connection; retrying");
                 instrument::stale_retry(operation);
                 if written {
@@ -744,9 +815,10 @@ impl PostgresEventStore {
     async fn fetch_events(
         &self,
         operation: &'static str,
+        replica: Option<&Replica>,
         query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<StoredEvent>, Error> {
-        let mut conn = self.acquire(operation).await?;
+        let mut conn = self.acquire_on(replica, operation).await?;
         let rows = self.fetch_rows(&mut conn, operation, query).await?;
         self.decode_rows(operation, &rows)
     }
@@ -943,22 +1015,8 @@ impl EventStore for PostgresEventStore {
         from: StreamVersion,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
-        let span = tracing::debug_span!(
-            "eventcore.read_stream",
-            stream = stream.as_str(),
-            from = from.get(),
-            limit
-        );
-        self.call("read_stream", Call::Read, || {
-            let query = sqlx::query(sql(&self.inner.sql.read_stream_forward))
-                .bind(stream.as_str())
-                .bind(to_i64(from.get()))
-                .bind(to_i64(limit as u64));
-            self.fetch_events("read_stream", query)
-        })
-        .instrument(span)
-        .await
-        .inspect(|events| instrument::events_read("read_stream", events.len()))
+        self.read_stream_on(self.inner.replicas.pick(), stream, from, limit)
+            .await
     }
 
     async fn read_all(
@@ -966,9 +1024,17 @@ impl EventStore for PostgresEventStore {
         after: GlobalPosition,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
-        let span = tracing::debug_span!("eventcore.read_all", after = after.get(), limit);
+        let replica = self.inner.replicas.pick();
+        let span = tracing::debug_span!(
+            "eventcore.read_all",
+            after = after.get(),
+            limit,
+            replica = replica.map(|r| r.name.as_str()),
+        );
         self.call("read_all", Call::Read, || async {
-            if self.inner.recent.covers(after) {
+            // Recent appends are this process's, known to the primary;
+            // a replica read takes whatever the replica has replayed.
+            if replica.is_none() && self.inner.recent.covers(after) {
                 match self.read_all_recent(after, limit).await {
                     // A bad row among the fetched ones: the full read below
                     // delivers the good rows before it.
@@ -979,7 +1045,7 @@ impl EventStore for PostgresEventStore {
             let query = sqlx::query(sql(&self.inner.sql.read_all_forward))
                 .bind(to_i64(after.get()))
                 .bind(to_i64(limit as u64));
-            let mut conn = self.acquire("read_all").await?;
+            let mut conn = self.acquire_on(replica, "read_all").await?;
             let rows = self.fetch_rows(&mut conn, "read_all", query).await?;
             // A bad row must not hold back the good ones before it: the page
             // ends just before it, and the next read, which starts with it,
@@ -1025,7 +1091,7 @@ impl EventStore for PostgresEventStore {
         // One stream (most commands): the plain per-stream read, whose plan
         // is simpler than the multi-stream join.
         if let [(stream, from)] = streams {
-            return Ok(vec![self.read_stream_to_end(stream, *from).await?]);
+            return Ok(vec![self.read_stream_to_end_on_primary(stream, *from).await?]);
         }
         let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
         let lowest = streams.iter().map(|(_, v)| v.get()).min().unwrap_or(1);
@@ -1041,14 +1107,18 @@ impl EventStore for PostgresEventStore {
                     .bind(&ids)
                     .bind(to_i64(lowest))
                     .bind(BATCH as i64);
-                self.fetch_events("read_streams", query)
+                self.fetch_events("read_streams", None, query)
             })
             .instrument(span)
             .await?;
         instrument::events_read("read_streams", events.len());
         if events.len() == BATCH {
             // A long history: page through each stream instead.
-            return eventcore::read_each_stream(self, streams).await;
+            let mut out = Vec::with_capacity(streams.len());
+            for (stream, from) in streams {
+                out.push(self.read_stream_to_end_on_primary(stream, *from).await?);
+            }
+            return Ok(out);
         }
         // Rows come grouped by stream in version order; each requested slot
         // takes its stream's rows from its own first version on. A stream
