@@ -12,5 +12,6 @@ mod pg_projection;
 mod projections;
 mod roundtrip;
 mod schema;
+mod standby;
 mod store;
 mod support;
