@@ -225,15 +225,23 @@ async fn the_standby_stopped_and_restarted_mid_run_skips_nothing() {
     let _one = STANDBY.lock().await;
     let Some(standby) = standby_url() else { return };
     let (writer, reader) = stores(&standby).await;
+    let total = 16 * 40;
     sixteen_writers_followed_on_the_standby(&writer, &reader, 40, async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        tokio::task::spawn_blocking(|| {
-            dev_db(None, &["standby-stop"]).expect("standby to stop");
-            std::thread::sleep(Duration::from_millis(500));
-            dev_db(None, &["standby-start"]).expect("standby to start");
-        })
-        .await
-        .unwrap();
+        tokio::task::spawn_blocking(|| dev_db(None, &["standby-stop"]).expect("standby to stop"))
+            .await
+            .unwrap();
+        // Down while the writers still write, and the readers' reads fail
+        // (transiently: they retry) instead of going elsewhere.
+        let written = writer.head_position().await.unwrap();
+        let read = reader.read_all(written, 1).await;
+        assert!(read.as_ref().is_err_and(Error::is_transient), "{read:?}");
+        let so_far = eventcore::testing::settled_positions(&writer, "load-", 0).await;
+        assert!(so_far.len() < total, "stopped mid-run ({} of {total})", so_far.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::task::spawn_blocking(|| dev_db(None, &["standby-start"]).expect("standby to start"))
+            .await
+            .unwrap();
     })
     .await;
 }
