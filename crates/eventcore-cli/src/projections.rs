@@ -61,7 +61,10 @@ pub(crate) async fn run(
                 .accept_projection_history(&args.projection, &request(args))
                 .await
                 .with_context(|| {
-                    format!("cannot accept the history for projection {}", args.projection)
+                    format!(
+                        "cannot accept the history for projection {}",
+                        args.projection
+                    )
                 })?;
             report(
                 out,

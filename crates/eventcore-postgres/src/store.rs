@@ -1091,7 +1091,9 @@ impl EventStore for PostgresEventStore {
         // One stream (most commands): the plain per-stream read, whose plan
         // is simpler than the multi-stream join.
         if let [(stream, from)] = streams {
-            return Ok(vec![self.read_stream_to_end_on_primary(stream, *from).await?]);
+            return Ok(vec![
+                self.read_stream_to_end_on_primary(stream, *from).await?,
+            ]);
         }
         let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
         let lowest = streams.iter().map(|(_, v)| v.get()).min().unwrap_or(1);

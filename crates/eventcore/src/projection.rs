@@ -1247,6 +1247,9 @@ mod tests {
             history_changed_in(&*wrapped),
             Some(Error::HistoryChanged { recorded, current, .. }) if recorded == "a" && current == "b"
         ));
-        assert!(history_changed_in(&*Box::<dyn std::error::Error + Send + Sync>::from("nope")).is_none());
+        assert!(
+            history_changed_in(&*Box::<dyn std::error::Error + Send + Sync>::from("nope"))
+                .is_none()
+        );
     }
 }

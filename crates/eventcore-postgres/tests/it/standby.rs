@@ -10,7 +10,10 @@
 
 use std::{
     process::Command,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -132,15 +135,18 @@ fn quick() -> RunnerOptions {
     }
 }
 
-/// 16 writers on the primary, `per_writer` appends each, while `during`
-/// runs; a subscriber and a projection read from the reader's standby.
-/// Both must see every event once, in order.
-async fn sixteen_writers_followed_on_the_standby(
+/// 16 writers on the primary, `per_writer` appends each and more until
+/// `during` is done (it gets the count of appends so far); a subscriber
+/// and a projection read from the reader's standby. Both must see every
+/// event once, in order.
+async fn sixteen_writers_followed_on_the_standby<F: Future<Output = ()>>(
     writer: &PostgresEventStore,
     reader: &PostgresEventStore,
     per_writer: u64,
-    during: impl Future<Output = ()>,
+    during: impl FnOnce(Arc<AtomicUsize>) -> F,
 ) {
+    let written = Arc::new(AtomicUsize::new(0));
+    let during_done = Arc::new(AtomicBool::new(false));
     let ledger = Ledger {
         seen: Arc::default(),
     };
@@ -164,19 +170,27 @@ async fn sixteen_writers_followed_on_the_standby(
             .poll_interval(Duration::from_millis(50)),
     ));
     let writers = futures::future::join_all((0..16).map(|w| {
-        let writer = writer.clone();
+        let (writer, written, during_done) = (writer.clone(), written.clone(), during_done.clone());
         async move {
             let s = StreamId::new(format!("load-{}", w % 5)).unwrap();
-            for i in 0..per_writer {
+            let mut i = 0;
+            while i < per_writer || !during_done.load(Ordering::Relaxed) {
                 seed(&writer, &s, [AccountEvent::Deposited { amount: i }])
                     .await
                     .unwrap();
+                written.fetch_add(1, Ordering::Relaxed);
+                i += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
     }));
-    futures::future::join(writers, during).await;
-    let total = 16 * per_writer as usize;
+    let during = during(written.clone());
+    futures::future::join(writers, async {
+        during.await;
+        during_done.store(true, Ordering::Relaxed);
+    })
+    .await;
+    let total = written.load(Ordering::Relaxed);
     let expected = eventcore::testing::settled_positions(writer, "load-", total).await;
     let mut delivered = Vec::new();
     while delivered.len() < expected.len() {
@@ -214,7 +228,7 @@ async fn sixteen_writers_a_subscriber_and_a_projection_on_the_standby() {
     let _one = STANDBY.lock().await;
     let Some(standby) = standby_url() else { return };
     let (writer, reader) = stores(&standby).await;
-    sixteen_writers_followed_on_the_standby(&writer, &reader, 25, async {}).await;
+    sixteen_writers_followed_on_the_standby(&writer, &reader, 25, |_| async {}).await;
     let lag = reader.replica_lag().await.unwrap();
     assert_eq!(lag.len(), 1);
     assert!(lag[0].in_recovery && lag[0].receiving, "{lag:?}");
@@ -225,20 +239,23 @@ async fn the_standby_stopped_and_restarted_mid_run_skips_nothing() {
     let _one = STANDBY.lock().await;
     let Some(standby) = standby_url() else { return };
     let (writer, reader) = stores(&standby).await;
-    let total = 16 * 40;
-    sixteen_writers_followed_on_the_standby(&writer, &reader, 40, async {
+    let (w, r) = (writer.clone(), reader.clone());
+    sixteen_writers_followed_on_the_standby(&w, &r, 20, |written| async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         tokio::task::spawn_blocking(|| dev_db(None, &["standby-stop"]).expect("standby to stop"))
             .await
             .unwrap();
-        // Down while the writers still write, and the readers' reads fail
-        // (transiently: they retry) instead of going elsewhere.
-        let written = writer.head_position().await.unwrap();
-        let read = reader.read_all(written, 1).await;
+        // Down: the readers' reads fail (transiently: they retry) instead
+        // of going elsewhere, while the writers go on.
+        let head = writer.head_position().await.unwrap();
+        let read = reader.read_all(head, 1).await;
         assert!(read.as_ref().is_err_and(Error::is_transient), "{read:?}");
-        let so_far = eventcore::testing::settled_positions(&writer, "load-", 0).await;
-        assert!(so_far.len() < total, "stopped mid-run ({} of {total})", so_far.len());
+        let at_stop = written.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            written.load(Ordering::Relaxed) > at_stop,
+            "events were appended while the standby was down"
+        );
         tokio::task::spawn_blocking(|| dev_db(None, &["standby-start"]).expect("standby to start"))
             .await
             .unwrap();
@@ -266,6 +283,16 @@ async fn read_your_writes_waits_for_the_standby_to_replay_the_commit() {
     .await
     .unwrap();
     let account = StreamId::new("ryw").unwrap();
+    // The schema first, so that only the append below is held back.
+    let schema_done = seed(
+        &writer,
+        &StreamId::new("warm-up").unwrap(),
+        [AccountEvent::Deposited { amount: 1 }],
+    )
+    .await
+    .unwrap();
+    let warm = writer.commit_token(&schema_done).await.unwrap();
+    reader.wait_for_replicas(&warm, PATIENCE).await.unwrap();
     exec(&standby, "SELECT pg_wal_replay_pause()").await;
     let outcome = seed(&writer, &account, [AccountEvent::Deposited { amount: 7 }])
         .await
@@ -294,7 +321,10 @@ async fn read_your_writes_waits_for_the_standby_to_replay_the_commit() {
     );
     assert!(!health.is_healthy);
     assert!(
-        health.problems.iter().any(|p| p.contains("behind the primary")),
+        health
+            .problems
+            .iter()
+            .any(|p| p.contains("behind the primary")),
         "{:?}",
         health.problems
     );
@@ -313,7 +343,11 @@ async fn read_your_writes_waits_for_the_standby_to_replay_the_commit() {
     assert_eq!(all.last().map(|e| e.position), token.position);
     // Caught up: no lag in bytes or seconds, however old the last commit.
     let lag = reader.replica_lag().await.unwrap();
-    assert_eq!((lag[0].lag_bytes, lag[0].lag), (0, Duration::ZERO), "{lag:?}");
+    assert_eq!(
+        (lag[0].lag_bytes, lag[0].lag),
+        (0, Duration::ZERO),
+        "{lag:?}"
+    );
 }
 
 /// A throwaway cluster with a standby of its own; promoting it is a
@@ -392,7 +426,11 @@ async fn a_runner_resuming_after_a_promotion_stops_until_the_history_is_accepted
     let promoted = PostgresEventStore::new(on(&standby)).await.unwrap();
     let after = promoted.history().await.unwrap();
     assert_eq!(after.system_identifier, before.system_identifier);
-    assert_eq!(after.timeline, before.timeline + 1, "promotion bumps the timeline");
+    assert_eq!(
+        after.timeline,
+        before.timeline + 1,
+        "promotion bumps the timeline"
+    );
     let checkpoints = PostgresCheckpointStore::new(promoted.clone());
     let resumed = ProjectionRunner::new(ledger.clone(), promoted.clone(), checkpoints.clone())
         .with_options(quick())
@@ -432,4 +470,91 @@ async fn a_runner_resuming_after_a_promotion_stops_until_the_history_is_accepted
         .unwrap();
     assert_eq!(summary.applied, 1);
     assert_eq!(ledger.seen.lock().unwrap().len(), applied_before + 1);
+}
+
+/// The same refusal without a second cluster: the checkpoint's stamp is
+/// changed behind a running runner's back (as if the primary had been
+/// replaced under it). Its next checkpoint write fails, the runner stops
+/// with `HistoryChanged` (not a projection error its strategy would
+/// skip), and a new runner refuses to load the checkpoint; a rebuild
+/// request starts over on the current history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_of_another_history_stops_the_runner_until_rebuilt() {
+    let store = store_with(config().build().unwrap()).await;
+    let account = StreamId::new("load-sim").unwrap();
+    seed(
+        &store,
+        &account,
+        (0..3).map(|amount| AccountEvent::Deposited { amount }),
+    )
+    .await
+    .unwrap();
+    let ledger = Ledger {
+        seen: Arc::default(),
+    };
+    let options = RunnerOptions {
+        checkpoint_every: 1,
+        ..quick()
+    };
+    let checkpoints = PostgresCheckpointStore::new(store.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let (store, ledger, checkpoints) = (store.clone(), ledger.clone(), checkpoints.clone());
+        tokio::spawn(async move {
+            ProjectionRunner::new(ledger, store, checkpoints)
+                .with_options(options)
+                .run_continuous(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while ledger.seen.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let pool = sqlx::PgPool::connect(database_url()).await.unwrap();
+    let schema = &store.config().schema;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {schema}.projection_checkpoints SET system_identifier = system_identifier + 1"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    seed(&store, &account, [AccountEvent::Deposited { amount: 3 }])
+        .await
+        .unwrap();
+    let stopped_with = tokio::time::timeout(PATIENCE, runner)
+        .await
+        .expect("the runner stops")
+        .unwrap();
+    let _ = stop;
+    assert!(
+        matches!(&stopped_with, Err(Error::HistoryChanged { subject, .. }) if subject.contains("ledger")),
+        "{stopped_with:?}"
+    );
+    let loaded = checkpoints.load("ledger").await;
+    assert!(
+        matches!(loaded, Err(Error::HistoryChanged { .. })),
+        "{loaded:?}"
+    );
+
+    store
+        .request_projection_rebuild("ledger", &ProjectionRequest::new("test"))
+        .await
+        .unwrap();
+    let summary = ProjectionRunner::new(ledger.clone(), store.clone(), checkpoints.clone())
+        .with_options(quick())
+        .run_until_caught_up()
+        .await
+        .unwrap();
+    assert_eq!(summary.applied, 4, "a rebuild replays every event");
+    assert_eq!(
+        checkpoints.load("ledger").await.unwrap(),
+        summary.checkpoint
+    );
+    pool.close().await;
 }
