@@ -643,6 +643,8 @@ mod tests {
     #[test]
     fn defaults_match_the_documentation() {
         let c = PostgresConfig::new("postgres://localhost/db");
+        assert!(c.read_replicas.is_empty());
+        assert_eq!(c.max_replica_lag, Duration::from_secs(30));
         assert_eq!(c.max_connections, 20);
         assert_eq!(c.min_connections, 2);
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
@@ -662,6 +664,8 @@ mod tests {
             (b().min_connections(21), "min_connections"),
             (b().database_url("mysql://nope"), "database_url"),
             (b().database_url("not a url"), "database_url"),
+            (b().read_replica("mysql://replica"), "read_replicas"),
+            (b().read_replica("not a url"), "read_replicas"),
             (b().schema("Robert'); DROP"), "schema"),
             (b().schema("pg_catalog"), "schema"),
             (b().schema(""), "schema"),

@@ -83,6 +83,22 @@
 //! is the same either way; [`PostgresEventStore::recent_append_stats`]
 //! shows how often memory served.
 //!
+//! ## Read replicas and failover
+//!
+//! [`PostgresConfigBuilder::read_replica`] sends `read_stream` and
+//! `read_all` (so subscriptions and projection catch-up) to hot standbys;
+//! writes, the reads commands decide on, checkpoints and wake-ups stay on
+//! the primary. [`PostgresEventStore::commit_token`] and
+//! [`wait_for_replicas`](PostgresEventStore::wait_for_replicas) read one's
+//! own writes there; [`replica_lag`](PostgresEventStore::replica_lag) and
+//! [`health_check`](PostgresEventStore::health_check) report lag.
+//! Projection checkpoints are stamped with the cluster's
+//! [`ClusterHistory`] (system identifier and timeline), and a runner
+//! resuming on another history stops with
+//! [`Error::HistoryChanged`](eventcore::Error::HistoryChanged);
+//! [`StampedPosition`] does the same for positions you persist. See
+//! "Replication and failover" in `docs/operations.md`.
+//!
 //! ## Operations
 //!
 //! What the `eventcore` CLI and its web page do is here as functions:

@@ -179,7 +179,8 @@ impl PostgresEventStore {
     }
 
     /// Wraps an existing pool. The pool's own settings apply; of `config`
-    /// only the schema, size limit and retry policy are used, and
+    /// only the schema, size limit, retry policy and read replicas (pools
+    /// of their own) are used, and
     /// `query_timeout` is enforced only if the pool's connections set
     /// `statement_timeout` themselves.
     pub fn from_pool(pool: PgPool, config: PostgresConfig) -> Result<Self, PostgresError> {
