@@ -88,13 +88,6 @@ pub struct PostgresConfig {
     /// transactions. Default 5 ms. `None` disables NOTIFY (subscribers in
     /// other processes then rely on polling; in-process ones are still woken).
     pub notify_interval: Option<Duration>,
-    /// While the store has live subscribers, it keeps the events it appended
-    /// in memory, up to about this many bytes (payload text plus ~256 bytes
-    /// per event), so its subscribers' reads fetch positions from the server
-    /// and take the bodies from memory. Default 16 MiB; 0 disables it. A
-    /// payload read this way is the JSON text as appended rather than
-    /// PostgreSQL's `jsonb` rendering of it (same value).
-    pub recent_appends_bytes: usize,
     /// Hot standbys (streaming replicas) of the primary at `database_url`,
     /// by URL, for reads: `read_stream`, `read_all`, and so subscriptions
     /// and projection catch-up. Default none. Appends, the reads a command
@@ -134,7 +127,6 @@ impl PostgresConfig {
             statement_cache_capacity: 100,
             application_name: "eventcore".into(),
             notify_interval: Some(Duration::from_millis(5)),
-            recent_appends_bytes: 16 << 20,
             read_replicas: Vec::new(),
             max_replica_lag: Duration::from_secs(30),
         }
@@ -342,8 +334,6 @@ fn validate_schema_name(name: &str) -> Result<(), PostgresError> {
 
 impl fmt::Debug for PostgresConfig {
     /// Every setting, with the password in `database_url` replaced by `***`.
-    // `retry` is left out on purpose: the store's own retries are being
-    // removed (issue 14 item 8), and this impl must not name the field.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("database_url", &redact_secrets(&self.database_url))
@@ -359,7 +349,6 @@ impl fmt::Debug for PostgresConfig {
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("application_name", &self.application_name)
             .field("notify_interval", &self.notify_interval)
-            .field("recent_appends_bytes", &self.recent_appends_bytes)
             .field(
                 "read_replicas",
                 &self
@@ -593,13 +582,6 @@ impl PostgresConfigBuilder {
     /// Sets the NOTIFY interval (`None` disables NOTIFY).
     pub fn notify_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.config.notify_interval = interval.into();
-        self
-    }
-
-    /// Sets the memory for the store's recent appends (0 disables it); see
-    /// [`PostgresConfig::recent_appends_bytes`].
-    pub fn recent_appends_bytes(mut self, bytes: usize) -> Self {
-        self.config.recent_appends_bytes = bytes;
         self
     }
 

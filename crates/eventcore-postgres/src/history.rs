@@ -17,7 +17,7 @@ use std::{fmt, str::FromStr};
 
 use eventcore::{Error, GlobalPosition};
 
-use crate::{PostgresEventStore, store::Call};
+use crate::{PostgresEventStore, pool::Call};
 
 /// The current history as two columns (`system_identifier`, `timeline`).
 /// The timeline is the one of the WAL being written, from the file name of
@@ -149,16 +149,17 @@ impl FromStr for StampedPosition {
 impl PostgresEventStore {
     /// The history the primary serves now (see [`ClusterHistory`]).
     pub async fn history(&self) -> Result<ClusterHistory, Error> {
-        self.call("read history", Call::Read, || async {
-            let mut conn = self.acquire("read history").await?;
-            let row = sqlx::query_as::<_, (i64, i32)>(SELECT_HISTORY)
-                .fetch_one(&mut *conn)
-                .await;
-            conn.finished(&row);
-            let (system, timeline) = row.map_err(|e| self.map_err("read history", e))?;
-            Ok(ClusterHistory::from_columns(system, timeline))
-        })
-        .await
+        self.db()
+            .call("read history", Call::Read, |conn| {
+                Box::pin(async move {
+                    let (system, timeline) = sqlx::query_as::<_, (i64, i32)>(SELECT_HISTORY)
+                        .fetch_one(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err("read history", e))?;
+                    Ok(ClusterHistory::from_columns(system, timeline))
+                })
+            })
+            .await
     }
 
     /// `position` stamped with the current history, to persist where a

@@ -89,11 +89,6 @@ impl Notifier {
         }
     }
 
-    /// Whether anyone in this process holds a receiver of wake-ups.
-    pub(crate) fn has_subscribers(&self) -> bool {
-        self.signal.receiver_count() > 0
-    }
-
     /// A receiver of wake-ups; starts the LISTEN task if it is not running.
     pub(crate) fn subscribe(&self, pool: &PgPool) -> watch::Receiver<()> {
         let receiver = self.signal.subscribe();

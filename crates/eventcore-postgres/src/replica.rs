@@ -19,25 +19,13 @@
 //!   after the commit returned; a standby has it once its
 //!   `pg_last_wal_replay_lsn()` reached it.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use eventcore::{AppendOutcome, Error, GlobalPosition};
-use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
 
 use crate::{
-    PostgresConfig, PostgresError, PostgresEventStore,
-    conn_cache::{Conn, ConnCache},
-    instrument,
-    store::{Call, ConnectError},
+    PostgresConfig, PostgresError, PostgresEventStore, instrument,
+    pool::{Call, Pool},
 };
 
 /// The primary's WAL insert position as a number: at or past the end of
@@ -105,11 +93,10 @@ pub struct ReplicaStatus {
     pub lag: Duration,
 }
 
-/// A replica's pool, with the connections the store keeps parked for it.
+/// A replica: a pool of its own, the same kind the primary has.
 #[derive(Debug)]
 pub(crate) struct Replica {
-    pub(crate) pool: PgPool,
-    pub(crate) conns: Arc<ConnCache>,
+    pub(crate) db: Pool,
     /// `host:port`, for messages and metric labels.
     pub(crate) name: String,
 }
@@ -118,13 +105,11 @@ pub(crate) struct Replica {
 #[derive(Debug, Default)]
 pub(crate) struct Replicas {
     list: Vec<Replica>,
-    next: AtomicUsize,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Replicas {
-    /// Lazily connecting pools, one per `config.read_replicas` URL: a
-    /// replica that is down when the store starts fails its reads (a
-    /// transient error) until it is back, and the store starts anyway.
+    /// One lazily connecting pool per `config.read_replicas` URL.
     pub(crate) fn new(config: &PostgresConfig) -> Result<Self, PostgresError> {
         let list = config
             .read_replicas
@@ -132,66 +117,28 @@ impl Replicas {
             .map(|url| {
                 let options = config.connect_options_for("read_replicas", url)?;
                 Ok(Replica {
-                    name: address(&options),
-                    conns: Arc::default(),
-                    pool: PgPoolOptions::new()
-                        .max_connections(config.max_connections)
-                        .min_connections(0)
-                        .acquire_timeout(config.connect_timeout)
-                        .idle_timeout(config.idle_timeout)
-                        .max_lifetime(config.max_lifetime)
-                        .test_before_acquire(config.test_before_acquire)
-                        .connect_lazy_with(options),
+                    name: format!("{}:{}", options.get_host(), options.get_port()),
+                    db: Pool::new(Pool::replica(config, url)?, config),
                 })
             })
             .collect::<Result<_, PostgresError>>()?;
         Ok(Self {
             list,
-            next: AtomicUsize::new(0),
+            next: Default::default(),
         })
     }
 
-    /// The replica for the next read, if any.
+    /// The pool for the next read: a replica's in turn, if any.
     pub(crate) fn pick(&self) -> Option<&Replica> {
         if self.list.is_empty() {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.list.len();
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.list.len();
         self.list.get(i)
     }
 
     pub(crate) fn all(&self) -> &[Replica] {
         &self.list
-    }
-
-    /// Drops every parked replica connection (their server restarted).
-    pub(crate) fn clear(&self) {
-        for r in &self.list {
-            r.conns.clear();
-        }
-    }
-}
-
-fn address(options: &PgConnectOptions) -> String {
-    format!("{}:{}", options.get_host(), options.get_port())
-}
-
-impl Replica {
-    /// A connection to this replica, like the store's
-    /// [`acquire`](PostgresEventStore::acquire) for the primary.
-    pub(crate) async fn acquire(&self, operation: &'static str) -> Result<Conn, Error> {
-        if let Some(conn) = self.conns.take() {
-            return Ok(conn);
-        }
-        let started = Instant::now();
-        let result = self.pool.acquire().await;
-        instrument::acquired(started.elapsed(), result.is_ok());
-        result
-            .map(|c| self.conns.wrap(c))
-            .map_err(|source| Error::Unavailable {
-                operation,
-                source: Box::new(ConnectError(source)),
-            })
     }
 }
 
@@ -206,13 +153,14 @@ impl PostgresEventStore {
     /// round trip on the primary; take it right after the append.
     pub async fn commit_token(&self, outcome: &AppendOutcome) -> Result<CommitToken, Error> {
         let lsn = self
-            .call("commit token", Call::Read, || async {
-                let mut conn = self.acquire("commit token").await?;
-                let lsn = sqlx::query_scalar::<_, i64>(SELECT_INSERT_LSN)
-                    .fetch_one(&mut *conn)
-                    .await;
-                conn.finished(&lsn);
-                lsn.map_err(|e| self.map_err("commit token", e))
+            .db()
+            .call("commit token", Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query_scalar::<_, i64>(SELECT_INSERT_LSN)
+                        .fetch_one(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err("commit token", e))
+                })
             })
             .await?;
         Ok(CommitToken {
@@ -234,20 +182,24 @@ impl PostgresEventStore {
         timeout: Duration,
     ) -> Result<(), PostgresError> {
         let started = Instant::now();
-        for replica in self.inner.replicas.all() {
+        let lsn = lsn_param(token.lsn);
+        let position = token.position.map_or(-1, |p| lsn_param(p.get()));
+        for replica in self.replicas().all() {
             loop {
-                let caught_up = self
-                    .call("wait for replica", Call::Read, || async {
-                        let mut conn = replica.acquire("wait for replica").await?;
-                        let done = sqlx::query_scalar::<_, bool>(SELECT_CAUGHT_UP)
-                            .bind(lsn_param(token.lsn))
-                            .bind(token.position.map_or(-1, |p| lsn_param(p.get())))
-                            .fetch_one(&mut *conn)
-                            .await;
-                        conn.finished(&done);
-                        done.map_err(|e| self.map_err("wait for replica", e))
+                let caught_up: bool = replica
+                    .db
+                    .call("wait for replica", Call::Read, |conn| {
+                        Box::pin(async move {
+                            sqlx::query_scalar(SELECT_CAUGHT_UP)
+                                .bind(lsn)
+                                .bind(position)
+                                .fetch_one(&mut **conn)
+                                .await
+                                .map_err(|e| self.map_err("wait for replica", e))
+                        })
                     })
-                    .await?;
+                    .await
+                    .map_err(PostgresError::Store)?;
                 if caught_up {
                     break;
                 }
@@ -270,30 +222,32 @@ impl PostgresEventStore {
     /// Empty without replicas. Fails only when the primary cannot be asked;
     /// an unreachable replica is reported as such.
     pub async fn replica_lag(&self) -> Result<Vec<ReplicaStatus>, Error> {
-        if self.inner.replicas.all().is_empty() {
+        if self.replicas().all().is_empty() {
             return Ok(Vec::new());
         }
         // The primary first: a replica that replayed past this is caught up.
-        let primary = self
-            .call("replica lag", Call::Read, || async {
-                let mut conn = self.acquire("replica lag").await?;
-                let lsn = sqlx::query_scalar::<_, i64>(SELECT_CURRENT_LSN)
-                    .fetch_one(&mut *conn)
-                    .await;
-                conn.finished(&lsn);
-                lsn.map_err(|e| self.map_err("replica lag", e))
+        let primary: i64 = self
+            .db()
+            .call("replica lag", Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query_scalar(SELECT_CURRENT_LSN)
+                        .fetch_one(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err("replica lag", e))
+                })
             })
             .await?;
         let mut out = Vec::new();
-        for replica in self.inner.replicas.all() {
-            let row = self
-                .bounded("replica lag", Call::Read, async {
-                    let mut conn = replica.acquire("replica lag").await?;
-                    let row = sqlx::query_as::<_, (bool, i64, Option<f64>, bool)>(SELECT_REPLAY)
-                        .fetch_one(&mut *conn)
-                        .await;
-                    conn.finished(&row);
-                    row.map_err(|e| self.map_err("replica lag", e))
+        for replica in self.replicas().all() {
+            let row: Result<(bool, i64, Option<f64>, bool), Error> = replica
+                .db
+                .call("replica lag", Call::Read, |conn| {
+                    Box::pin(async move {
+                        sqlx::query_as(SELECT_REPLAY)
+                            .fetch_one(&mut **conn)
+                            .await
+                            .map_err(|e| self.map_err("replica lag", e))
+                    })
                 })
                 .await;
             let status = match row {

@@ -14,4 +14,3 @@ mod roundtrip;
 mod schema;
 mod standby;
 mod store;
-mod support;

@@ -28,7 +28,7 @@ use eventcore_postgres::{
 };
 use futures::StreamExt;
 
-use crate::support::{config, database_url, fresh_schema, store_with};
+use eventcore_test_support::{DEV_DB, config, fresh_schema, store_with, test_database_url};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -36,7 +36,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 static STANDBY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const UNAVAILABLE: i32 = 4;
-const DEV_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dev-db");
 
 /// Runs `scripts/dev-db ARGS` for the test database (or, with `dir`, a
 /// throwaway cluster of its own there); stdout, or `None` when it has no
@@ -52,7 +51,7 @@ fn dev_db(dir: Option<&str>, args: &[&str]) -> Option<String> {
                 .env_remove("EVENTCORE_STANDBY_URL");
         }
         None => {
-            cmd.env("DATABASE_URL", database_url());
+            cmd.env("DATABASE_URL", test_database_url());
         }
     }
     let out = cmd.output().expect("run scripts/dev-db");
@@ -516,7 +515,7 @@ async fn a_checkpoint_of_another_history_stops_the_runner_until_rebuilt() {
     })
     .await
     .unwrap();
-    let pool = sqlx::PgPool::connect(database_url()).await.unwrap();
+    let pool = sqlx::PgPool::connect(test_database_url()).await.unwrap();
     let schema = &store.config().schema;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {schema}.projection_checkpoints SET system_identifier = system_identifier + 1"

@@ -1,16 +1,18 @@
 //! Behaviour specific to the PostgreSQL store: corrupt rows, timeouts, pool
 //! limits, metrics, and the read horizon that makes `$all` skip-free.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use eventcore::{
     AppendRequest, CommandExecutor, Error, EventStore, ExpectedVersion, GlobalPosition, NewEvent,
     RetryPolicy, StreamId, StreamVersion,
 };
 use eventcore_postgres::{PostgresConfigBuilder, PostgresError, PostgresEventStore};
+use eventcore_test_support::{config, fresh_store, store_with, test_database_url};
 use sqlx::{AssertSqlSafe, Connection};
-
-use crate::support::{config, database_url, fresh_store, store_with};
 
 fn one(stream: &StreamId, kind: &str) -> AppendRequest {
     AppendRequest::new().append(
@@ -82,7 +84,9 @@ async fn statements_past_query_timeout_fail_with_timeout() {
     store.append(one(&stream, "First")).await.unwrap();
     // Hold the stream's row lock from another session, as a competing
     // writer would.
-    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query(AssertSqlSafe(format!(
         "SELECT 1 FROM {}.event_streams WHERE stream_id = 'locked-1' FOR UPDATE",
@@ -158,9 +162,69 @@ async fn pool_metrics_and_monitoring() {
     assert!(m.peak_connections >= 1);
     assert!(m.current_connections >= 1 && m.current_connections <= m.max_connections);
     assert!((0.0..=100.0).contains(&m.utilization_percent));
+
+    // The monitor logs the pool every interval until stopped: info while
+    // connections are free, a warning once they are all taken.
+    let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("eventcore_postgres::pool=info")
+        .with_writer({
+            let lines = Arc::clone(&lines);
+            move || Captured(Arc::clone(&lines))
+        })
+        .finish();
+    // A current-thread runtime: the monitor task logs on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let logged = |level: &str, message: &str| {
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(message))
+            .count()
+    };
     let monitor = store.start_pool_monitoring(Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let free = logged("INFO", "connection pool current=");
+    assert!(free >= 3, "a report every 10 ms: {free} in 100 ms");
+    assert_eq!(
+        logged("WARN", "under pressure"),
+        0,
+        "the pool is mostly idle"
+    );
+    let mut held = Vec::new();
+    while store.get_pool_metrics().utilization_percent <= 80.0 {
+        held.push(store.pool().acquire().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pressed = logged("WARN", "connection pool under pressure");
+    assert!(
+        pressed >= 3,
+        "every connection taken: {pressed} warnings in 100 ms"
+    );
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), monitor.stop())
+        .await
+        .expect("stop() ends the monitor");
+    let reports = logged("", "connection pool");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    monitor.stop().await;
+    assert_eq!(
+        logged("", "connection pool"),
+        reports,
+        "no report after stop()"
+    );
+}
+
+/// A `tracing` writer appending to shared memory.
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The heart of the skip-free guarantee: a transaction that took its id
@@ -177,7 +241,9 @@ async fn late_commits_are_never_skipped() {
 
     // Open a transaction that appends the way the store's statements do but
     // does not commit yet: it holds the smaller transaction id.
-    let mut slow = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut slow = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let mut tx = slow.begin().await.unwrap();
     let event = NewEvent::raw("Slow", serde_json::json!({}));
     sqlx::query(AssertSqlSafe(format!(
@@ -357,4 +423,101 @@ async fn an_exhausted_pool_fails_a_command_within_one_retry_budget() {
     assert_eq!(timeouts, 5, "one acquire per attempt");
     assert!(elapsed < Duration::from_millis(2000), "{elapsed:?}");
     drop(held);
+}
+
+/// A connection goes to the next call only after its call finished
+/// cleanly: calls that complete keep running on the same backend, while a
+/// call cancelled mid-statement (an append waiting on a stream row another
+/// session holds) never hands its connection on: it is closed, and its
+/// backend ends once the statement finishes.
+#[tokio::test]
+async fn only_a_cleanly_finished_call_leaves_its_connection_for_the_next() {
+    let app = format!("ec-test-{}", uuid::Uuid::now_v7().simple());
+    let store = store_with(
+        config()
+            .application_name(app.clone())
+            .min_connections(0)
+            .max_connections(2)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let stream = StreamId::new("reuse-1").unwrap();
+    store.append(one(&stream, "A")).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
+    let backends = async |admin: &mut sqlx::PgConnection| -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+        )
+        .bind(&app)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+    };
+
+    // Clean calls, one after another: the same backends serve them all
+    // (the pool's and the NOTIFY task's), none closed, none opened.
+    store.head_position().await.unwrap();
+    let before = backends(&mut admin).await;
+    assert!(!before.is_empty());
+    for _ in 0..5 {
+        store.stream_version(&stream).await.unwrap();
+        store.read_all(GlobalPosition::new(0), 10).await.unwrap();
+    }
+    assert_eq!(backends(&mut admin).await, before, "reused, not replaced");
+
+    // An append blocked on the stream's row, cancelled while it waits.
+    let mut locker = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
+    let schema = &store.config().schema;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM \"{schema}\".event_streams WHERE stream_id = $1 FOR UPDATE"
+    )))
+    .bind(stream.as_str())
+    .execute(&mut locker)
+    .await
+    .unwrap();
+    let blocked = {
+        let append = store.append(one(&stream, "B"));
+        tokio::pin!(append);
+        let started = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                r = &mut append => panic!("the append finished while the row was locked: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let waiting: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(&app)
+            .fetch_optional(&mut admin)
+            .await
+            .unwrap();
+            if let Some(pid) = waiting {
+                break pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the append never waited on the lock"
+            );
+        }
+        // The append's future is dropped here, mid-statement.
+    };
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let started = std::time::Instant::now();
+    while backends(&mut admin).await.contains(&blocked) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the cancelled call's connection (backend {blocked}) was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The store carries on, on another connection.
+    store.stream_version(&stream).await.unwrap();
+    assert!(!backends(&mut admin).await.contains(&blocked));
 }
