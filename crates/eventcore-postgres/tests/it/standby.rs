@@ -557,3 +557,55 @@ async fn a_checkpoint_of_another_history_stops_the_runner_until_rebuilt() {
     );
     pool.close().await;
 }
+
+/// Replay cancels standby reads that hold back what it must apply
+/// (recovery conflicts, SQLSTATE 40001): with `max_standby_streaming_delay
+/// = 0`, an exclusive lock on the events table taken on the primary again
+/// and again cancels the readers' queries on the standby while 16 writers
+/// write. Subscriber and projection
+/// retry them (transient) and still see every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recovery_conflicts_on_the_standby_are_retried_and_skip_nothing() {
+    let _one = STANDBY.lock().await;
+    let Some(standby) = standby_url() else { return };
+    exec(&standby, "ALTER SYSTEM SET max_standby_streaming_delay = 0").await;
+    exec(&standby, "SELECT pg_reload_conf()").await;
+    let (writer, reader) = stores(&standby).await;
+    let schema = writer.config().schema.clone();
+    let primary = sqlx::PgPool::connect(test_database_url()).await.unwrap();
+    let on_standby = sqlx::PgPool::connect(&standby).await.unwrap();
+    let conflicts = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT confl_snapshot + confl_lock + confl_bufferpin FROM pg_stat_database_conflicts \
+             WHERE datname = current_database()",
+        )
+        .fetch_one(&on_standby)
+        .await
+        .unwrap()
+    };
+    let before = conflicts().await;
+    let (p, s) = (primary.clone(), schema.clone());
+    sixteen_writers_followed_on_the_standby(&writer, &reader, 20, |_| async move {
+        // Until replay has cancelled a reader's query (bounded).
+        let started = std::time::Instant::now();
+        while conflicts().await == before && started.elapsed() < Duration::from_secs(30) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "BEGIN; LOCK TABLE {s}.events IN ACCESS EXCLUSIVE MODE; COMMIT"
+            )))
+            .execute(&p)
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let after = conflicts().await;
+    exec(&standby, "ALTER SYSTEM RESET max_standby_streaming_delay").await;
+    exec(&standby, "SELECT pg_reload_conf()").await;
+    assert!(
+        after > before,
+        "replay cancelled standby queries ({before} -> {after})"
+    );
+    primary.close().await;
+    on_standby.close().await;
+}
