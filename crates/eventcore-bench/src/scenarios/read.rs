@@ -16,10 +16,13 @@ use eventcore_postgres::{PostgresEventStore, SCHEMA_VERSION};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sqlx::AssertSqlSafe;
 
-use super::{Ctx, OrderPlaced, Outcome, Worker, close, drive, stream_ids};
 use crate::{
-    db::{BenchDb, READ_STREAM_LEN, Script},
+    ceiling::Script,
+    ctx::{Ctx, close},
+    measure::{Outcome, Worker, drive},
+    provision::{BenchDb, READ_STREAM_LEN},
     report::Row,
+    workload::{OrderPlaced, stream_ids},
 };
 
 /// Events per `read_all` page.
@@ -120,14 +123,7 @@ async fn reusable(db: &BenchDb, schema: &str, events: usize) -> anyhow::Result<b
         eprintln!("  {schema} was built by another version of the store's schema");
         return Ok(false);
     }
-    let counts: Result<(i64, i64), _> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT (SELECT count(*) FROM {schema}.events), \
-                (SELECT count(*) FROM {schema}.event_streams)"
-    )))
-    .fetch_one(&db.admin)
-    .await;
-    let streams = events / READ_STREAM_LEN;
-    Ok(matches!(counts, Ok((e, s)) if e as usize == events && s as usize == streams))
+    db.holds_read_set(schema, events).await
 }
 
 /// The store's read data set, built unless a complete one is there.
@@ -202,13 +198,13 @@ async fn positions(db: &BenchDb, schema: &str) -> anyhow::Result<Positions> {
     Ok(Positions { runs, total })
 }
 
-pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+pub(super) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let (events, label) = if ctx.quick {
         (100_000, "100k")
     } else {
         (1_000_000, "1m")
     };
-    let readers_list: &[usize] = if ctx.quick { &[16] } else { &[1, 16] };
+    let readers_list = ctx.sweep(&[16], &[1, 16]);
     let max_readers = readers_list.iter().copied().max().unwrap_or(1);
     // `_m2`: metadata timestamps spelled as the library writes them.
     let schema = format!("bench_read_{label}_v{SCHEMA_VERSION}_m2");
@@ -227,7 +223,7 @@ pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     }
 
     let mut rows = Vec::new();
-    for &readers in readers_list {
+    for readers in readers_list {
         eprintln!("[E] read_stream, {readers} readers");
         let store = ctx.db()?.store(&schema, readers).await?;
         BenchDb::warm_pool(store.pool(), readers).await?;
@@ -254,9 +250,9 @@ pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         close(store).await;
 
         let f1 = Script::read_stream(&ceiling_schema, events / READ_STREAM_LEN);
-        let f1 = ctx.ceiling(&f1, readers).await;
+        let f1 = ctx.measure_ceiling(&f1, readers).await;
         let f2 = Script::read_all(&ceiling_schema, events, PAGE);
-        let f2 = ctx.ceiling(&f2, readers).await;
+        let f2 = ctx.measure_ceiling(&f2, readers).await;
         let note =
             format!("{events} events stored; writers = readers; ev/append = events per read");
         rows.push(
