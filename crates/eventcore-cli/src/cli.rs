@@ -67,7 +67,7 @@ fn examples(lines: &[(&str, &str)]) -> String {
 pub(crate) enum Command {
     /// Create the schema, or migrate it to the current version (safe to repeat).
     #[command(after_help = examples(&[
-        ("eventcore init", "initialized schema eventcore at version 1"),
+        ("eventcore init", "initialized schema eventcore at version 2"),
         ("eventcore --schema tenant_a init --json", ""),
     ]))]
     Init,
@@ -185,6 +185,14 @@ pub(crate) enum ProjectionAction {
         ("eventcore projections skip balances 4711 --reason 'amount is a string'", ""),
     ]))]
     Skip(SkipArgs),
+    /// Keep a projection's checkpoint after a failover or restore stopped
+    /// its runner ("recorded on store history ..."): only when the new
+    /// history holds every event the checkpoint covers (a switchover, a
+    /// synchronous standby, a checked restore); otherwise `rebuild`.
+    #[command(after_help = examples(&[
+        ("eventcore projections accept-history balances --reason 'switchover to node b, synchronous'", ""),
+    ]))]
+    AcceptHistory(OperatorArgs),
     /// What operators did to projections, newest first.
     #[command(after_help = examples(&[("eventcore projections history balances --limit 5", "")]))]
     History(HistoryArgs),

@@ -1,4 +1,4 @@
-//! `eventcore projections`: list, reset, rebuild, skip, history.
+//! `eventcore projections`: list, reset, rebuild, skip, accept-history, history.
 
 use std::{
     process::ExitCode,
@@ -54,6 +54,22 @@ pub(crate) async fn run(
                 out,
                 &done,
                 "event recorded as skipped; its next runner starts after it",
+            )
+        }
+        Some(ProjectionAction::AcceptHistory(args)) => {
+            let done = store
+                .accept_projection_history(&args.projection, &request(args))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot accept the history for projection {}",
+                        args.projection
+                    )
+                })?;
+            report(
+                out,
+                &done,
+                "checkpoint kept on the store's current history: its next runner resumes there",
             )
         }
         Some(ProjectionAction::History(args)) => history(store, args, out).await,

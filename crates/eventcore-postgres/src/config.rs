@@ -88,6 +88,20 @@ pub struct PostgresConfig {
     /// transactions. Default 5 ms. `None` disables NOTIFY (subscribers in
     /// other processes then rely on polling; in-process ones are still woken).
     pub notify_interval: Option<Duration>,
+    /// Hot standbys (streaming replicas) of the primary at `database_url`,
+    /// by URL, for reads: `read_stream`, `read_all`, and so subscriptions
+    /// and projection catch-up. Default none. Appends, the reads a command
+    /// decides on (`read_streams_to_end`, `stream_version`), checkpoints,
+    /// wake-ups (`LISTEN`, refused by a standby) and the read blocker stay
+    /// on the primary. Each replica gets a pool of its own with the
+    /// primary's settings; calls take them in turn. A replica read sees
+    /// what the standby has replayed: see
+    /// [`commit_token`](crate::PostgresEventStore::commit_token) for
+    /// reading one's own writes.
+    pub read_replicas: Vec<String>,
+    /// Replication lag past which [`health_check`](crate::PostgresEventStore::health_check)
+    /// reports a replica unhealthy. Default 30 s.
+    pub max_replica_lag: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -113,6 +127,8 @@ impl PostgresConfig {
             statement_cache_capacity: 100,
             application_name: "eventcore".into(),
             notify_interval: Some(Duration::from_millis(5)),
+            read_replicas: Vec::new(),
+            max_replica_lag: Duration::from_secs(30),
         }
     }
 
@@ -150,23 +166,34 @@ impl PostgresConfig {
         }
         validate_schema_name(&self.schema)?;
         self.connect_options()?;
+        for url in &self.read_replicas {
+            self.connect_options_for("read_replicas", url)?;
+        }
         Ok(())
     }
 
     /// The sqlx connection options: the URL plus the per-session settings
     /// the store relies on.
     pub(crate) fn connect_options(&self) -> Result<PgConnectOptions, PostgresError> {
+        self.connect_options_for("database_url", &self.database_url)
+    }
+
+    /// [`connect_options`](Self::connect_options) for `url`, the setting
+    /// `field` (the primary's or a replica's).
+    pub(crate) fn connect_options_for(
+        &self,
+        field: &str,
+        url: &str,
+    ) -> Result<PgConnectOptions, PostgresError> {
         // sqlx parses any scheme; a mysql:// URL here is a mistake to report.
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
-        {
-            return Err(PostgresError::InvalidConfig(
-                "database_url must start with postgres:// or postgresql://".into(),
-            ));
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(PostgresError::InvalidConfig(format!(
+                "{field} must start with postgres:// or postgresql://"
+            )));
         }
-        let options: PgConnectOptions = self.database_url.parse().map_err(|e| {
+        let options: PgConnectOptions = url.parse().map_err(|e| {
             PostgresError::InvalidConfig(redact_secrets(&format!(
-                "database_url is not a valid PostgreSQL URL: {e}"
+                "{field} is not a valid PostgreSQL URL: {e}"
             )))
         })?;
         QUERY_TIMEOUT.check(self.query_timeout)?;
@@ -322,6 +349,15 @@ impl fmt::Debug for PostgresConfig {
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("application_name", &self.application_name)
             .field("notify_interval", &self.notify_interval)
+            .field(
+                "read_replicas",
+                &self
+                    .read_replicas
+                    .iter()
+                    .map(|url| redact_secrets(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("max_replica_lag", &self.max_replica_lag)
             .finish_non_exhaustive()
     }
 }
@@ -549,6 +585,19 @@ impl PostgresConfigBuilder {
         self
     }
 
+    /// Adds a hot standby to read from; see [`PostgresConfig::read_replicas`].
+    pub fn read_replica(mut self, url: impl Into<String>) -> Self {
+        self.config.read_replicas.push(url.into());
+        self
+    }
+
+    /// Sets the replication lag past which a replica is unhealthy; see
+    /// [`PostgresConfig::max_replica_lag`].
+    pub fn max_replica_lag(mut self, lag: Duration) -> Self {
+        self.config.max_replica_lag = lag;
+        self
+    }
+
     /// Settings for throughput: a pool sized to keep the server's cores busy
     /// even while connections wait on commit flushes, all of it kept warm,
     /// no ping before use, a larger statement cache.
@@ -576,6 +625,8 @@ mod tests {
     #[test]
     fn defaults_match_the_documentation() {
         let c = PostgresConfig::new("postgres://localhost/db");
+        assert!(c.read_replicas.is_empty());
+        assert_eq!(c.max_replica_lag, Duration::from_secs(30));
         assert_eq!(c.max_connections, 20);
         assert_eq!(c.min_connections, 2);
         assert_eq!(c.connect_timeout, Duration::from_secs(10));
@@ -595,6 +646,8 @@ mod tests {
             (b().min_connections(21), "min_connections"),
             (b().database_url("mysql://nope"), "database_url"),
             (b().database_url("not a url"), "database_url"),
+            (b().read_replica("mysql://replica"), "read_replicas"),
+            (b().read_replica("not a url"), "read_replicas"),
             (b().schema("Robert'); DROP"), "schema"),
             (b().schema("pg_catalog"), "schema"),
             (b().schema(""), "schema"),

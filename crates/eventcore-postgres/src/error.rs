@@ -196,6 +196,21 @@ pub enum PostgresError {
         reason: String,
     },
 
+    /// A replica had not replayed a commit (or could not show its events
+    /// to `$all` readers yet) within the time a
+    /// [`wait_for_replicas`](crate::PostgresEventStore::wait_for_replicas)
+    /// allowed. Transient: as an [`eventcore::Error`] it is
+    /// [`Unavailable`](eventcore::Error::Unavailable).
+    #[error("replica {replica} has not caught up with WAL position {lsn} after {waited:?}")]
+    ReplicaBehind {
+        /// The replica (`host:port`).
+        replica: String,
+        /// The WAL position waited for (bytes from the start).
+        lsn: u64,
+        /// How long the wait took.
+        waited: Duration,
+    },
+
     /// Reading an import or writing an export failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -220,6 +235,10 @@ impl From<PostgresError> for eventcore::Error {
             PostgresError::Connect(source) => eventcore::Error::Unavailable {
                 operation: "connect",
                 source: Box::new(source),
+            },
+            behind @ PostgresError::ReplicaBehind { .. } => eventcore::Error::Unavailable {
+                operation: "wait for replica",
+                source: Box::new(behind),
             },
             other => eventcore::Error::Backend {
                 operation: "setup",
@@ -252,7 +271,20 @@ pub(crate) fn ends_session(code: &str) -> bool {
 pub(crate) fn connection_lost(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(_) => db_error_parts(e).is_some_and(|(code, _)| ends_session(&code)),
+        // A FATAL (or PANIC) error ends the session whatever its SQLSTATE:
+        // a standby's replay ends a session idle in a transaction that
+        // holds it up with FATAL 40001, for one.
+        sqlx::Error::Database(db) => {
+            db_error_parts(e).is_some_and(|(code, _)| ends_session(&code))
+                || db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some_and(|pg| {
+                        matches!(
+                            pg.severity(),
+                            sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                        )
+                    })
+        }
         _ => false,
     }
 }

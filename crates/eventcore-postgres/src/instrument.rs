@@ -48,6 +48,15 @@ pub const POOL_FAILURES: &str = "eventcore_pool_acquire_failures_total";
 pub const POOL_CONNECTIONS: &str = "eventcore_pool_connections";
 /// The pool's limit.
 pub const POOL_MAX: &str = "eventcore_pool_max_connections";
+/// WAL the primary wrote that a read replica has not replayed, in bytes,
+/// by `replica` (`host:port`); published by every
+/// [`replica_lag`](crate::PostgresEventStore::replica_lag) and
+/// [`health_check`](crate::PostgresEventStore::health_check).
+pub const REPLICA_LAG_BYTES: &str = "eventcore_replica_lag_bytes";
+/// How far a read replica's data is behind the primary, in seconds, by
+/// `replica` (0 when it has replayed everything; see
+/// [`ReplicaStatus::lag`](crate::ReplicaStatus::lag)).
+pub const REPLICA_LAG_SECONDS: &str = "eventcore_replica_lag_seconds";
 
 /// Describes every metric of the store and of the core
 /// ([`eventcore::describe_metrics`]) to the installed recorder: units and
@@ -104,6 +113,16 @@ pub fn describe_metrics() {
         "Open pool connections by state (in_use, idle), as of the last pool monitoring tick"
     );
     describe_gauge!(POOL_MAX, "The pool's connection limit");
+    describe_gauge!(
+        REPLICA_LAG_BYTES,
+        Unit::Bytes,
+        "WAL written by the primary and not yet replayed by a read replica, by replica"
+    );
+    describe_gauge!(
+        REPLICA_LAG_SECONDS,
+        Unit::Seconds,
+        "How far a read replica's data is behind the primary (0 when caught up), by replica"
+    );
 }
 
 /// A store call ended after `took`: `failed` is `None` on success, else
@@ -160,4 +179,11 @@ pub(crate) fn pool(m: &crate::PoolMetrics) {
     gauge!(POOL_CONNECTIONS, "state" => "in_use").set(f64::from(m.current_connections - idle));
     gauge!(POOL_CONNECTIONS, "state" => "idle").set(f64::from(idle));
     gauge!(POOL_MAX).set(f64::from(m.max_connections));
+}
+
+/// A replica's lag as a health check or `replica_lag` found it.
+pub(crate) fn replica_lag(status: &crate::ReplicaStatus) {
+    let replica = status.replica.clone();
+    gauge!(REPLICA_LAG_BYTES, "replica" => replica.clone()).set(status.lag_bytes as f64);
+    gauge!(REPLICA_LAG_SECONDS, "replica" => replica).set(status.lag.as_secs_f64());
 }

@@ -76,6 +76,22 @@
 //! processes by `NOTIFY`, sent outside the append transactions at most every
 //! [`PostgresConfig::notify_interval`].
 //!
+//! ## Read replicas and failover
+//!
+//! [`PostgresConfigBuilder::read_replica`] sends `read_stream` and
+//! `read_all` (so subscriptions and projection catch-up) to hot standbys;
+//! writes, the reads commands decide on, checkpoints and wake-ups stay on
+//! the primary. [`PostgresEventStore::commit_token`] and
+//! [`wait_for_replicas`](PostgresEventStore::wait_for_replicas) read one's
+//! own writes there; [`replica_lag`](PostgresEventStore::replica_lag) and
+//! [`health_check`](PostgresEventStore::health_check) report lag.
+//! Projection checkpoints are stamped with the cluster's
+//! [`ClusterHistory`] (system identifier and timeline), and a runner
+//! resuming on another history stops with
+//! [`Error::HistoryChanged`](eventcore::Error::HistoryChanged);
+//! [`StampedPosition`] does the same for positions you persist. See
+//! "Replication and failover" in `docs/operations.md`.
+//!
 //! ## Operations
 //!
 //! What the `eventcore` CLI and its web page do is here as functions:
@@ -98,6 +114,7 @@ mod admin;
 mod config;
 mod counter;
 mod error;
+mod history;
 pub mod instrument;
 mod jsonb;
 mod metrics;
@@ -105,6 +122,7 @@ mod notify;
 mod pg_projection;
 mod pool;
 mod projection;
+mod replica;
 mod restore;
 mod schema;
 mod snapshots;
@@ -124,10 +142,12 @@ pub use admin::{
 pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
 pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
+pub use history::{ClusterHistory, InvalidStampedPosition, StampedPosition};
 pub use instrument::describe_metrics;
 pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, StoreStats};
 pub use pg_projection::{PostgresProjection, Transactional};
 pub use projection::PostgresCheckpointStore;
+pub use replica::{CommitToken, ReplicaStatus};
 pub use restore::{RestoreCheck, RestoreVerdict, StoreHighWater, UncheckedDatabase, restore_check};
 pub use schema::SCHEMA_VERSION;
 pub use snapshots::PostgresSnapshotStore;

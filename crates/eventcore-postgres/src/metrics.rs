@@ -81,6 +81,12 @@ pub struct HealthStatus {
     pub oldest_transaction_age: Option<Duration>,
     /// The pool at the time of the check.
     pub pool: PoolMetrics,
+    /// Every read replica ([`PostgresConfig::read_replicas`](crate::PostgresConfig::read_replicas)),
+    /// its lag and state. A replica that is unreachable, no standby, not
+    /// receiving WAL, or behind by more than
+    /// [`PostgresConfig::max_replica_lag`](crate::PostgresConfig::max_replica_lag)
+    /// makes the store unhealthy: its readers fall behind or fail.
+    pub replicas: Vec<crate::ReplicaStatus>,
     /// Human-readable reasons for `is_healthy == false`.
     pub problems: Vec<String>,
 }
@@ -369,7 +375,20 @@ impl PostgresEventStore {
         if let Some(Checked::Direct(c)) = conn {
             let _ = c.close().await;
         }
+        let mut replicas = Vec::new();
+        if reachable {
+            match self.replica_lag().await {
+                Ok(found) => replicas = found,
+                Err(e) => problems.push(format!(
+                    "cannot read replication lag: {}",
+                    redact_secrets(&e.to_string())
+                )),
+            }
+        }
+        let max_lag = self.config().max_replica_lag;
+        problems.extend(replicas.iter().filter_map(|r| r.problem(max_lag)));
         Ok(HealthStatus {
+            replicas,
             is_healthy: problems.is_empty(),
             database_reachable: reachable,
             database_latency: latency,

@@ -174,6 +174,21 @@ impl Pool {
         Ok(pool)
     }
 
+    /// A lazily connecting sqlx pool to the read replica at `url`, with the
+    /// primary's settings but none kept idle. Nothing is awaited: a replica
+    /// that is down when the store starts fails its reads (transiently)
+    /// until it is back, and the store starts anyway.
+    pub(crate) fn replica(config: &PostgresConfig, url: &str) -> Result<PgPool, PostgresError> {
+        Ok(PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(0)
+            .acquire_timeout(config.connect_timeout)
+            .idle_timeout(config.idle_timeout)
+            .max_lifetime(config.max_lifetime)
+            .test_before_acquire(config.test_before_acquire)
+            .connect_lazy_with(config.connect_options_for("read_replicas", url)?))
+    }
+
     pub(crate) fn new(sqlx: PgPool, config: &PostgresConfig) -> Self {
         Self {
             sqlx,

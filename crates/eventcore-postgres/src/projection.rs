@@ -14,7 +14,7 @@ use eventcore::{
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{oneshot, watch};
 
-use crate::{PostgresEventStore, pool::Call, sql};
+use crate::{ClusterHistory, PostgresEventStore, pool::Call, sql};
 
 /// How often a lease connection checks that it is alive. In between it is
 /// idle, so releasing the lease (closing it) is immediate.
@@ -129,6 +129,13 @@ fn lock(leases: &Mutex<HashMap<String, HeldLease>>) -> MutexGuard<'_, HashMap<St
     leases.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A row of `SELECT_CHECKPOINT`: position, recorded history (system
+/// identifier, timeline), current history.
+type LoadRow = (Option<i64>, Option<i64>, Option<i32>, i64, i32);
+
+/// A row of `SAVE_CHECKPOINT`: rows saved, recorded history, current history.
+pub(crate) type SaveRow = (i64, Option<i64>, Option<i32>, i64, i32);
+
 fn to_i64(position: GlobalPosition) -> i64 {
     i64::try_from(position.get()).unwrap_or(i64::MAX)
 }
@@ -154,14 +161,30 @@ impl PostgresCheckpointStore {
         position: GlobalPosition,
     ) -> Result<(), Error> {
         let generation = self.generation(projection)?;
-        let saved = sqlx::query(sql::sql(&self.store.sql().save_checkpoint))
+        let saved = sqlx::query_as(sql::sql(&self.store.sql().save_checkpoint))
             .bind(projection)
             .bind(to_i64(position))
             .bind(generation)
-            .execute(conn)
+            .fetch_one(conn)
             .await
             .map_err(|e| self.store.map_err("save checkpoint", e))?;
-        self.fenced(projection, saved.rows_affected())
+        self.saved(projection, saved)
+    }
+
+    /// Checks the answer of `SAVE_CHECKPOINT`: saved, refused because the
+    /// checkpoint belongs to another history, or fenced.
+    pub(crate) fn saved(&self, projection: &str, row: SaveRow) -> Result<(), Error> {
+        let (saved, recorded_s, recorded_t, current_s, current_t) = row;
+        if saved == 0
+            && let (Some(s), Some(t)) = (recorded_s, recorded_t)
+        {
+            let current = ClusterHistory::from_columns(current_s, current_t);
+            current.admits(
+                ClusterHistory::from_columns(s, t),
+                &format!("the checkpoint of projection '{projection}'"),
+            )?;
+        }
+        self.fenced(projection, saved as u64)
     }
 
     /// Forgets the checkpoint on `conn` (typically inside the transaction
@@ -314,13 +337,24 @@ impl CheckpointStore for PostgresCheckpointStore {
         s.db()
             .call("load checkpoint", Call::Read, |conn| {
                 Box::pin(async move {
-                    let position: Option<Option<i64>> =
-                        sqlx::query_scalar(sql::sql(&s.sql().select_checkpoint))
-                            .bind(projection)
-                            .fetch_optional(&mut **conn)
-                            .await
-                            .map_err(|e| s.map_err("load checkpoint", e))?;
-                    Ok(position.flatten().map(|p| GlobalPosition::new(p as u64)))
+                    let row: Option<LoadRow> = sqlx::query_as(sql::sql(&s.sql().select_checkpoint))
+                        .bind(projection)
+                        .fetch_optional(&mut **conn)
+                        .await
+                        .map_err(|e| s.map_err("load checkpoint", e))?;
+                    let Some((Some(position), recorded_s, recorded_t, current_s, current_t)) = row
+                    else {
+                        return Ok(None);
+                    };
+                    // Migration 8 stamped every checkpoint there was with
+                    // the history of its day: only a hand-made row lacks one.
+                    if let (Some(s), Some(t)) = (recorded_s, recorded_t) {
+                        ClusterHistory::from_columns(current_s, current_t).admits(
+                            ClusterHistory::from_columns(s, t),
+                            &format!("the checkpoint of projection '{projection}'"),
+                        )?;
+                    }
+                    Ok(Some(GlobalPosition::new(position as u64)))
                 })
             })
             .await
@@ -537,14 +571,14 @@ impl CheckpointStore for PostgresCheckpointStore {
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| s.map_err(OP, e))?;
-                    let saved = sqlx::query(sql::sql(&q.save_checkpoint))
+                    let saved = sqlx::query_as(sql::sql(&q.save_checkpoint))
                         .bind(projection)
                         .bind(to_i64(position))
                         .bind(generation)
-                        .execute(&mut *tx)
+                        .fetch_one(&mut *tx)
                         .await
                         .map_err(|e| s.map_err(OP, e))?;
-                    self.fenced(projection, saved.rows_affected())?;
+                    self.saved(projection, saved)?;
                     tx.commit().await.map_err(|e| s.map_err(OP, e))?;
                     Ok(())
                 })

@@ -21,14 +21,21 @@ struct Migration {
 
 /// Every migration, oldest first. Later releases append; never edit one
 /// that has shipped.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "event_store",
-    sql: include_str!("../migrations/0001_event_store.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "event_store",
+        sql: include_str!("../migrations/0001_event_store.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "history_stamps",
+        sql: include_str!("../migrations/0002_history_stamps.sql"),
+    },
+];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Every migration's version and name, oldest first (what the ledger
 /// should hold).

@@ -34,6 +34,7 @@ macro_rules! read_horizon {
           FROM pg_snapshot_xmin(pg_current_snapshot()) AS x)"
     };
 }
+pub(crate) use read_horizon;
 
 /// Every append, to one stream or several: a call of the
 /// `append_to_streams` function. Parameters in the file.
@@ -240,33 +241,68 @@ pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(statement.clone())
 }
 
-/// `$1` projection name.
-pub(crate) const SELECT_CHECKPOINT: &str =
-    "SELECT position FROM {schema}.projection_checkpoints WHERE projection = $1";
+/// `$1` projection name. Its checkpoint, the history the checkpoint was
+/// stamped with (NULL when it has none) and the current history (see
+/// `history`); no row when the projection has none.
+pub(crate) const SELECT_CHECKPOINT: &str = concat!(
+    "SELECT c.position, c.system_identifier, c.timeline, h.s, h.t \
+     FROM (SELECT ",
+    crate::history::current_history!(),
+    ") AS h(s, t) JOIN {schema}.projection_checkpoints c ON c.projection = $1"
+);
 
 /// `$1` projection name. Takes the runner role: creates the projection's
 /// row (no checkpoint yet) or bumps its lease generation, and returns the
 /// generation. The row lock makes it wait for a checkpoint transaction of
 /// the previous runner still in flight: that one commits first, or fails
-/// the fence.
-pub(crate) const BUMP_LEASE_GENERATION: &str = "INSERT INTO {schema}.projection_checkpoints AS c (projection, position, generation) \
-     VALUES ($1, NULL, 1) \
-     ON CONFLICT (projection) DO UPDATE SET generation = c.generation + 1, updated_at = now() \
-     RETURNING generation";
+/// the fence. A projection without a checkpoint is stamped with the
+/// current history here, so that positions its new runner reads before a
+/// failover are refused after it.
+pub(crate) const BUMP_LEASE_GENERATION: &str = concat!(
+    "INSERT INTO {schema}.projection_checkpoints AS c \
+       (projection, position, generation, system_identifier, timeline) \
+     VALUES ($1, NULL, 1, ",
+    crate::history::current_history!(),
+    ") ON CONFLICT (projection) DO UPDATE SET generation = c.generation + 1, updated_at = now(), \
+       system_identifier = CASE WHEN c.position IS NULL THEN excluded.system_identifier \
+                                ELSE c.system_identifier END, \
+       timeline = CASE WHEN c.position IS NULL THEN excluded.timeline ELSE c.timeline END \
+     RETURNING generation"
+);
 
 /// `$1` projection name, `$2` position, `$3` the lease generation of the
 /// runner saving. The fence: no row is updated once another runner took
-/// the lease. Checkpoints never move backwards.
-pub(crate) const SAVE_CHECKPOINT: &str = "UPDATE {schema}.projection_checkpoints \
-     SET position = greatest(position, $2), updated_at = now() \
-     WHERE projection = $1 AND generation = $3";
+/// the lease, nor when the checkpoint's history is not the current one
+/// (the position was read on another history). Checkpoints never move
+/// backwards. One row: how many rows were saved (0 or 1), then, to tell
+/// the two refusals apart, the history the row was stamped with and the
+/// current one.
+pub(crate) const SAVE_CHECKPOINT: &str = concat!(
+    "WITH h(s, t) AS (SELECT ",
+    crate::history::current_history!(),
+    "), saved AS ( \
+       UPDATE {schema}.projection_checkpoints c \
+          SET position = greatest(c.position, $2), system_identifier = h.s, timeline = h.t, \
+              updated_at = now() \
+         FROM h \
+        WHERE c.projection = $1 AND c.generation = $3 \
+          AND (c.system_identifier IS NULL OR (c.system_identifier = h.s AND c.timeline = h.t)) \
+       RETURNING 1) \
+     SELECT (SELECT count(*) FROM saved), c.system_identifier, c.timeline, h.s, h.t \
+       FROM h LEFT JOIN {schema}.projection_checkpoints c ON c.projection = $1"
+);
 
 /// `$1` projection name, `$2` lease generation. Forgets the checkpoint
 /// (and an operator's rebuild request, which this fulfils) but keeps the
 /// row, whose generation is the fence. Fenced like a save.
-pub(crate) const RESET_CHECKPOINT: &str = "UPDATE {schema}.projection_checkpoints \
-     SET position = NULL, rebuild_requested_at = NULL, updated_at = now() \
-     WHERE projection = $1 AND generation = $2";
+/// The replay that follows starts on the current history: stamped with it.
+pub(crate) const RESET_CHECKPOINT: &str = concat!(
+    "UPDATE {schema}.projection_checkpoints \
+     SET position = NULL, rebuild_requested_at = NULL, updated_at = now(), \
+         (system_identifier, timeline) = (SELECT ",
+    crate::history::current_history!(),
+    ") WHERE projection = $1 AND generation = $2"
+);
 
 /// `$1` projection name. Its checkpoint, row locked: an operator's skip.
 pub(crate) const SELECT_CHECKPOINT_FOR_UPDATE: &str =

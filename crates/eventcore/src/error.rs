@@ -384,6 +384,30 @@ pub enum Error {
         projection: String,
     },
 
+    /// A position recorded earlier (a projection's checkpoint, a saved
+    /// subscription position) belongs to another history of the store than
+    /// the one it now serves: the database was replaced by a copy that
+    /// diverged from it (a failover to a replica that had not received
+    /// every commit, a restore, a different server behind the same
+    /// address). Positions of two histories are not comparable, so resuming
+    /// from it could skip or repeat events. Not transient: an operator
+    /// either confirms that the new history contains everything the
+    /// position covers, or rebuilds from the start (the store's operations
+    /// guide says how).
+    #[error(
+        "{subject} was recorded on store history {recorded}, but the store is now on history {current}: \
+         its position may not mean the same events there; an operator must acknowledge the new history \
+         or rebuild"
+    )]
+    HistoryChanged {
+        /// What holds the position (`projection 'balances'`, ...).
+        subject: String,
+        /// The history the position was recorded on, as the store names it.
+        recorded: String,
+        /// The history the store serves now.
+        current: String,
+    },
+
     /// Any other backend failure: a bug, a misconfiguration or a schema problem.
     #[error("store error during {operation}: {source}")]
     Backend {

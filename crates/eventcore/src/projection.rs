@@ -656,6 +656,9 @@ where
     /// Resets the projection, then its checkpoint (under the lease).
     async fn reset_for_rebuild(&mut self, name: &str) -> Result<(), Error> {
         if let Err(source) = self.projection.reset().await {
+            if let Some(changed) = history_changed_in(&*source) {
+                return Err(changed);
+            }
             return Err(if lease_lost_in(&*source) {
                 lease_lost(name)
             } else {
@@ -981,6 +984,9 @@ where
             cursor.advance(run, indexes[n - 1] + 1);
             return Ok(());
         };
+        if let Some(changed) = history_changed_in(&*source) {
+            return Err(changed);
+        }
         if lease_lost_in(&*source) || !lease.is_held().await {
             return Err(lease_lost(name));
         }
@@ -1033,6 +1039,9 @@ where
                 run.summary.applied += 1;
                 return Ok(());
             };
+            if let Some(changed) = history_changed_in(&*source) {
+                return Err(changed);
+            }
             if lease_lost_in(&*source) || !lease.is_held().await {
                 return Err(lease_lost(name));
             }
@@ -1151,6 +1160,30 @@ fn lease_lost_in(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// [`Error::HistoryChanged`] if `e` is or wraps one (a projection's own
+/// checkpoint write, `save_in` on PostgreSQL, found the store on another
+/// history): no event is to blame and no error strategy applies, the
+/// runner stops with it.
+fn history_changed_in(e: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(Error::HistoryChanged {
+            subject,
+            recorded,
+            current,
+        }) = e.downcast_ref::<Error>()
+        {
+            return Some(Error::HistoryChanged {
+                subject: subject.clone(),
+                recorded: recorded.clone(),
+                current: current.clone(),
+            });
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// `e` and its causes, joined by `: `, skipping causes its message already
 /// includes.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -1197,5 +1230,26 @@ mod tests {
         assert!(lease_lost_in(&*wrapped));
         let other: BoxError = "nope".into();
         assert!(!lease_lost_in(&*other));
+    }
+
+    #[test]
+    fn a_changed_history_is_found_inside_wrapped_errors() {
+        let changed = || Error::HistoryChanged {
+            subject: "p".into(),
+            recorded: "a".into(),
+            current: "b".into(),
+        };
+        let wrapped: BoxError = Box::new(PartialBatch {
+            applied: 1,
+            source: Box::new(changed()),
+        });
+        assert!(matches!(
+            history_changed_in(&*wrapped),
+            Some(Error::HistoryChanged { recorded, current, .. }) if recorded == "a" && current == "b"
+        ));
+        assert!(
+            history_changed_in(&*Box::<dyn std::error::Error + Send + Sync>::from("nope"))
+                .is_none()
+        );
     }
 }

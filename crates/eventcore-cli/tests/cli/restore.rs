@@ -21,12 +21,13 @@ use std::{
 };
 
 use eventcore::{
-    AppendRequest, EventId, EventMetadata, EventStore, ExpectedVersion, GlobalPosition, NewEvent,
-    ProjectionRunner, RunSummary, RunnerOptions, StreamId, StreamVersion,
+    AppendRequest, CheckpointStore, EventId, EventMetadata, EventStore, ExpectedVersion,
+    GlobalPosition, NewEvent, ProjectionRunner, RunSummary, RunnerOptions, StreamId, StreamVersion,
     testing::bank::AccountEvent,
 };
 use eventcore_postgres::{
     PostgresCheckpointStore, PostgresConfigBuilder, PostgresError, PostgresEventStore,
+    ProjectionRequest,
 };
 use eventcore_test_support::{AppliedRecorder, DEV_DB, applications};
 use serde_json::Value;
@@ -458,6 +459,16 @@ fn restore_check_then_pg_resetwal_keeps_the_global_order() {
             assert!(all[old.events.len()..].iter().all(|(p, _)| *p > newest_old), "new after old");
 
             if let Some(checkpoint) = old.checkpoint {
+                // Another cluster, another history: the operator vouches
+                // for the restored checkpoint (its read model came along).
+                let checkpoints = PostgresCheckpointStore::new(store.clone());
+                let refused = checkpoints.load(AppliedRecorder::<AccountEvent>::NAME).await;
+                assert!(matches!(refused, Err(eventcore::Error::HistoryChanged { .. })), "{refused:?}");
+                store
+                    .accept_projection_history(AppliedRecorder::<AccountEvent>::NAME, &ProjectionRequest::new("restore test"))
+                    .await
+                    .unwrap();
+                assert_eq!(checkpoints.load(AppliedRecorder::<AccountEvent>::NAME).await.unwrap(), Some(checkpoint));
                 let backlog = old.events.iter().filter(|(p, _)| *p > checkpoint).count();
                 let (rows_before, _) = applications(&store).await;
                 let summary = project(&store).await;

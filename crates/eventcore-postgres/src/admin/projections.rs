@@ -163,6 +163,7 @@ enum Action {
     Reset,
     Rebuild,
     Skip(GlobalPosition),
+    AcceptHistory,
 }
 
 impl Action {
@@ -171,6 +172,7 @@ impl Action {
             Action::Reset => "reset",
             Action::Rebuild => "rebuild",
             Action::Skip(_) => "skip",
+            Action::AcceptHistory => "accept-history",
         }
     }
 }
@@ -352,6 +354,24 @@ impl PostgresEventStore {
             .await
     }
 
+    /// Declares that `projection`'s checkpoint is valid on the history the
+    /// store serves now (see [`ClusterHistory`](crate::ClusterHistory)):
+    /// the checkpoint is re-stamped with it, keeping its position, and the
+    /// next runner resumes there instead of stopping with
+    /// [`Error::HistoryChanged`]. Only right when the new history holds
+    /// every event the checkpoint covers (a planned switchover, a failover
+    /// to a synchronous standby, a restore checked with `eventcore
+    /// restore-check`); otherwise rebuild. Refused while a runner is active
+    /// unless `request.force`; recorded.
+    pub async fn accept_projection_history(
+        &self,
+        projection: &str,
+        request: &ProjectionRequest,
+    ) -> Result<ProjectionOperation, PostgresError> {
+        self.operate(projection, request, Action::AcceptHistory)
+            .await
+    }
+
     /// Events after position `after` up to `upto` (both may be 0): a
     /// rebuild's progress.
     pub async fn count_events_between(
@@ -456,6 +476,14 @@ impl PostgresEventStore {
                             self.skip_in(&mut tx, projection, before, target, request)
                                 .await?;
                             (Some(to_i64(target)), Some(to_i64(target)))
+                        }
+                        Action::AcceptHistory => {
+                            sqlx::query(fill(sql::OPERATOR_ACCEPT_HISTORY, schema))
+                                .bind(projection)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(map)?;
+                            (before, None)
                         }
                     };
                     let reason = if request.reason.trim().is_empty() {

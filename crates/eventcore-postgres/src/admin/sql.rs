@@ -102,6 +102,15 @@ pub(crate) const OPERATOR_RESET: &str = "UPDATE {schema}.projection_checkpoints 
 pub(crate) const OPERATOR_REQUEST_REBUILD: &str = "UPDATE {schema}.projection_checkpoints \
      SET position = NULL, rebuild_requested_at = now(), updated_at = now() WHERE projection = $1";
 
+/// `$1` projection. Stamps the checkpoint with the current history,
+/// keeping its position (an operator vouches that it holds there).
+pub(crate) const OPERATOR_ACCEPT_HISTORY: &str = concat!(
+    "UPDATE {schema}.projection_checkpoints \
+     SET updated_at = now(), (system_identifier, timeline) = (SELECT ",
+    crate::history::current_history!(),
+    ") WHERE projection = $1"
+);
+
 /// `$1` projection, `$2` position. Moves the checkpoint to a skipped event.
 pub(crate) const OPERATOR_SKIP: &str = "UPDATE {schema}.projection_checkpoints \
      SET position = $2, updated_at = now() WHERE projection = $1";

@@ -15,7 +15,8 @@ use eventcore::{
 use sqlx::PgPool;
 
 use crate::{
-    PostgresConfig, PostgresError, error::map_sqlx, notify::Notifier, pool::Pool, sql::Statements,
+    PostgresConfig, PostgresError, error::map_sqlx, notify::Notifier, pool::Pool,
+    replica::Replicas, sql::Statements,
 };
 
 /// The production event store: every guarantee of [`EventStore`] on PostgreSQL.
@@ -51,6 +52,8 @@ struct Inner {
     config: PostgresConfig,
     sql: Statements,
     notifier: Notifier,
+    /// Read replicas (see [`PostgresConfig::read_replicas`]).
+    replicas: Replicas,
 }
 
 impl PostgresEventStore {
@@ -59,25 +62,28 @@ impl PostgresEventStore {
     pub async fn new(config: PostgresConfig) -> Result<Self, PostgresError> {
         config.validate()?;
         let pool = Pool::connect(&config).await?;
-        Ok(Self::assemble(pool, config))
+        let replicas = Replicas::new(&config)?;
+        Ok(Self::assemble(pool, config, replicas))
     }
 
     /// Wraps an existing pool. The pool's own settings apply; of `config`'s
     /// pool settings only `max_connections` is used (for metrics, and as
     /// the bound on replacing dead pooled connections), and `query_timeout`
     /// is enforced only if the pool's connections set `statement_timeout`
-    /// themselves.
+    /// themselves. Read replicas get pools of their own, per `config`.
     pub fn from_pool(pool: PgPool, config: PostgresConfig) -> Result<Self, PostgresError> {
         config.validate()?;
-        Ok(Self::assemble(pool, config))
+        let replicas = Replicas::new(&config)?;
+        Ok(Self::assemble(pool, config, replicas))
     }
 
-    fn assemble(pool: PgPool, config: PostgresConfig) -> Self {
+    fn assemble(pool: PgPool, config: PostgresConfig, replicas: Replicas) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db: Pool::new(pool, &config),
                 sql: Statements::new(&config.schema),
                 notifier: Notifier::new(&config.schema, config.notify_interval),
+                replicas,
                 config,
             }),
         }
@@ -97,6 +103,11 @@ impl PostgresEventStore {
     /// The store's connections: every query runs on one of them.
     pub(crate) fn db(&self) -> &Pool {
         &self.inner.db
+    }
+
+    /// The read replicas.
+    pub(crate) fn replicas(&self) -> &Replicas {
+        &self.inner.replicas
     }
 
     /// The store's statements, for its schema.

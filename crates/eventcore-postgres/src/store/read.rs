@@ -1,7 +1,8 @@
 //! Reads: a stream, several streams, the `$all` log, versions and the head.
 
 use eventcore::{
-    Error, EventId, EventMetadata, EventStore, GlobalPosition, StoredEvent, StreamId, StreamVersion,
+    DEFAULT_READ_PAGE, Error, EventId, EventMetadata, GlobalPosition, StoredEvent, StreamId,
+    StreamVersion,
 };
 use sqlx::{
     PgConnection, Postgres, Row,
@@ -15,14 +16,35 @@ use super::PostgresEventStore;
 use crate::{
     instrument,
     jsonb::{CustomColumn, JsonbColumn, TimestampColumn},
-    pool::Call,
+    pool::{Call, Pool},
     sql::{self, sql},
 };
 
 impl PostgresEventStore {
-    /// [`EventStore::read_stream`].
+    /// The pool reads of events go to: a replica's in turn, or the
+    /// primary's, and the replica's name for spans.
+    fn reader(&self) -> (&Pool, Option<&str>) {
+        match self.replicas().pick() {
+            Some(replica) => (&replica.db, Some(replica.name.as_str())),
+            None => (self.db(), None),
+        }
+    }
+
+    /// [`EventStore::read_stream`]: on a replica, if there are any.
     pub(super) async fn stream_events(
         &self,
+        stream: &StreamId,
+        from: StreamVersion,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        self.stream_events_on(self.reader(), stream, from, limit)
+            .await
+    }
+
+    /// `read_stream` on `db` (named `replica` if it is one).
+    async fn stream_events_on(
+        &self,
+        (db, replica): (&Pool, Option<&str>),
         stream: &StreamId,
         from: StreamVersion,
         limit: usize,
@@ -31,56 +53,83 @@ impl PostgresEventStore {
             "eventcore.read_stream",
             stream = stream.as_str(),
             from = from.get(),
-            limit
+            limit,
+            replica
         );
-        self.db()
-            .call("read_stream", Call::Read, |conn| {
-                let query = sqlx::query(sql(&self.sql().read_stream_forward))
-                    .bind(stream.as_str())
-                    .bind(to_i64(from.get()))
-                    .bind(to_i64(limit as u64));
-                Box::pin(self.fetch_events(conn, "read_stream", query))
-            })
-            .instrument(span)
-            .await
-            .inspect(|events| instrument::events_read("read_stream", events.len()))
+        db.call("read_stream", Call::Read, |conn| {
+            let query = sqlx::query(sql(&self.sql().read_stream_forward))
+                .bind(stream.as_str())
+                .bind(to_i64(from.get()))
+                .bind(to_i64(limit as u64));
+            Box::pin(self.fetch_events(conn, "read_stream", query))
+        })
+        .instrument(span)
+        .await
+        .inspect(|events| instrument::events_read("read_stream", events.len()))
     }
 
-    /// [`EventStore::read_all`].
+    /// Every event of `stream` from `from` on, from the primary: what a
+    /// command decides on must be the newest state, which a replica may
+    /// not have replayed yet (it would only cause conflicts).
+    async fn stream_to_end_on_primary(
+        &self,
+        stream: &StreamId,
+        from: StreamVersion,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let mut events = Vec::new();
+        let mut next = from;
+        loop {
+            let page = self
+                .stream_events_on((self.db(), None), stream, next, DEFAULT_READ_PAGE)
+                .await?;
+            let full = page.len() == DEFAULT_READ_PAGE;
+            if let Some(last) = page.last() {
+                next = last.stream_version.next();
+            }
+            events.extend(page);
+            if !full {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// [`EventStore::read_all`]: on a replica, if there are any. A
+    /// standby's snapshot xmin is the primary's oldest running transaction
+    /// as replayed, so the same horizon holds there.
     pub(super) async fn events_after(
         &self,
         after: GlobalPosition,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
-        let span = tracing::debug_span!("eventcore.read_all", after = after.get(), limit);
-        self.db()
-            .call("read_all", Call::Read, |conn| {
-                Box::pin(async move {
-                    let rows = sqlx::query(sql(&self.sql().read_all_forward))
-                        .bind(to_i64(after.get()))
-                        .bind(to_i64(limit as u64))
-                        .fetch_all(&mut **conn)
-                        .await
-                        .map_err(|e| self.map_err("read_all", e))?;
-                    // A bad row must not hold back the good ones before it:
-                    // the page ends just before it, and the next read, which
-                    // starts with it, fails with its position, so a reader
-                    // can record it and pass.
-                    let mut events = Vec::with_capacity(rows.len());
-                    let mut last_stream = None;
-                    for row in &rows {
-                        match decode_row(row, &mut last_stream, |e| self.map_err("read_all", e)) {
-                            Ok(event) => events.push(event),
-                            Err(e) if events.is_empty() => return Err(e),
-                            Err(_) => break,
-                        }
+        let (db, replica) = self.reader();
+        let span = tracing::debug_span!("eventcore.read_all", after = after.get(), limit, replica);
+        db.call("read_all", Call::Read, |conn| {
+            Box::pin(async move {
+                let rows = sqlx::query(sql(&self.sql().read_all_forward))
+                    .bind(to_i64(after.get()))
+                    .bind(to_i64(limit as u64))
+                    .fetch_all(&mut **conn)
+                    .await
+                    .map_err(|e| self.map_err("read_all", e))?;
+                // A bad row must not hold back the good ones before it:
+                // the page ends just before it, and the next read, which
+                // starts with it, fails with its position, so a reader
+                // can record it and pass.
+                let mut events = Vec::with_capacity(rows.len());
+                let mut last_stream = None;
+                for row in &rows {
+                    match decode_row(row, &mut last_stream, |e| self.map_err("read_all", e)) {
+                        Ok(event) => events.push(event),
+                        Err(e) if events.is_empty() => return Err(e),
+                        Err(_) => break,
                     }
-                    Ok(events)
-                })
+                }
+                Ok(events)
             })
-            .instrument(span)
-            .await
-            .inspect(|events| instrument::events_read("read_all", events.len()))
+        })
+        .instrument(span)
+        .await
+        .inspect(|events| instrument::events_read("read_all", events.len()))
     }
 
     /// [`EventStore::stream_version`].
@@ -112,7 +161,7 @@ impl PostgresEventStore {
         // One stream (most commands): the plain per-stream read, whose plan
         // is simpler than the multi-stream join.
         if let [(stream, from)] = streams {
-            return Ok(vec![self.read_stream_to_end(stream, *from).await?]);
+            return Ok(vec![self.stream_to_end_on_primary(stream, *from).await?]);
         }
         let ids: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
         let lowest = streams.iter().map(|(_, v)| v.get()).min().unwrap_or(1);
@@ -137,7 +186,11 @@ impl PostgresEventStore {
         instrument::events_read("read_streams", events.len());
         if events.len() == BATCH {
             // A long history: page through each stream instead.
-            return eventcore::read_each_stream(self, streams).await;
+            let mut out = Vec::with_capacity(streams.len());
+            for (stream, from) in streams {
+                out.push(self.stream_to_end_on_primary(stream, *from).await?);
+            }
+            return Ok(out);
         }
         // Rows come grouped by stream in version order; each requested slot
         // takes its stream's rows from its own first version on. A stream

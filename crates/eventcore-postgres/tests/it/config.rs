@@ -178,7 +178,15 @@ async fn a_one_millisecond_query_timeout_is_enforced() {
 /// password) and of its config show no password.
 #[tokio::test]
 async fn debug_of_a_store_shows_no_password() {
-    let store = store_with(config().database_url(url_with_password()).build().unwrap()).await;
+    // The primary doubles as a "replica": its URL carries the password too.
+    let store = store_with(
+        config()
+            .database_url(url_with_password())
+            .read_replica(url_with_password())
+            .build()
+            .unwrap(),
+    )
+    .await;
     for text in [
         format!("{store:?}"),
         format!("{store:#?}"),

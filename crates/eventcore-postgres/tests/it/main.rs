@@ -12,4 +12,5 @@ mod pg_projection;
 mod projections;
 mod roundtrip;
 mod schema;
+mod standby;
 mod store;
