@@ -129,7 +129,7 @@ pub use admin::{
     ImportSummary, LastError, ProjectionOperation, ProjectionRequest, ProjectionStatus, RunnerInfo,
     StreamSummary, VerifyReport,
 };
-pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
+pub use config::{Pooler, PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
 pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
 pub use instrument::describe_metrics;
