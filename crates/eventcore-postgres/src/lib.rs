@@ -108,6 +108,7 @@ mod counter;
 mod error;
 pub mod instrument;
 mod jsonb;
+mod lease_row;
 mod metrics;
 mod notify;
 mod pg_projection;

@@ -14,7 +14,7 @@ use eventcore::{
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{oneshot, watch};
 
-use crate::{PostgresEventStore, sql, store::Call};
+use crate::{PostgresEventStore, lease_row, sql, store::Call};
 
 /// How often a lease connection checks that it is alive. In between it is
 /// idle, so releasing the lease (closing it) is immediate.
@@ -231,12 +231,69 @@ impl PostgresCheckpointStore {
         if !got {
             return Ok(None);
         }
+        // A runner of a store behind a transaction pooler holds a lease row
+        // instead (and takes this lock only while taking the row).
+        if lease_row::live(conn, &s.config().schema, projection, true)
+            .await
+            .map_err(|e| s.map_err("acquire lease", e))?
+        {
+            return Ok(None);
+        }
         let generation: i64 = sqlx::query_scalar(sql::sql(&s.inner.sql.bump_lease_generation))
             .bind(projection)
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| s.map_err("acquire lease", e))?;
         Ok(Some(generation))
+    }
+}
+
+/// What keeps a lease taken: a connection holding the session advisory
+/// lock, or a lease row renewed through the pool.
+enum Holding {
+    Session(PgConnection),
+    Row {
+        holder: uuid::Uuid,
+        /// When the statement that took the row was sent.
+        sent: std::time::Instant,
+    },
+}
+
+impl PostgresCheckpointStore {
+    /// The advisory-lock lease on a connection of its own: its generation
+    /// and the connection, or `None` if another runner holds it.
+    async fn take_session_lease(
+        &self,
+        projection: &str,
+    ) -> Result<Option<(i64, PgConnection)>, Error> {
+        let s = &self.store;
+        let options = (*s.pool().connect_options()).clone();
+        let connect_timeout = s.config().connect_timeout;
+        let mut conn =
+            match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await
+            {
+                Ok(conn) => conn.map_err(|e| s.map_err("acquire lease", e))?,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        operation: "acquire lease",
+                        elapsed: connect_timeout,
+                    });
+                }
+            };
+        let taken = tokio::time::timeout(s.call_deadline(), self.take_lease(&mut conn, projection))
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                operation: "acquire lease",
+                elapsed: s.call_deadline(),
+            }));
+        match taken {
+            Ok(Some(generation)) => Ok(Some((generation, conn))),
+            other => {
+                // Closing the connection releases the lock, if it was taken.
+                let _ = conn.close().await;
+                other.map(|_| None)
+            }
+        }
     }
 }
 
@@ -408,33 +465,32 @@ impl CheckpointStore for PostgresCheckpointStore {
             return Ok(None);
         }
         let s = &self.store;
-        let options = (*s.pool().connect_options()).clone();
-        let connect_timeout = s.config().connect_timeout;
-        let mut conn =
-            match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await
-            {
-                Ok(conn) => conn.map_err(|e| s.map_err("acquire lease", e))?,
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        operation: "acquire lease",
-                        elapsed: connect_timeout,
-                    });
-                }
-            };
-        let taken = tokio::time::timeout(s.call_deadline(), self.take_lease(&mut conn, projection))
-            .await
-            .unwrap_or(Err(Error::Timeout {
-                operation: "acquire lease",
-                elapsed: s.call_deadline(),
-            }));
-        let generation = match taken {
-            Ok(Some(generation)) => generation,
-            other => {
-                // Closing the connection releases the lock, if it was taken.
-                let _ = conn.close().await;
-                return other.map(|_| None);
+        let holding = if s.config().transaction_pooled() {
+            let holder = uuid::Uuid::now_v7();
+            let sent = std::time::Instant::now();
+            let schema = s.config().schema.as_str();
+            let taken = s
+                .bounded("acquire lease", Call::Write, async {
+                    let map = |e| s.map_err("acquire lease", e);
+                    let mut tx = s.transaction().await.map_err(map)?;
+                    let generation = lease_row::take(&mut tx, schema, projection, holder)
+                        .await
+                        .map_err(map)?;
+                    tx.commit().await.map_err(map)?;
+                    Ok::<_, Error>(generation)
+                })
+                .await?;
+            match taken {
+                Some(generation) => (generation, Holding::Row { holder, sent }),
+                None => return Ok(None),
+            }
+        } else {
+            match self.take_session_lease(projection).await? {
+                Some((generation, conn)) => (generation, Holding::Session(conn)),
+                None => return Ok(None),
             }
         };
+        let (generation, holding) = holding;
         // No await from here on: the lease is registered and handed out
         // together, or (if the caller gave up waiting) neither.
         let lost = Arc::new(watch::Sender::new(false));
@@ -446,12 +502,22 @@ impl CheckpointStore for PostgresCheckpointStore {
             },
         );
         let (release, released) = oneshot::channel();
-        tokio::spawn(hold(
-            conn,
-            Arc::clone(&lost),
-            released,
-            projection.to_owned(),
-        ));
+        match holding {
+            Holding::Session(conn) => tokio::spawn(hold(
+                conn,
+                Arc::clone(&lost),
+                released,
+                projection.to_owned(),
+            )),
+            Holding::Row { holder, sent } => tokio::spawn(lease_row::hold(
+                s.clone(),
+                projection.to_owned(),
+                holder,
+                sent,
+                Arc::clone(&lost),
+                released,
+            )),
+        };
         tracing::debug!(projection, generation, "projection lease taken");
         Ok(Some(Box::new(PgLease {
             projection: projection.to_owned(),

@@ -57,10 +57,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "operations",
         sql: include_str!("../migrations/0007_operations.sql"),
     },
+    Migration {
+        version: 8,
+        name: "lease_rows",
+        sql: include_str!("../migrations/0008_lease_rows.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// Every migration's version and name, oldest first (what the ledger
 /// should hold).
@@ -117,6 +122,8 @@ const REQUIRED: &[Required] = &[
     required(6, "table", "snapshots"),
     required(6, "index", "snapshots_pkey"),
     required(7, "table", "projection_operations"),
+    required(8, "table", "projection_leases"),
+    required(8, "index", "projection_leases_pkey"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in

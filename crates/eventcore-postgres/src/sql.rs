@@ -317,6 +317,23 @@ pub(crate) fn for_schema(template: &str, schema: &str) -> Arc<str> {
     Arc::from(template.replace("{schema}", &quote_ident(schema)))
 }
 
+/// Sets `query_timeout` for the transaction open on `conn` (behind a
+/// transaction pooler, where no session carries it). Simple protocol: no
+/// statement is prepared.
+pub(crate) async fn set_local_timeout(
+    conn: &mut sqlx::PgConnection,
+    config: &crate::PostgresConfig,
+) -> Result<(), sqlx::Error> {
+    // The value is digits and "ms", made here: nothing to inject.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET LOCAL statement_timeout = '{}'",
+        config.statement_timeout()
+    )))
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 /// A filled-in statement, in the form sqlx takes. The schema was validated
 /// as a plain identifier and is quoted, so the text is injection-free.
 pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {

@@ -208,6 +208,19 @@ impl PostgresEventStore {
         &self.inner.config
     }
 
+    /// A transaction on a connection of the pool, for statements the store
+    /// runs outside [`call`](Self::call). Behind a transaction pooler it
+    /// carries `query_timeout` itself (`SET LOCAL`), since no session does.
+    pub(crate) async fn transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.inner.pool.begin().await?;
+        if self.inner.config.transaction_pooled() {
+            crate::sql::set_local_timeout(&mut tx, &self.inner.config).await?;
+        }
+        Ok(tx)
+    }
+
     /// Takes a connection, recording wait time and timeouts for
     /// [`get_pool_metrics`](Self::get_pool_metrics). A failure here is a
     /// failed connect or an exhausted pool, never a stale connection: it is
