@@ -184,10 +184,20 @@ impl PostgresEventStore {
     }
 
     fn assemble(pool: PgPool, config: PostgresConfig) -> Self {
+        // Wake-ups use notify_url, else the pool's own connect options (a
+        // pool given to `from_pool` has its own), except through a
+        // transaction pooler. `validate` checked notify_url.
+        let wake = match config.notify_options() {
+            Ok(Some(_)) if config.notify_url.is_none() => {
+                Some((*pool.connect_options()).clone())
+            }
+            Ok(options) => options,
+            Err(_) => Some((*pool.connect_options()).clone()),
+        };
         Self {
             inner: Arc::new(Inner {
                 sql: Statements::new(&config.schema),
-                notifier: Notifier::new(&config.schema, config.notify_interval),
+                notifier: Notifier::new(&config.schema, config.notify_interval, wake),
                 conns: Arc::default(),
                 recent: RecentAppends::new(config.recent_appends_bytes),
                 pool,
