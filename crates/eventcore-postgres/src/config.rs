@@ -112,13 +112,6 @@ pub struct PostgresConfig {
     /// transactions. Default 5 ms. `None` disables NOTIFY (subscribers in
     /// other processes then rely on polling; in-process ones are still woken).
     pub notify_interval: Option<Duration>,
-    /// While the store has live subscribers, it keeps the events it appended
-    /// in memory, up to about this many bytes (payload text plus ~256 bytes
-    /// per event), so its subscribers' reads fetch positions from the server
-    /// and take the bodies from memory. Default 16 MiB; 0 disables it. A
-    /// payload read this way is the JSON text as appended rather than
-    /// PostgreSQL's `jsonb` rendering of it (same value).
-    pub recent_appends_bytes: usize,
     /// What sits between the store and PostgreSQL. Default
     /// [`Pooler::Direct`].
     pub pooler: Pooler,
@@ -189,7 +182,6 @@ impl PostgresConfig {
             statement_cache_capacity: 100,
             application_name: "eventcore".into(),
             notify_interval: Some(Duration::from_millis(5)),
-            recent_appends_bytes: 16 << 20,
             pooler: Pooler::Direct,
             notify_url: None,
         }
@@ -430,8 +422,6 @@ fn validate_schema_name(name: &str) -> Result<(), PostgresError> {
 
 impl fmt::Debug for PostgresConfig {
     /// Every setting, with the password in `database_url` replaced by `***`.
-    // `retry` is left out on purpose: the store's own retries are being
-    // removed (issue 14 item 8), and this impl must not name the field.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("database_url", &redact_secrets(&self.database_url))
@@ -447,7 +437,6 @@ impl fmt::Debug for PostgresConfig {
             .field("statement_cache_capacity", &self.statement_cache_capacity)
             .field("application_name", &self.application_name)
             .field("notify_interval", &self.notify_interval)
-            .field("recent_appends_bytes", &self.recent_appends_bytes)
             .field("pooler", &self.pooler)
             .field(
                 "notify_url",
@@ -677,13 +666,6 @@ impl PostgresConfigBuilder {
     /// Sets the NOTIFY interval (`None` disables NOTIFY).
     pub fn notify_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.config.notify_interval = interval.into();
-        self
-    }
-
-    /// Sets the memory for the store's recent appends (0 disables it); see
-    /// [`PostgresConfig::recent_appends_bytes`].
-    pub fn recent_appends_bytes(mut self, bytes: usize) -> Self {
-        self.config.recent_appends_bytes = bytes;
         self
     }
 

@@ -189,7 +189,6 @@ mod tests {
         }
         for (name, statement) in [
             ("read_all_forward", sql::READ_ALL_FORWARD),
-            ("read_all_positions", sql::READ_ALL_POSITIONS),
             ("select_horizon", sql::SELECT_HORIZON),
             ("select_skip_target", sql::SELECT_SKIP_TARGET),
         ] {

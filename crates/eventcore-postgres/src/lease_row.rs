@@ -25,7 +25,7 @@ use sqlx::{AssertSqlSafe, PgConnection};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use crate::{PostgresEventStore, sql::quote_ident, store::Call};
+use crate::{PostgresEventStore, pool::Call, sql::quote_ident};
 
 /// How long a lease row stays valid after its last renewal: the longest a
 /// crashed runner's projection waits for another runner to take over.
@@ -89,8 +89,9 @@ pub(crate) fn lock_name(schema: &str, projection: &str) -> String {
     format!("eventcore:projection:{schema}:{projection}")
 }
 
-/// On `tx` (a transaction): takes the lease for `holder`; its generation,
-/// or `None` when a runner holds it.
+/// On `tx` (a transaction: the store's calls behind a transaction pooler
+/// run in one): takes the lease for `holder`; its generation, or `None`
+/// when a runner holds it.
 pub(crate) async fn take(
     tx: &mut PgConnection,
     schema: &str,
@@ -128,7 +129,7 @@ pub(crate) async fn live(
         .await
 }
 
-/// One renewal or release, in a transaction of its own.
+/// One renewal or release (a store call: a transaction of its own).
 async fn write(
     store: &PostgresEventStore,
     operation: &'static str,
@@ -136,21 +137,22 @@ async fn write(
     projection: &str,
     holder: Uuid,
 ) -> Result<u64, Error> {
-    let statement = fill(template, &store.config().schema);
+    let statement = fill(template, &store.config().schema).0;
+    let statement = statement.as_str();
     store
-        .bounded(operation, Call::Write, async {
-            let map = |e| store.map_err(operation, e);
-            let mut tx = store.transaction().await.map_err(map)?;
-            let done = sqlx::query(statement)
-                .persistent(false)
-                .bind(projection)
-                .bind(holder)
-                .bind(ttl_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(map)?;
-            tx.commit().await.map_err(map)?;
-            Ok(done.rows_affected())
+        .db()
+        .call(operation, Call::Write, |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(AssertSqlSafe(statement))
+                    .persistent(false)
+                    .bind(projection)
+                    .bind(holder)
+                    .bind(ttl_ms())
+                    .execute(&mut **conn)
+                    .await
+                    .map_err(|e| store.map_err(operation, e))?;
+                Ok(done.rows_affected())
+            })
         })
         .await
 }

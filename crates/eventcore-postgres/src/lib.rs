@@ -74,14 +74,7 @@
 //! Subscribers ([`eventcore::subscribe`], and the projection runners built
 //! on it) are woken by the store that appended, in process, and across
 //! processes by `NOTIFY`, sent outside the append transactions at most every
-//! [`PostgresConfig::notify_interval`]. While a store has live subscribers
-//! it also keeps the events it appended in memory
-//! ([`PostgresConfig::recent_appends_bytes`]): their reads then ask the
-//! server only which positions are readable and take the bodies from
-//! memory, so following one's own writes costs the writers less. The server
-//! still decides what is readable, so delivery (every event once, in order)
-//! is the same either way; [`PostgresEventStore::recent_append_stats`]
-//! shows how often memory served.
+//! [`PostgresConfig::notify_interval`].
 //!
 //! ## Operations
 //!
@@ -103,7 +96,6 @@
 
 mod admin;
 mod config;
-mod conn_cache;
 mod counter;
 mod error;
 pub mod instrument;
@@ -112,8 +104,8 @@ mod lease_row;
 mod metrics;
 mod notify;
 mod pg_projection;
+mod pool;
 mod projection;
-mod recent;
 mod restore;
 mod schema;
 mod snapshots;
@@ -134,7 +126,7 @@ pub use config::{Pooler, PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
 pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
 pub use instrument::describe_metrics;
-pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, RecentAppendStats, StoreStats};
+pub use metrics::{HealthStatus, PoolMetrics, PoolMonitor, StoreStats};
 pub use pg_projection::{PostgresProjection, Transactional};
 pub use projection::PostgresCheckpointStore;
 pub use restore::{RestoreCheck, RestoreVerdict, StoreHighWater, UncheckedDatabase, restore_check};

@@ -1,42 +1,19 @@
 //! Pool metrics, background pool monitoring and health checks.
 
-use std::{
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use eventcore::GlobalPosition;
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, pool::PoolConnection};
+use sqlx::{Connection, PgConnection, Postgres, Row, pool::PoolConnection};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    PostgresError, PostgresEventStore, redact_secrets,
+    PostgresError, PostgresEventStore,
+    pool::Call,
+    pool::Probe,
+    redact_secrets,
     schema::{self, SCHEMA_VERSION},
     sql,
-    store::Call,
 };
-
-/// Counters updated on every connection acquisition.
-#[derive(Debug, Default)]
-pub(crate) struct PoolStats {
-    acquisitions: AtomicU64,
-    acquire_nanos: AtomicU64,
-    timeouts: AtomicU64,
-    peak: AtomicU32,
-}
-
-impl PoolStats {
-    pub(crate) fn record_acquire(&self, waited: Duration, ok: bool, pool_size: u32) {
-        if ok {
-            self.acquisitions.fetch_add(1, Ordering::Relaxed);
-            self.acquire_nanos
-                .fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
-        } else {
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
-        }
-        self.peak.fetch_max(pool_size, Ordering::Relaxed);
-    }
-}
 
 /// A snapshot of the connection pool.
 #[derive(Clone, Debug, PartialEq)]
@@ -147,31 +124,18 @@ pub struct StoreStats {
     pub max_position: Option<GlobalPosition>,
 }
 
-/// How the store's recent appends served `read_all`
-/// ([`PostgresConfig::recent_appends_bytes`](crate::PostgresConfig::recent_appends_bytes)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecentAppendStats {
-    /// Events held now (none while the store has no live subscriber).
-    pub held: usize,
-    /// Events `read_all` took from memory since the store was created.
-    pub hits: u64,
-    /// Events a positions-first read had to fetch whole (appended elsewhere,
-    /// or no longer held).
-    pub misses: u64,
-}
-
 impl PostgresEventStore {
-    /// Counters of the recent-append memory. Cheap: no I/O.
-    pub fn recent_append_stats(&self) -> RecentAppendStats {
-        self.inner.recent.stats()
-    }
-
     /// Counts streams and events (a full count: slow on very large stores).
     pub async fn stats(&self) -> Result<StoreStats, PostgresError> {
-        let query = sqlx::query(sql::sql(&self.inner.sql.select_stats)).fetch_one(self.pool());
         let row = self
-            .bounded("stats", Call::Read, async {
-                query.await.map_err(|e| self.map_err("stats", e))
+            .db()
+            .call("stats", Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql::sql(&self.sql().select_stats))
+                        .fetch_one(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err("stats", e))
+                })
             })
             .await?;
         let get = |i| {
@@ -187,28 +151,7 @@ impl PostgresEventStore {
 
     /// Current pool metrics. Cheap: reads counters, no I/O.
     pub fn get_pool_metrics(&self) -> PoolMetrics {
-        let pool = self.pool();
-        let stats = &self.inner.stats;
-        let current = pool.size();
-        // Connections parked by the store between operations are idle too.
-        let idle = pool
-            .num_idle()
-            .saturating_add(self.inner.conns.idle_count()) as u32;
-        let max = self.inner.config.max_connections.max(1);
-        let acquisitions = stats.acquisitions.load(Ordering::Relaxed);
-        let nanos = stats.acquire_nanos.load(Ordering::Relaxed);
-        let metrics = PoolMetrics {
-            current_connections: current,
-            idle_connections: idle,
-            max_connections: max,
-            utilization_percent: f64::from(current.saturating_sub(idle)) * 100.0 / f64::from(max),
-            connection_timeouts: stats.timeouts.load(Ordering::Relaxed),
-            avg_acquisition_time: Duration::from_nanos(
-                nanos.checked_div(acquisitions).unwrap_or(0),
-            ),
-            peak_connections: stats.peak.load(Ordering::Relaxed).max(current),
-            total_acquisitions: acquisitions,
-        };
+        let metrics = self.db().metrics();
         crate::instrument::pool(&metrics);
         metrics
     }
@@ -278,23 +221,22 @@ impl PostgresEventStore {
     pub async fn health_check(&self) -> Result<HealthStatus, PostgresError> {
         // The probes bound themselves; the client deadline covers a server
         // that answers them and then goes silent.
-        self.bounded("health_check", Call::Read, self.check_health())
-            .await
+        self.db().bounded("health_check", self.check_health()).await
     }
 
     async fn check_health(&self) -> Result<HealthStatus, PostgresError> {
         let mut problems = Vec::new();
         let started = Instant::now();
-        let connect_timeout = self.inner.config.connect_timeout;
-        // Connections parked by the store between operations are not in
-        // use: hand them back so the check can have one.
-        self.inner.conns.clear();
-        let probe = probe(self.pool(), connect_timeout).await;
+        let probe = self.db().probe().await;
         let mut pool_exhausted = false;
         let mut unreachable_reason = None;
         let mut conn = match probe {
             Probe::Pooled(conn) => Some(Checked::Pooled(conn)),
-            Probe::Direct { conn, pool_busy } => {
+            Probe::Direct {
+                conn,
+                pool_busy,
+                waited,
+            } => {
                 let m = self.get_pool_metrics();
                 pool_exhausted = pool_busy;
                 problems.push(if pool_busy {
@@ -305,7 +247,7 @@ impl PostgresEventStore {
                 } else {
                     format!(
                         "the pool gave no connection within {:?} ({}/{} open), though the database accepts one",
-                        pool_wait(connect_timeout),
+                        waited,
                         m.current_connections,
                         m.max_connections
                     )
@@ -325,7 +267,7 @@ impl PostgresEventStore {
                 Err(e) => {
                     // A pooled connection may have died with the server
                     // that had it; ask the server as it is now.
-                    let cause = match direct(self.pool(), connect_timeout).await {
+                    let cause = match self.db().direct().await {
                         Ok(fresh) => {
                             *c = Checked::Direct(fresh);
                             reachable =
@@ -348,8 +290,8 @@ impl PostgresEventStore {
         let mut oldest_transaction_age = None;
         let mut transaction_counter = None;
         if let Some(c) = conn.as_mut().filter(|_| reachable) {
-            let schema = self.inner.config.schema.as_str();
-            match schema::read_version(c.conn(), &self.inner.sql).await {
+            let schema = self.config().schema.as_str();
+            match schema::read_version(c.conn(), self.sql()).await {
                 Ok(v) => schema_version = v,
                 Err(e) => problems.push(format!(
                     "cannot read schema version: {}",
@@ -389,7 +331,7 @@ impl PostgresEventStore {
                 )),
             }
             if schema_version.is_some() {
-                match crate::counter::read(c.conn(), &self.inner.sql).await {
+                match crate::counter::read(c.conn(), self.sql()).await {
                     Ok(counter) => {
                         problems.extend(counter.problem(schema));
                         transaction_counter = Some(counter);
@@ -445,14 +387,6 @@ impl PostgresEventStore {
     }
 }
 
-/// How long a health check waits for a pooled connection before it
-/// connects on its own to find out why there is none.
-const POOL_WAIT: Duration = Duration::from_millis(500);
-
-fn pool_wait(connect_timeout: Duration) -> Duration {
-    connect_timeout.min(POOL_WAIT)
-}
-
 /// The connection a health check runs on.
 enum Checked {
     Pooled(PoolConnection<Postgres>),
@@ -466,18 +400,6 @@ impl Checked {
             Checked::Direct(c) => c,
         }
     }
-}
-
-/// What asking for a connection found.
-enum Probe {
-    Pooled(PoolConnection<Postgres>),
-    /// The pool gave none in time, but the database took a direct
-    /// connection; `pool_busy`: every pool connection was in use.
-    Direct {
-        conn: PgConnection,
-        pool_busy: bool,
-    },
-    Unreachable(Cause),
 }
 
 /// Why the database could not be reached.
@@ -522,7 +444,7 @@ impl Cause {
         }
     }
 
-    fn no_answer(after: Duration) -> Self {
+    pub(crate) fn no_answer(after: Duration) -> Self {
         Self {
             reason: format!("no answer within {after:?} (connect timed out)"),
             detail: None,
@@ -536,72 +458,4 @@ impl Cause {
             None => self.reason.clone(),
         }
     }
-}
-
-/// A pooled connection if the pool has one within [`pool_wait`]; else a
-/// direct one, which tells an exhausted pool from an unreachable server.
-async fn probe(pool: &PgPool, connect_timeout: Duration) -> Probe {
-    match tokio::time::timeout(pool_wait(connect_timeout), pool.acquire()).await {
-        Ok(Ok(conn)) => return Probe::Pooled(conn),
-        // Refused connects are retried by sqlx until its timeout; other
-        // errors (authentication, say) come back at once and say it all.
-        Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => {
-            return Probe::Unreachable(Cause::of(&e));
-        }
-        _ => {}
-    }
-    let pool_busy = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
-    match direct(pool, connect_timeout).await {
-        Ok(conn) => Probe::Direct { conn, pool_busy },
-        Err(cause) => Probe::Unreachable(cause),
-    }
-}
-
-/// One connection outside the pool, with the pool's connect options.
-async fn direct(pool: &PgPool, connect_timeout: Duration) -> Result<PgConnection, Cause> {
-    let options = pool.connect_options();
-    match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(Cause::of(&e)),
-        Err(_) => Err(Cause::no_answer(connect_timeout)),
-    }
-}
-
-/// Waits for the pool's first connection like `PgPoolOptions::connect_with`,
-/// but reports a database that refuses or does not answer at once, with
-/// the real cause (`connection refused`), instead of "pool timed out" after
-/// the whole `connect_timeout`.
-pub(crate) async fn first_connection(
-    pool: &PgPool,
-    connect_timeout: Duration,
-) -> Result<(), PostgresError> {
-    let started = Instant::now();
-    match tokio::time::timeout(pool_wait(connect_timeout), pool.acquire()).await {
-        Ok(Ok(_)) => return Ok(()),
-        Ok(Err(e)) if !matches!(e, sqlx::Error::PoolTimedOut) => {
-            return Err(PostgresError::Connect(e));
-        }
-        _ => {}
-    }
-    let options = pool.connect_options();
-    let left = connect_timeout.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, PgConnection::connect_with(&options)).await {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-        }
-        Ok(Err(e)) => return Err(PostgresError::Connect(e)),
-        Err(_) => {
-            return Err(PostgresError::Connect(sqlx::Error::Io(
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {connect_timeout:?}"),
-                ),
-            )));
-        }
-    }
-    // The server answers: the pool's own attempt will succeed or say why.
-    pool.acquire()
-        .await
-        .map(drop)
-        .map_err(PostgresError::Connect)
 }

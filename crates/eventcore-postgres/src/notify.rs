@@ -108,11 +108,6 @@ impl Notifier {
         }
     }
 
-    /// Whether anyone in this process holds a receiver of wake-ups.
-    pub(crate) fn has_subscribers(&self) -> bool {
-        self.signal.receiver_count() > 0
-    }
-
     /// A receiver of wake-ups; starts the LISTEN task if it is not running
     /// (and the store has a connection to listen on).
     pub(crate) fn subscribe(&self, _pool: &PgPool) -> watch::Receiver<()> {

@@ -223,11 +223,7 @@ impl<P: PostgresProjection> Projection for Transactional<P> {
         let name = self.projection.name().to_owned();
         let store = &self.checkpoints.store;
         let op = "projection transaction";
-        let mut tx = store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| store.map_err(op, e))?;
+        let mut tx = store.db().begin().await.map_err(|e| store.map_err(op, e))?;
         if let Some(done) =
             checkpoint_in(&self.checkpoints, &self.select_checkpoint, &mut tx, &name).await?
         {
@@ -245,11 +241,7 @@ impl<P: PostgresProjection> Projection for Transactional<P> {
         let name = self.projection.name().to_owned();
         let store = &self.checkpoints.store;
         let op = "projection reset";
-        let mut tx = store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| store.map_err(op, e))?;
+        let mut tx = store.db().begin().await.map_err(|e| store.map_err(op, e))?;
         self.checkpoints.reset_in(&mut tx, &name).await?;
         self.projection.reset(&mut tx).await?;
         tx.commit().await.map_err(|e| store.map_err(op, e))?;

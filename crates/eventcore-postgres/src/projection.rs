@@ -14,7 +14,7 @@ use eventcore::{
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{oneshot, watch};
 
-use crate::{PostgresEventStore, lease_row, sql, store::Call};
+use crate::{PostgresEventStore, lease_row, pool::Call, sql};
 
 /// How often a lease connection checks that it is alive. In between it is
 /// idle, so releasing the lease (closing it) is immediate.
@@ -154,7 +154,7 @@ impl PostgresCheckpointStore {
         position: GlobalPosition,
     ) -> Result<(), Error> {
         let generation = self.generation(projection)?;
-        let saved = sqlx::query(sql::sql(&self.store.inner.sql.save_checkpoint))
+        let saved = sqlx::query(sql::sql(&self.store.sql().save_checkpoint))
             .bind(projection)
             .bind(to_i64(position))
             .bind(generation)
@@ -169,7 +169,7 @@ impl PostgresCheckpointStore {
     /// [`save_in`](Self::save_in).
     pub async fn reset_in(&self, conn: &mut PgConnection, projection: &str) -> Result<(), Error> {
         let generation = self.generation(projection)?;
-        let reset = sqlx::query(sql::sql(&self.store.inner.sql.reset_checkpoint))
+        let reset = sqlx::query(sql::sql(&self.store.sql().reset_checkpoint))
             .bind(projection)
             .bind(generation)
             .execute(conn)
@@ -239,7 +239,7 @@ impl PostgresCheckpointStore {
         {
             return Ok(None);
         }
-        let generation: i64 = sqlx::query_scalar(sql::sql(&s.inner.sql.bump_lease_generation))
+        let generation: i64 = sqlx::query_scalar(sql::sql(&s.sql().bump_lease_generation))
             .bind(projection)
             .fetch_one(&mut *conn)
             .await
@@ -267,7 +267,7 @@ impl PostgresCheckpointStore {
         projection: &str,
     ) -> Result<Option<(i64, PgConnection)>, Error> {
         let s = &self.store;
-        let options = (*s.pool().connect_options()).clone();
+        let options = (*s.db().connect_options()).clone();
         let connect_timeout = s.config().connect_timeout;
         let mut conn =
             match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await
@@ -280,11 +280,12 @@ impl PostgresCheckpointStore {
                     });
                 }
             };
-        let taken = tokio::time::timeout(s.call_deadline(), self.take_lease(&mut conn, projection))
+        let deadline = s.db().deadline();
+        let taken = tokio::time::timeout(deadline, self.take_lease(&mut conn, projection))
             .await
             .unwrap_or(Err(Error::Timeout {
                 operation: "acquire lease",
-                elapsed: s.call_deadline(),
+                elapsed: deadline,
             }));
         match taken {
             Ok(Some(generation)) => Ok(Some((generation, conn))),
@@ -368,71 +369,80 @@ impl Drop for PgLease {
 impl CheckpointStore for PostgresCheckpointStore {
     async fn load(&self, projection: &str) -> Result<Option<GlobalPosition>, Error> {
         let s = &self.store;
-        s.call("load checkpoint", Call::Read, || async {
-            let mut conn = s.acquire("load checkpoint").await?;
-            let position = sqlx::query_scalar(sql::sql(&s.inner.sql.select_checkpoint))
-                .bind(projection)
-                .fetch_optional(&mut *conn)
-                .await;
-            conn.finished(&position);
-            let position: Option<Option<i64>> =
-                position.map_err(|e| s.map_err("load checkpoint", e))?;
-            Ok(position.flatten().map(|p| GlobalPosition::new(p as u64)))
-        })
-        .await
+        s.db()
+            .call("load checkpoint", Call::Read, |conn| {
+                Box::pin(async move {
+                    let position: Option<Option<i64>> =
+                        sqlx::query_scalar(sql::sql(&s.sql().select_checkpoint))
+                            .bind(projection)
+                            .fetch_optional(&mut **conn)
+                            .await
+                            .map_err(|e| s.map_err("load checkpoint", e))?;
+                    Ok(position.flatten().map(|p| GlobalPosition::new(p as u64)))
+                })
+            })
+            .await
     }
 
     async fn save(&self, projection: &str, position: GlobalPosition) -> Result<(), Error> {
         let s = &self.store;
-        s.call("save checkpoint", Call::Write, || async {
-            let mut conn = s.acquire("save checkpoint").await?;
-            let saved = self.save_in(&mut conn, projection, position).await;
-            if saved.is_ok() {
-                conn.finished(&Ok::<_, sqlx::Error>(()));
-            }
-            saved
-        })
-        .await
+        s.db()
+            .call("save checkpoint", Call::Write, |conn| {
+                Box::pin(self.save_in(conn, projection, position))
+            })
+            .await
     }
 
     async fn reset(&self, projection: &str) -> Result<(), Error> {
         let s = &self.store;
         let generation = self.generation(projection)?;
-        let query = sqlx::query(sql::sql(&s.inner.sql.reset_checkpoint))
-            .bind(projection)
-            .bind(generation)
-            .execute(s.pool());
-        let reset = s
-            .bounded("reset checkpoint", Call::Write, async {
-                query.await.map_err(|e| s.map_err("reset checkpoint", e))
+        s.db()
+            .call("reset checkpoint", Call::Write, |conn| {
+                Box::pin(async move {
+                    let reset = sqlx::query(sql::sql(&s.sql().reset_checkpoint))
+                        .bind(projection)
+                        .bind(generation)
+                        .execute(&mut **conn)
+                        .await
+                        .map_err(|e| s.map_err("reset checkpoint", e))?;
+                    self.fenced(projection, reset.rows_affected())
+                })
             })
-            .await?;
-        self.fenced(projection, reset.rows_affected())
+            .await
     }
 
     async fn record_skip(&self, skipped: SkippedEvent) -> Result<(), Error> {
         let s = &self.store;
-        let query = sqlx::query(sql::sql(&s.inner.sql.insert_projection_skip))
-            .bind(&skipped.projection)
-            .bind(to_i64(skipped.position))
-            .bind(skipped.stream_id.as_ref().map(StreamId::as_str))
-            .bind(&skipped.error)
-            .execute(s.pool());
-        s.bounded("record skip", Call::Write, async {
-            query.await.map_err(|e| s.map_err("record skip", e))
-        })
-        .await?;
+        let skipped = &skipped;
+        s.db()
+            .call("record skip", Call::Write, |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql::sql(&s.sql().insert_projection_skip))
+                        .bind(&skipped.projection)
+                        .bind(to_i64(skipped.position))
+                        .bind(skipped.stream_id.as_ref().map(StreamId::as_str))
+                        .bind(&skipped.error)
+                        .execute(&mut **conn)
+                        .await
+                        .map_err(|e| s.map_err("record skip", e))
+                })
+            })
+            .await?;
         Ok(())
     }
 
     async fn skipped(&self, projection: &str) -> Result<Vec<SkippedEvent>, Error> {
         let s = &self.store;
-        let query = sqlx::query(sql::sql(&s.inner.sql.select_projection_skips))
-            .bind(projection)
-            .fetch_all(s.pool());
         let rows = s
-            .bounded("list skips", Call::Read, async {
-                query.await.map_err(|e| s.map_err("list skips", e))
+            .db()
+            .call("list skips", Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql::sql(&s.sql().select_projection_skips))
+                        .bind(projection)
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(|e| s.map_err("list skips", e))
+                })
             })
             .await?;
         rows.iter()
@@ -469,15 +479,15 @@ impl CheckpointStore for PostgresCheckpointStore {
             let holder = uuid::Uuid::now_v7();
             let sent = std::time::Instant::now();
             let schema = s.config().schema.as_str();
+            // One call: behind the pooler, one transaction.
             let taken = s
-                .bounded("acquire lease", Call::Write, async {
-                    let map = |e| s.map_err("acquire lease", e);
-                    let mut tx = s.transaction().await.map_err(map)?;
-                    let generation = lease_row::take(&mut tx, schema, projection, holder)
-                        .await
-                        .map_err(map)?;
-                    tx.commit().await.map_err(map)?;
-                    Ok::<_, Error>(generation)
+                .db()
+                .call("acquire lease", Call::Write, |conn| {
+                    Box::pin(async move {
+                        lease_row::take(conn, schema, projection, holder)
+                            .await
+                            .map_err(|e| s.map_err("acquire lease", e))
+                    })
                 })
                 .await?;
             match taken {
@@ -569,39 +579,43 @@ impl CheckpointStore for PostgresCheckpointStore {
         };
         let generation = self.generation(projection)?;
         let s = &self.store;
-        let q = &s.inner.sql;
-        s.bounded(OP, Call::Write, async {
-            let mut tx = s.pool().begin().await.map_err(|e| s.map_err(OP, e))?;
-            let checkpoint: Option<i64> =
-                sqlx::query_scalar(sql::sql(&q.select_checkpoint_for_update))
-                    .bind(projection)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| s.map_err(OP, e))?;
-            let stream = match skip_target(&mut tx, s, checkpoint, position, OP).await? {
-                Ok(stream) => stream,
-                Err(why) => return Err(refused(why)),
-            };
-            sqlx::query(sql::sql(&q.insert_projection_skip))
-                .bind(projection)
-                .bind(to_i64(position))
-                .bind(StreamId::new(&stream).ok().as_ref().map(StreamId::as_str))
-                .bind(format!("skipped by an operator: {reason}"))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| s.map_err(OP, e))?;
-            let saved = sqlx::query(sql::sql(&q.save_checkpoint))
-                .bind(projection)
-                .bind(to_i64(position))
-                .bind(generation)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| s.map_err(OP, e))?;
-            self.fenced(projection, saved.rows_affected())?;
-            tx.commit().await.map_err(|e| s.map_err(OP, e))?;
-            Ok(())
-        })
-        .await?;
+        let q = s.sql();
+        let refused = &refused;
+        s.db()
+            .call(OP, Call::Write, |conn| {
+                Box::pin(async move {
+                    let mut tx = conn.begin().await.map_err(|e| s.map_err(OP, e))?;
+                    let checkpoint: Option<i64> =
+                        sqlx::query_scalar(sql::sql(&q.select_checkpoint_for_update))
+                            .bind(projection)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(|e| s.map_err(OP, e))?;
+                    let stream = match skip_target(&mut tx, s, checkpoint, position, OP).await? {
+                        Ok(stream) => stream,
+                        Err(why) => return Err(refused(why)),
+                    };
+                    sqlx::query(sql::sql(&q.insert_projection_skip))
+                        .bind(projection)
+                        .bind(to_i64(position))
+                        .bind(StreamId::new(&stream).ok().as_ref().map(StreamId::as_str))
+                        .bind(format!("skipped by an operator: {reason}"))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| s.map_err(OP, e))?;
+                    let saved = sqlx::query(sql::sql(&q.save_checkpoint))
+                        .bind(projection)
+                        .bind(to_i64(position))
+                        .bind(generation)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| s.map_err(OP, e))?;
+                    self.fenced(projection, saved.rows_affected())?;
+                    tx.commit().await.map_err(|e| s.map_err(OP, e))?;
+                    Ok(())
+                })
+            })
+            .await?;
         tracing::warn!(projection, %position, reason, "event skipped by an operator");
         drop(lease);
         Ok(())
@@ -624,7 +638,7 @@ pub(crate) async fn skip_target(
         return Ok(Err(format!("its checkpoint is already at {at}")));
     }
     let map = |e| store.map_err(operation, e);
-    let target = sqlx::query(sql::sql(&store.inner.sql.select_skip_target))
+    let target = sqlx::query(sql::sql(&store.sql().select_skip_target))
         .bind(checkpoint.unwrap_or(0))
         .bind(to_i64(position))
         .fetch_one(&mut *conn)
@@ -655,10 +669,15 @@ impl PostgresEventStore {
     /// `pg_read_all_stats`; it is 0 otherwise.
     pub(crate) async fn oldest_open_transaction(&self) -> Result<Option<ReadBlocker>, Error> {
         const OP: &str = "read_blocker";
-        let query = sqlx::query(sql::SELECT_READ_BLOCKER).fetch_optional(self.pool());
         let row = self
-            .bounded(OP, Call::Read, async {
-                query.await.map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql::SELECT_READ_BLOCKER)
+                        .fetch_optional(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         let Some(row) = row else {

@@ -8,8 +8,8 @@ use sqlx::{PgConnection, Row};
 use crate::{
     PostgresError, PostgresEventStore, counter,
     error::{db_error_parts, sqlstate},
+    pool::Call,
     sql,
-    store::Call,
 };
 
 /// One migration file from `migrations/`.
@@ -198,7 +198,7 @@ async fn write_refusal(
     store: &PostgresEventStore,
 ) -> Result<Option<PostgresError>, sqlx::Error> {
     let schema = store.config().schema.as_str();
-    Ok(match read_version(conn, &store.inner.sql).await? {
+    Ok(match read_version(conn, store.sql()).await? {
         Some(v) if v > SCHEMA_VERSION => Some(PostgresError::SchemaTooNew {
             found: v,
             known: SCHEMA_VERSION,
@@ -206,7 +206,7 @@ async fn write_refusal(
         Some(SCHEMA_VERSION) => {
             let missing = find_damage(conn, schema, SCHEMA_VERSION).await?;
             if missing.is_empty() {
-                counter::read(conn, &store.inner.sql).await?.refusal(schema)
+                counter::read(conn, store.sql()).await?.refusal(schema)
             } else {
                 Some(PostgresError::SchemaDamaged {
                     schema: schema.to_owned(),
@@ -238,16 +238,18 @@ async fn write_refusal(
 /// trips per store, on its first append.
 pub(crate) async fn ensure_writable(store: &PostgresEventStore) -> Result<(), eventcore::Error> {
     const OP: &str = "append";
-    let gate = &store.inner.sql.write_gate;
+    let gate = &store.sql().write_gate;
     if gate.verified.load(Ordering::Acquire) {
         return Ok(());
     }
     let refusal = store
-        .call(OP, Call::Read, || async {
-            let mut conn = store.acquire(OP).await?;
-            let refusal = write_refusal(&mut conn, store).await;
-            conn.finished(&refusal);
-            refusal.map_err(|e| store.map_err(OP, e))
+        .db()
+        .call(OP, Call::Read, |conn| {
+            Box::pin(async move {
+                write_refusal(conn, store)
+                    .await
+                    .map_err(|e| store.map_err(OP, e))
+            })
         })
         .await?;
     match refusal {
@@ -274,9 +276,9 @@ impl PostgresEventStore {
     /// can encode with [`PostgresError::PositionsExhausted`] (the schema is
     /// migrated either way; writes are refused until the counter is fixed).
     pub async fn initialize(&self) -> Result<(), PostgresError> {
-        let s = &self.inner.sql;
-        let schema = self.inner.config.schema.as_str();
-        let mut tx = self.pool().begin().await.map_err(PostgresError::Connect)?;
+        let s = self.sql();
+        let schema = self.config().schema.as_str();
+        let mut tx = self.db().begin().await.map_err(PostgresError::Connect)?;
         let step = |version: i32, name: &'static str| {
             move |source| PostgresError::Migration {
                 version,
@@ -370,17 +372,15 @@ impl PostgresEventStore {
     /// The schema version recorded in the database (`None` before
     /// [`initialize`](Self::initialize)).
     pub async fn schema_version(&self) -> Result<Option<i32>, PostgresError> {
-        self.bounded("schema_version", Call::Read, async {
-            let mut conn = self
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| self.map_err("schema_version", e))?;
-            read_version(&mut conn, &self.inner.sql)
-                .await
-                .map_err(|e| self.map_err("schema_version", e).into())
-        })
-        .await
+        self.db()
+            .call("schema_version", Call::Read, |conn| {
+                Box::pin(async move {
+                    read_version(conn, self.sql())
+                        .await
+                        .map_err(|e| self.map_err("schema_version", e).into())
+                })
+            })
+            .await
     }
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use eventcore::{Error, EventData, Snapshot, SnapshotStore, StreamId, StreamVersion};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::{PostgresEventStore, sql, store::Call};
+use crate::{PostgresEventStore, pool::Call, sql};
 
 /// `$1` state name, `$2` state version, `$3` stream ids: the snapshot of
 /// each stream that has one (stream id, stream version, state as text).
@@ -80,17 +80,19 @@ impl SnapshotStore for PostgresSnapshotStore {
         let s = &self.store;
         let ids: Vec<&str> = streams.iter().map(StreamId::as_str).collect();
         let version = i32::try_from(state_version).unwrap_or(i32::MAX);
+        let ids = &ids;
         let rows = s
-            .call(OP, Call::Read, || async {
-                let mut conn = s.acquire(OP).await?;
-                let rows = sqlx::query(AssertSqlSafe(Arc::clone(&self.select)))
-                    .bind(state)
-                    .bind(version)
-                    .bind(&ids)
-                    .fetch_all(&mut *conn)
-                    .await;
-                conn.finished(&rows);
-                rows.map_err(|e| s.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(Arc::clone(&self.select)))
+                        .bind(state)
+                        .bind(version)
+                        .bind(ids)
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(|e| s.map_err(OP, e))
+                })
             })
             .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -119,19 +121,22 @@ impl SnapshotStore for PostgresSnapshotStore {
         const OP: &str = "save snapshot";
         let s = &self.store;
         let version = i32::try_from(snapshot.state_version).unwrap_or(i32::MAX);
-        s.call(OP, Call::Write, || async {
-            let mut conn = s.acquire(OP).await?;
-            let saved = sqlx::query(AssertSqlSafe(Arc::clone(&self.upsert)))
-                .bind(&snapshot.state)
-                .bind(version)
-                .bind(snapshot.stream_id.as_str())
-                .bind(to_i64(snapshot.stream_version))
-                .bind(snapshot.data.get())
-                .execute(&mut *conn)
-                .await;
-            conn.finished(&saved);
-            saved.map(|_| ()).map_err(|e| s.map_err(OP, e))
-        })
-        .await
+        let snapshot = &snapshot;
+        s.db()
+            .call(OP, Call::Write, |conn| {
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(Arc::clone(&self.upsert)))
+                        .bind(&snapshot.state)
+                        .bind(version)
+                        .bind(snapshot.stream_id.as_str())
+                        .bind(to_i64(snapshot.stream_version))
+                        .bind(snapshot.data.get())
+                        .execute(&mut **conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| s.map_err(OP, e))
+                })
+            })
+            .await
     }
 }

@@ -184,25 +184,6 @@ pub(crate) const READ_ALL_FORWARD: &str = concat!(
     " ORDER BY global_position LIMIT $2"
 );
 
-/// `$1` position to read after (exclusive), `$2` limit: the positions and
-/// record times [`READ_ALL_FORWARD`] would return, for reads whose events
-/// the store holds itself (see `recent`). No payload is rendered or sent.
-pub(crate) const READ_ALL_POSITIONS: &str = concat!(
-    "SELECT global_position, created_at \
-     FROM {schema}.events \
-     WHERE global_position > $1 \
-       AND global_position < ",
-    read_horizon!(),
-    " ORDER BY global_position LIMIT $2"
-);
-
-/// `$1` positions (all below the read horizon already).
-pub(crate) const READ_EVENTS_AT: &str = concat!(
-    "SELECT ",
-    event_columns!(),
-    " FROM {schema}.events WHERE global_position = ANY($1) ORDER BY global_position"
-);
-
 /// `$1` stream id.
 pub(crate) const SELECT_STREAM_VERSION: &str =
     "SELECT version FROM {schema}.event_streams WHERE stream_id = $1";
@@ -317,23 +298,6 @@ pub(crate) fn for_schema(template: &str, schema: &str) -> Arc<str> {
     Arc::from(template.replace("{schema}", &quote_ident(schema)))
 }
 
-/// Sets `query_timeout` for the transaction open on `conn` (behind a
-/// transaction pooler, where no session carries it). Simple protocol: no
-/// statement is prepared.
-pub(crate) async fn set_local_timeout(
-    conn: &mut sqlx::PgConnection,
-    config: &crate::PostgresConfig,
-) -> Result<(), sqlx::Error> {
-    // The value is digits and "ms", made here: nothing to inject.
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "SET LOCAL statement_timeout = '{}'",
-        config.statement_timeout()
-    )))
-    .execute(conn)
-    .await
-    .map(drop)
-}
-
 /// A filled-in statement, in the form sqlx takes. The schema was validated
 /// as a plain identifier and is quoted, so the text is injection-free.
 pub(crate) fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
@@ -429,8 +393,6 @@ pub(crate) struct Statements {
     pub(crate) read_stream_forward: Arc<str>,
     pub(crate) read_streams_forward: Arc<str>,
     pub(crate) read_all_forward: Arc<str>,
-    pub(crate) read_all_positions: Arc<str>,
-    pub(crate) read_events_at: Arc<str>,
     pub(crate) select_stream_version: Arc<str>,
     pub(crate) select_events_by_id: Arc<str>,
     pub(crate) select_schema_version: Arc<str>,
@@ -476,8 +438,6 @@ impl Statements {
             read_stream_forward: fill(READ_STREAM_FORWARD),
             read_streams_forward: fill(READ_STREAMS_FORWARD),
             read_all_forward: fill(READ_ALL_FORWARD),
-            read_all_positions: fill(READ_ALL_POSITIONS),
-            read_events_at: fill(READ_EVENTS_AT),
             select_stream_version: fill(SELECT_STREAM_VERSION),
             select_events_by_id: fill(SELECT_EVENTS_BY_ID),
             select_schema_version: fill(SELECT_SCHEMA_VERSION),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::sql::{self, fill};
-use crate::{PostgresError, PostgresEventStore, store::Call};
+use crate::{PostgresError, PostgresEventStore, pool::Call};
 
 /// A stream with events.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -62,14 +62,17 @@ impl PostgresEventStore {
         const OP: &str = "list streams";
         let schema = self.config().schema.as_str();
         let rows = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query(fill(sql::SELECT_STREAMS, schema))
-                    .bind(prefix)
-                    .bind(after.map_or("", StreamId::as_str))
-                    .bind(i64::from(limit))
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(fill(sql::SELECT_STREAMS, schema))
+                        .bind(prefix)
+                        .bind(after.map_or("", StreamId::as_str))
+                        .bind(i64::from(limit))
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         rows.iter()
@@ -96,12 +99,15 @@ impl PostgresEventStore {
         const OP: &str = "find recent events";
         let schema = self.config().schema.as_str();
         let at: i64 = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query_scalar(fill(sql::SELECT_RECENT_START, schema))
-                    .bind(i64::from(n))
-                    .fetch_one(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query_scalar(fill(sql::SELECT_RECENT_START, schema))
+                        .bind(i64::from(n))
+                        .fetch_one(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         Ok(GlobalPosition::new(at.max(0) as u64))
@@ -114,11 +120,14 @@ impl PostgresEventStore {
     pub async fn connections(&self) -> Result<Connections, PostgresError> {
         const OP: &str = "list connections";
         let rows = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query(sql::SELECT_CONNECTIONS)
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql::SELECT_CONNECTIONS)
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         let mut max_connections = 0;

@@ -7,10 +7,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use eventcore::{Error, GlobalPosition, StreamId};
 use serde::Serialize;
-use sqlx::{PgConnection, Row, postgres::PgRow};
+use sqlx::{Connection, PgConnection, Row, postgres::PgRow};
 
 use super::sql::{self, fill};
-use crate::{PostgresError, PostgresEventStore, sql as store_sql, store::Call};
+use crate::{PostgresError, PostgresEventStore, pool::Call, sql as store_sql};
 
 /// A projection's state, from its checkpoint row, its skips, the events
 /// after its checkpoint and the session holding its runner lease.
@@ -262,13 +262,16 @@ impl PostgresEventStore {
         const OP: &str = "list projections";
         let schema = self.config().schema.as_str();
         let rows = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query(fill(sql::SELECT_PROJECTIONS, schema))
-                    .bind(schema)
-                    .bind(name)
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(fill(sql::SELECT_PROJECTIONS, schema))
+                        .bind(schema)
+                        .bind(name)
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         rows.iter()
@@ -286,13 +289,16 @@ impl PostgresEventStore {
         const OP: &str = "list projection operations";
         let schema = self.config().schema.as_str();
         let rows = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query(fill(sql::SELECT_OPERATIONS, schema))
-                    .bind(projection)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(fill(sql::SELECT_OPERATIONS, schema))
+                        .bind(projection)
+                        .bind(i64::from(limit))
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         rows.iter()
@@ -356,13 +362,16 @@ impl PostgresEventStore {
         const OP: &str = "count events";
         let schema = self.config().schema.as_str();
         let n: i64 = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query_scalar(fill(sql::COUNT_EVENTS_BETWEEN, schema))
-                    .bind(to_i64(after))
-                    .bind(to_i64(upto))
-                    .fetch_one(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query_scalar(fill(sql::COUNT_EVENTS_BETWEEN, schema))
+                        .bind(to_i64(after))
+                        .bind(to_i64(upto))
+                        .fetch_one(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         Ok(n.max(0) as u64)
@@ -390,97 +399,101 @@ impl PostgresEventStore {
                 known,
             });
         };
+        let status = &status;
         let schema = self.config().schema.as_str();
         let map = |e| PostgresError::from(self.map_err(OP, e));
-        self.bounded(OP, Call::Write, async {
-            let mut tx = self.pool().begin().await.map_err(map)?;
-            let free: bool = sqlx::query_scalar(sql::TRY_LOCK_PROJECTION_XACT)
-                .bind(format!("eventcore:projection:{schema}:{projection}"))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map)?;
-            let displaced = if free {
-                None
-            } else {
-                let runner = status.runner.as_ref().map_or_else(
-                    || "a runner that just started".to_owned(),
-                    |r| r.to_string(),
-                );
-                if !request.force {
-                    return Err(PostgresError::ProjectionBusy {
-                        projection: projection.to_owned(),
-                        runner,
-                    });
-                }
-                Some(runner)
-            };
-            let q = &self.inner.sql;
-            sqlx::query(store_sql::sql(&q.bump_lease_generation))
-                .bind(projection)
-                .execute(&mut *tx)
-                .await
-                .map_err(map)?;
-            let before: Option<i64> =
-                sqlx::query_scalar(store_sql::sql(&q.select_checkpoint_for_update))
-                    .bind(projection)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(map)?;
-            let (after, skipped) = match action {
-                Action::Reset | Action::Rebuild => {
-                    let statement = if matches!(action, Action::Reset) {
-                        sql::OPERATOR_RESET
+        self.db()
+            .call(OP, Call::Write, |conn| {
+                Box::pin(async move {
+                    let mut tx = conn.begin().await.map_err(map)?;
+                    let free: bool = sqlx::query_scalar(sql::TRY_LOCK_PROJECTION_XACT)
+                        .bind(format!("eventcore:projection:{schema}:{projection}"))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map)?;
+                    let displaced = if free {
+                        None
                     } else {
-                        sql::OPERATOR_REQUEST_REBUILD
+                        let runner = status.runner.as_ref().map_or_else(
+                            || "a runner that just started".to_owned(),
+                            |r| r.to_string(),
+                        );
+                        if !request.force {
+                            return Err(PostgresError::ProjectionBusy {
+                                projection: projection.to_owned(),
+                                runner,
+                            });
+                        }
+                        Some(runner)
                     };
-                    sqlx::query(fill(statement, schema))
+                    let q = self.sql();
+                    sqlx::query(store_sql::sql(&q.bump_lease_generation))
                         .bind(projection)
                         .execute(&mut *tx)
                         .await
                         .map_err(map)?;
-                    (None, None)
-                }
-                Action::Skip(target) => {
-                    self.skip_in(&mut tx, projection, before, target, request)
-                        .await?;
-                    (Some(to_i64(target)), Some(to_i64(target)))
-                }
-            };
-            let reason = if request.reason.trim().is_empty() {
-                "no reason given"
-            } else {
-                request.reason.as_str()
-            };
-            let operator = if request.operator.trim().is_empty() {
-                "someone"
-            } else {
-                request.operator.as_str()
-            };
-            let row = sqlx::query(fill(sql::INSERT_OPERATION, schema))
-                .bind(projection)
-                .bind(action.name())
-                .bind(displaced.is_some())
-                .bind(&displaced)
-                .bind(before)
-                .bind(after)
-                .bind(skipped)
-                .bind(reason)
-                .bind(operator)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map)?;
-            let record = operation_of(&row).map_err(map)?;
-            tx.commit().await.map_err(map)?;
-            tracing::info!(
-                projection,
-                action = action.name(),
-                forced = record.forced,
-                by = %record.performed_by,
-                "projection changed by an operator"
-            );
-            Ok(record)
-        })
-        .await
+                    let before: Option<i64> =
+                        sqlx::query_scalar(store_sql::sql(&q.select_checkpoint_for_update))
+                            .bind(projection)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(map)?;
+                    let (after, skipped) = match action {
+                        Action::Reset | Action::Rebuild => {
+                            let statement = if matches!(action, Action::Reset) {
+                                sql::OPERATOR_RESET
+                            } else {
+                                sql::OPERATOR_REQUEST_REBUILD
+                            };
+                            sqlx::query(fill(statement, schema))
+                                .bind(projection)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(map)?;
+                            (None, None)
+                        }
+                        Action::Skip(target) => {
+                            self.skip_in(&mut tx, projection, before, target, request)
+                                .await?;
+                            (Some(to_i64(target)), Some(to_i64(target)))
+                        }
+                    };
+                    let reason = if request.reason.trim().is_empty() {
+                        "no reason given"
+                    } else {
+                        request.reason.as_str()
+                    };
+                    let operator = if request.operator.trim().is_empty() {
+                        "someone"
+                    } else {
+                        request.operator.as_str()
+                    };
+                    let row = sqlx::query(fill(sql::INSERT_OPERATION, schema))
+                        .bind(projection)
+                        .bind(action.name())
+                        .bind(displaced.is_some())
+                        .bind(&displaced)
+                        .bind(before)
+                        .bind(after)
+                        .bind(skipped)
+                        .bind(reason)
+                        .bind(operator)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map)?;
+                    let record = operation_of(&row).map_err(map)?;
+                    tx.commit().await.map_err(map)?;
+                    tracing::info!(
+                        projection,
+                        action = action.name(),
+                        forced = record.forced,
+                        by = %record.performed_by,
+                        "projection changed by an operator"
+                    );
+                    Ok(record)
+                })
+            })
+            .await
     }
 
     /// The checks and writes of a skip, in the operator's transaction
@@ -512,7 +525,7 @@ impl PostgresEventStore {
         } else {
             request.reason.as_str()
         };
-        sqlx::query(store_sql::sql(&self.inner.sql.insert_projection_skip))
+        sqlx::query(store_sql::sql(&self.sql().insert_projection_skip))
             .bind(projection)
             .bind(to_i64(target))
             .bind(StreamId::new(&stream).ok().as_ref().map(StreamId::as_str))
@@ -539,16 +552,19 @@ impl PostgresEventStore {
     ) -> Result<(), Error> {
         const OP: &str = "record projection error";
         let schema = self.config().schema.as_str();
-        self.bounded(OP, Call::Write, async {
-            sqlx::query(fill(sql::UPSERT_PROJECTION_ERROR, schema))
-                .bind(projection)
-                .bind(position.map(to_i64))
-                .bind(crate::redact_secrets(error))
-                .execute(self.pool())
-                .await
-                .map_err(|e| self.map_err(OP, e))
-        })
-        .await?;
+        self.db()
+            .call(OP, Call::Write, |conn| {
+                Box::pin(async move {
+                    sqlx::query(fill(sql::UPSERT_PROJECTION_ERROR, schema))
+                        .bind(projection)
+                        .bind(position.map(to_i64))
+                        .bind(crate::redact_secrets(error))
+                        .execute(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
+            })
+            .await?;
         Ok(())
     }
 
@@ -561,12 +577,15 @@ impl PostgresEventStore {
         const OP: &str = "read rebuild request";
         let schema = self.config().schema.as_str();
         let requested: Option<bool> = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query_scalar(fill(sql::SELECT_REBUILD_REQUESTED, schema))
-                    .bind(projection)
-                    .fetch_optional(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query_scalar(fill(sql::SELECT_REBUILD_REQUESTED, schema))
+                        .bind(projection)
+                        .fetch_optional(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         Ok(requested.unwrap_or(false))

@@ -30,7 +30,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::sql::{self, fill};
-use crate::{PostgresError, PostgresEventStore, store::Call};
+use crate::{PostgresError, PostgresEventStore, pool::Call};
 
 /// Rows per export read.
 const EXPORT_PAGE: i64 = 1000;
@@ -124,20 +124,24 @@ impl PostgresEventStore {
         const OP: &str = "count events";
         let schema = self.config().schema.as_str();
         let (streams, prefix) = filters(selection);
+        let streams = &streams;
         let n: i64 = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query_scalar(fill(
-                    "SELECT count(*) FROM {schema}.events WHERE global_position <= $1 \
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query_scalar(fill(
+                        "SELECT count(*) FROM {schema}.events WHERE global_position <= $1 \
                        AND ($2::text[] IS NULL OR stream_id = ANY ($2)) \
                        AND ($3::text IS NULL OR starts_with(stream_id, $3))",
-                    schema,
-                ))
-                .bind(i64::try_from(upto.get()).unwrap_or(i64::MAX))
-                .bind(&streams)
-                .bind(prefix)
-                .fetch_one(self.pool())
-                .await
-                .map_err(|e| self.map_err(OP, e))
+                        schema,
+                    ))
+                    .bind(i64::try_from(upto.get()).unwrap_or(i64::MAX))
+                    .bind(streams)
+                    .bind(prefix)
+                    .fetch_one(&mut **conn)
+                    .await
+                    .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         Ok(n.max(0) as u64)
@@ -163,24 +167,28 @@ impl PostgresEventStore {
         let mut written = 0_u64;
         let mut seen_streams = std::collections::HashSet::new();
         let mut waiting_since = None;
+        let (streams, page_sql) = (&streams, &page_sql);
         loop {
             let (horizon, rows) = self
-                .bounded(OP, Call::Read, async {
-                    // The horizon before the page: if it is past the head,
-                    // the page saw every event committed before the start.
-                    let horizon: i64 = sqlx::query_scalar(horizon_sql)
-                        .fetch_one(self.pool())
-                        .await
-                        .map_err(|e| self.map_err(OP, e))?;
-                    let rows = sqlx::query(sqlx::AssertSqlSafe(page_sql.clone()))
-                        .bind(after)
-                        .bind(EXPORT_PAGE)
-                        .bind(&streams)
-                        .bind(prefix)
-                        .fetch_all(self.pool())
-                        .await
-                        .map_err(|e| self.map_err(OP, e))?;
-                    Ok::<_, Error>((horizon, rows))
+                .db()
+                .call(OP, Call::Read, |conn| {
+                    Box::pin(async move {
+                        // The horizon before the page: if it is past the head,
+                        // the page saw every event committed before the start.
+                        let horizon: i64 = sqlx::query_scalar(horizon_sql)
+                            .fetch_one(&mut **conn)
+                            .await
+                            .map_err(|e| self.map_err(OP, e))?;
+                        let rows = sqlx::query(sqlx::AssertSqlSafe(page_sql.clone()))
+                            .bind(after)
+                            .bind(EXPORT_PAGE)
+                            .bind(streams)
+                            .bind(prefix)
+                            .fetch_all(&mut **conn)
+                            .await
+                            .map_err(|e| self.map_err(OP, e))?;
+                        Ok::<_, Error>((horizon, rows))
+                    })
                 })
                 .await?;
             for row in &rows {
@@ -317,14 +325,18 @@ impl PostgresEventStore {
             return Ok(());
         }
         let ids: Vec<Uuid> = batch.iter().map(|p| p.event.event_id.as_uuid()).collect();
+        let ids = &ids;
         let schema = self.config().schema.as_str();
         let rows = self
-            .bounded(OP, Call::Read, async {
-                sqlx::query(fill(sql::SELECT_STORED_IDS, schema))
-                    .bind(&ids)
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(|e| self.map_err(OP, e))
+            .db()
+            .call(OP, Call::Read, |conn| {
+                Box::pin(async move {
+                    sqlx::query(fill(sql::SELECT_STORED_IDS, schema))
+                        .bind(ids)
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(|e| self.map_err(OP, e))
+                })
             })
             .await?;
         let mut stored = HashMap::with_capacity(rows.len());

@@ -8,7 +8,6 @@ use crate::{
     APPEND_ONLY_SQLSTATE, PostgresError, PostgresEventStore,
     error::{db_error_parts, sqlstate},
     schema::{self, SCHEMA_VERSION},
-    store::Call,
 };
 
 /// Streams or ids listed at most per failed check.
@@ -91,11 +90,12 @@ impl PostgresEventStore {
         };
         let map = |e| PostgresError::from(self.map_err(OP, e));
         let mut conn = self
-            .bounded(OP, Call::Read, async {
-                self.pool().acquire().await.map_err(|e| self.map_err(OP, e))
+            .db()
+            .bounded(OP, async {
+                self.db().detached().await.map_err(|e| self.map_err(OP, e))
             })
             .await?;
-        let version = schema::read_version(&mut conn, &self.inner.sql)
+        let version = schema::read_version(&mut conn, self.sql())
             .await
             .map_err(map)?;
         report.schema_version = version;

@@ -358,3 +358,96 @@ async fn an_exhausted_pool_fails_a_command_within_one_retry_budget() {
     assert!(elapsed < Duration::from_millis(2000), "{elapsed:?}");
     drop(held);
 }
+
+/// A connection goes to the next call only after its call finished
+/// cleanly: calls that complete keep running on the same backend, while a
+/// call cancelled mid-statement (an append waiting on a stream row another
+/// session holds) never hands its connection on: it is closed, and its
+/// backend ends once the statement finishes.
+#[tokio::test]
+async fn only_a_cleanly_finished_call_leaves_its_connection_for_the_next() {
+    let app = format!("ec-test-{}", uuid::Uuid::now_v7().simple());
+    let store = store_with(
+        config()
+            .application_name(app.clone())
+            .min_connections(0)
+            .max_connections(2)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let stream = StreamId::new("reuse-1").unwrap();
+    store.append(one(&stream, "A")).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let backends = async |admin: &mut sqlx::PgConnection| -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+        )
+        .bind(&app)
+        .fetch_all(admin)
+        .await
+        .unwrap()
+    };
+
+    // Clean calls, one after another: the same backends serve them all
+    // (the pool's and the NOTIFY task's), none closed, none opened.
+    store.head_position().await.unwrap();
+    let before = backends(&mut admin).await;
+    assert!(!before.is_empty());
+    for _ in 0..5 {
+        store.stream_version(&stream).await.unwrap();
+        store.read_all(GlobalPosition::new(0), 10).await.unwrap();
+    }
+    assert_eq!(backends(&mut admin).await, before, "reused, not replaced");
+
+    // An append blocked on the stream's row, cancelled while it waits.
+    let mut locker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let schema = &store.config().schema;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT 1 FROM \"{schema}\".event_streams WHERE stream_id = $1 FOR UPDATE"
+    )))
+    .bind(stream.as_str())
+    .execute(&mut locker)
+    .await
+    .unwrap();
+    let blocked = {
+        let append = store.append(one(&stream, "B"));
+        tokio::pin!(append);
+        let started = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                r = &mut append => panic!("the append finished while the row was locked: {r:?}"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let waiting: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(&app)
+            .fetch_optional(&mut admin)
+            .await
+            .unwrap();
+            if let Some(pid) = waiting {
+                break pid;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the append never waited on the lock"
+            );
+        }
+        // The append's future is dropped here, mid-statement.
+    };
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let started = std::time::Instant::now();
+    while backends(&mut admin).await.contains(&blocked) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the cancelled call's connection (backend {blocked}) was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The store carries on, on another connection.
+    store.stream_version(&stream).await.unwrap();
+    assert!(!backends(&mut admin).await.contains(&blocked));
+}

@@ -1,0 +1,480 @@
+//! The append path: one statement for one stream, the
+//! `append_to_streams` function for several, and the replay check that
+//! recognises a re-send by its event ids.
+
+use std::collections::BTreeMap;
+
+use eventcore::{
+    AppendOutcome, AppendRequest, Error, EventMetadata, ExpectedVersion, GlobalPosition, StreamId,
+    StreamVersion, VersionConflict,
+};
+use sqlx::{PgConnection, Postgres, Row, postgres::PgArguments, query::Query, types::Json};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::PostgresEventStore;
+use crate::{
+    error::{CONFLICT_SQLSTATE, constraint, db_error_parts, sqlstate},
+    instrument,
+    jsonb::JsonbParam,
+    pool::Call,
+    sql::sql,
+};
+
+/// How an [`ExpectedVersion`] travels to the append statements and the
+/// `append_to_streams` function (`$2` / `p_expected`): an exact version as
+/// itself, the others as negative codes no version can take. The one place
+/// the encoding is written on this side; the SQL reads it back in sql.rs and
+/// migrations/0003_lean_write_path.sql.
+mod expectation {
+    pub(crate) const ANY: i64 = -1;
+    pub(crate) const NO_STREAM: i64 = -2;
+    pub(crate) const STREAM_EXISTS: i64 = -3;
+}
+
+/// The code of `expected` for `stream`; a version beyond `i64::MAX` (which
+/// would collide with the codes above) is refused.
+fn expectation_code(stream: &StreamId, expected: ExpectedVersion) -> Result<i64, Error> {
+    Ok(match expected {
+        ExpectedVersion::Any => expectation::ANY,
+        ExpectedVersion::NoStream => expectation::NO_STREAM,
+        ExpectedVersion::StreamExists => expectation::STREAM_EXISTS,
+        ExpectedVersion::Exact(v) => i64::try_from(v.get()).map_err(|_| Error::InvalidAppend {
+            reason: format!(
+                "stream '{stream}' is expected at version {v}, beyond the largest a stream can reach ({})",
+                i64::MAX
+            ),
+        })?,
+    })
+}
+
+/// What one send of an append found.
+enum Attempt {
+    Written(AppendOutcome),
+    /// Nothing was written: stream `index` of the request was at `actual`.
+    Conflict {
+        index: usize,
+        actual: u64,
+        id_seen: bool,
+    },
+}
+
+/// The append's parameters as column arrays, built once per request and
+/// reused by retries.
+struct AppendParams<'a> {
+    streams: Vec<&'a str>,
+    expected: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    event_types: Vec<&'a str>,
+    schema_versions: Vec<i32>,
+    data: Vec<JsonbParam<'a>>,
+    metadata: Vec<Json<&'a EventMetadata>>,
+}
+
+impl<'a> AppendParams<'a> {
+    /// Binds the per-event arrays, in the order both multi-event statements
+    /// take them: ids, types, schema versions, data, metadata.
+    fn bind_events<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.data)
+            .bind(&self.metadata)
+    }
+
+    fn new(request: &'a AppendRequest) -> Result<Self, Error> {
+        let n = request.event_count();
+        let mut p = AppendParams {
+            streams: Vec::with_capacity(request.streams().len()),
+            expected: Vec::with_capacity(request.streams().len()),
+            event_ids: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+        };
+        for s in request.streams() {
+            p.streams.push(s.stream_id.as_str());
+            p.expected.push(expectation_code(&s.stream_id, s.expected)?);
+            for e in &s.events {
+                p.event_ids.push(e.event_id.as_uuid());
+                p.event_types.push(&e.event_type);
+                p.schema_versions.push(e.schema_version as i32);
+                p.data.push(JsonbParam(&e.data));
+                p.metadata.push(Json(&e.metadata));
+            }
+        }
+        Ok(p)
+    }
+}
+
+impl PostgresEventStore {
+    /// [`EventStore::append`](eventcore::EventStore::append): validated,
+    /// the schema checked once, then one call of the pool.
+    pub(super) async fn write(&self, request: AppendRequest) -> Result<AppendOutcome, Error> {
+        request.validate(self.config().max_event_bytes)?;
+        crate::schema::ensure_writable(self).await?;
+        let events = request.event_count();
+        let span = tracing::debug_span!(
+            "eventcore.append",
+            streams = request.streams().len(),
+            events,
+            first_stream = request.streams().first().map(|s| s.stream_id.as_str()),
+            first_position = tracing::field::Empty,
+            replayed = tracing::field::Empty,
+        );
+        let result = async {
+            if request.streams().is_empty() {
+                return Ok(AppendOutcome {
+                    stream_versions: BTreeMap::new(),
+                    positions: None,
+                    replayed: false,
+                });
+            }
+            let outcome = {
+                let params = AppendParams::new(&request)?;
+                let (request, params) = (&request, &params);
+                self.db()
+                    .call("append", Call::Write, |conn| {
+                        Box::pin(self.append_once(conn, request, params))
+                    })
+                    .await?
+            };
+            if outcome.positions.is_some() && !outcome.replayed {
+                self.appended();
+            }
+            if let Some((first, _)) = outcome.positions {
+                tracing::Span::current().record("first_position", first.get());
+            }
+            tracing::Span::current().record("replayed", outcome.replayed);
+            Ok(outcome)
+        }
+        .instrument(span)
+        .await;
+        instrument::appended(&result, events);
+        result
+    }
+
+    /// One send of the append on `conn`.
+    async fn append_once(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<AppendOutcome, Error> {
+        let attempt = if request.streams().len() == 1 && !p.event_ids.is_empty() {
+            self.append_to_stream(conn, request, p).await
+        } else {
+            self.append_to_streams(conn, request, p).await
+        };
+        match attempt {
+            Ok(Attempt::Written(outcome)) => Ok(outcome),
+            Ok(Attempt::Conflict {
+                index,
+                actual,
+                id_seen,
+            }) => {
+                // The events may already be stored by an earlier send whose
+                // acknowledgement was lost: then this is a replay, not a
+                // conflict.
+                if id_seen && let Some(outcome) = self.replay(conn, request, p).await? {
+                    return Ok(outcome);
+                }
+                let s = &request.streams()[index];
+                Err(VersionConflict {
+                    stream_id: s.stream_id.clone(),
+                    expected: s.expected,
+                    actual: StreamVersion::new(actual),
+                }
+                .into())
+            }
+            Err(e) => match db_error_parts(&e) {
+                // Another append stored one of these ids first: either this
+                // is a re-send, or a genuine clash.
+                Some((code, Some(c)))
+                    if code == sqlstate::UNIQUE_VIOLATION
+                        && c == constraint::EVENTS_EVENT_ID_KEY =>
+                {
+                    match self.replay(conn, request, p).await? {
+                        Some(outcome) => Ok(outcome),
+                        None => Err(self.map_err("append", e)),
+                    }
+                }
+                // Cannot happen while every writer locks the stream row; if
+                // a foreign writer raced us, retrying is right.
+                Some((code, Some(c)))
+                    if code == sqlstate::UNIQUE_VIOLATION
+                        && c == constraint::EVENTS_STREAM_VERSION_KEY =>
+                {
+                    Err(Error::Aborted {
+                        operation: "append",
+                        source: Box::new(e),
+                    })
+                }
+                _ => Err(self.map_err("append", e)),
+            },
+        }
+    }
+
+    /// The common case, events for one stream: one statement, which is its
+    /// own transaction.
+    async fn append_to_stream(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Attempt, sqlx::Error> {
+        let stream = &request.streams()[0];
+        let n = p.event_ids.len() as i64;
+        match self.write_stream(conn, request, p).await? {
+            Some((version, first)) => Ok(Attempt::Written(AppendOutcome {
+                stream_versions: BTreeMap::from([(
+                    stream.stream_id.clone(),
+                    StreamVersion::new(version as u64),
+                )]),
+                positions: Some((
+                    GlobalPosition::new(first as u64),
+                    GlobalPosition::new((first + n - 1) as u64),
+                )),
+                replayed: false,
+            })),
+            None => self.single_stream_conflict(conn, p).await,
+        }
+    }
+
+    /// Several streams, or check-only ones: one call of the
+    /// `append_to_streams` function, which runs the one-stream statement for
+    /// each stream (and locks each check-only stream's row) in stream-id
+    /// order, so every writer takes row locks in one global order and none
+    /// deadlocks. A failed expectation rolls everything back (SQLSTATE
+    /// EC002); the actual versions are read afterwards.
+    async fn append_to_streams(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Attempt, sqlx::Error> {
+        let streams = request.streams();
+        // Positions follow the request's order whatever the lock order.
+        let mut offsets = Vec::with_capacity(streams.len());
+        let mut total = 0_i32;
+        for s in streams {
+            offsets.push(total);
+            total += s.events.len() as i32;
+        }
+        let mut order: Vec<usize> = (0..streams.len()).collect();
+        order.sort_unstable_by_key(|&i| streams[i].stream_id.as_str());
+        // The per-stream columns, in lock order.
+        let mut sorted_streams = Vec::with_capacity(order.len());
+        let mut sorted_expected = Vec::with_capacity(order.len());
+        let mut sorted_counts = Vec::with_capacity(order.len());
+        let mut sorted_offsets = Vec::with_capacity(order.len());
+        for &i in &order {
+            sorted_streams.push(p.streams[i]);
+            sorted_expected.push(p.expected[i]);
+            sorted_counts.push(streams[i].events.len() as i32);
+            sorted_offsets.push(offsets[i]);
+        }
+        let query = sqlx::query(sql(&self.sql().append_to_streams))
+            .bind(&sorted_streams)
+            .bind(&sorted_expected)
+            .bind(&sorted_counts)
+            .bind(&sorted_offsets);
+        let result = p.bind_events(query).fetch_one(&mut *conn).await;
+        let row = match result {
+            Ok(row) => row,
+            Err(e) if db_error_parts(&e).is_some_and(|(code, _)| code == CONFLICT_SQLSTATE) => {
+                return self.conflict_among(conn, request, p, e).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let base: Option<i64> = row.try_get(0)?;
+        let versions: Vec<i64> = row.try_get(1)?;
+        let mut outcome = AppendOutcome {
+            stream_versions: BTreeMap::new(),
+            positions: base.map(|base| {
+                (
+                    GlobalPosition::new(base as u64 + 1),
+                    GlobalPosition::new(base as u64 + total as u64),
+                )
+            }),
+            replayed: false,
+        };
+        for (&i, v) in order.iter().zip(versions) {
+            if !streams[i].events.is_empty() {
+                outcome
+                    .stream_versions
+                    .insert(streams[i].stream_id.clone(), StreamVersion::new(v as u64));
+            }
+        }
+        Ok(Attempt::Written(outcome))
+    }
+
+    /// After `append_to_streams` found a failed expectation (everything
+    /// rolled back): the first stream, in request order, whose expectation
+    /// the current versions break. Should none (a stream expected to exist
+    /// was created meanwhile), the original error goes up as a transient
+    /// abort and the append is retried.
+    async fn conflict_among(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+        raised: sqlx::Error,
+    ) -> Result<Attempt, sqlx::Error> {
+        let row = sqlx::query(sql(&self.sql().select_conflict_states))
+            .bind(&p.streams)
+            .bind(&p.event_ids)
+            .fetch_one(&mut *conn)
+            .await?;
+        let versions: Vec<i64> = row.try_get(0)?;
+        let id_seen: bool = row.try_get(1)?;
+        let broken = request
+            .streams()
+            .iter()
+            .zip(&versions)
+            .position(|(s, &v)| !s.expected.is_met_by(StreamVersion::new(v as u64)));
+        match broken {
+            Some(index) => Ok(Attempt::Conflict {
+                index,
+                actual: versions[index] as u64,
+                id_seen,
+            }),
+            None => Err(raised),
+        }
+    }
+
+    /// Writes the events of the request's only stream with its one
+    /// statement. Returns the stream's new version and the first event's
+    /// position, or `None` if its expectation failed and nothing was written.
+    async fn write_stream(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
+        let stream = &request.streams()[0];
+        let n = stream.events.len();
+        let existing = match stream.expected {
+            ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
+            ExpectedVersion::StreamExists => true,
+            ExpectedVersion::Any | ExpectedVersion::NoStream => false,
+        };
+        let s = self.sql();
+        let (one, many) = if existing {
+            (
+                &s.append_one_to_existing_stream,
+                &s.append_to_existing_stream,
+            )
+        } else {
+            (&s.append_one_to_new_stream, &s.append_to_new_stream)
+        };
+        if n == 1 {
+            let row = sqlx::query(sql(one))
+                .bind(p.streams[0])
+                .bind(p.expected[0])
+                .bind(1_i64)
+                .bind(p.event_ids[0])
+                .bind(p.event_types[0])
+                .bind(p.schema_versions[0])
+                .bind(p.data[0])
+                .bind(p.metadata[0])
+                .fetch_optional(&mut *conn)
+                .await?;
+            return match row {
+                Some(row) => Ok(Some((row.try_get(1)?, row.try_get(0)?))),
+                None => Ok(None),
+            };
+        }
+        let query = sqlx::query(sql(many))
+            .bind(p.streams[0])
+            .bind(p.expected[0])
+            .bind(n as i64);
+        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
+        let version: Option<i64> = row.try_get(0)?;
+        let first: Option<i64> = row.try_get(1)?;
+        Ok(version.zip(first))
+    }
+
+    /// After the single stream failed its expectation (nothing written):
+    /// its actual version, and whether any of the append's ids is already
+    /// stored (a re-send).
+    async fn single_stream_conflict(
+        &self,
+        conn: &mut PgConnection,
+        p: &AppendParams<'_>,
+    ) -> Result<Attempt, sqlx::Error> {
+        let row = sqlx::query(sql(&self.sql().select_conflict_state))
+            .bind(p.streams[0])
+            .bind(&p.event_ids)
+            .fetch_one(&mut *conn)
+            .await?;
+        let actual: i64 = row.try_get(0)?;
+        Ok(Attempt::Conflict {
+            index: 0,
+            actual: actual as u64,
+            id_seen: row.try_get(1)?,
+        })
+    }
+
+    /// The original outcome if every event of `request` is already stored on
+    /// its stream; `None` if none is; [`Error::DuplicateEventId`] otherwise.
+    async fn replay(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Option<AppendOutcome>, Error> {
+        let rows = sqlx::query(sql(&self.sql().select_events_by_id))
+            .bind(&p.event_ids)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.map_err("append", e))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut stored = BTreeMap::new();
+        for row in &rows {
+            let id: Uuid = row.try_get(0).map_err(|e| self.map_err("append", e))?;
+            let stream: String = row.try_get(1).map_err(|e| self.map_err("append", e))?;
+            let version: i64 = row.try_get(2).map_err(|e| self.map_err("append", e))?;
+            let position: i64 = row.try_get(3).map_err(|e| self.map_err("append", e))?;
+            stored.insert(id, (stream, version as u64, position as u64));
+        }
+        let mut outcome = AppendOutcome {
+            stream_versions: BTreeMap::new(),
+            positions: None,
+            replayed: true,
+        };
+        let (mut lo, mut hi) = (u64::MAX, 0);
+        for s in request.streams() {
+            for e in &s.events {
+                match stored.get(&e.event_id.as_uuid()) {
+                    Some((stream, version, position)) if stream == s.stream_id.as_str() => {
+                        let v = outcome
+                            .stream_versions
+                            .entry(s.stream_id.clone())
+                            .or_default();
+                        *v = (*v).max(StreamVersion::new(*version));
+                        lo = lo.min(*position);
+                        hi = hi.max(*position);
+                    }
+                    _ => {
+                        // Report an id that *is* stored: that is the clash.
+                        let event_id = request
+                            .event_ids()
+                            .find(|id| stored.contains_key(&id.as_uuid()))
+                            .unwrap_or(e.event_id);
+                        return Err(Error::DuplicateEventId { event_id });
+                    }
+                }
+            }
+        }
+        outcome.positions = Some((GlobalPosition::new(lo), GlobalPosition::new(hi)));
+        Ok(Some(outcome))
+    }
+}
