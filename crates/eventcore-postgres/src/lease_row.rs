@@ -71,6 +71,9 @@ const RELEASE: &str =
 pub(crate) const LIVE: &str = "SELECT EXISTS (SELECT 1 FROM {schema}.projection_leases \
      WHERE projection = $1 AND expires_at > clock_timestamp())";
 
+/// `$1` projection. An operator's forced action: whoever holds the row.
+const FORCE_RELEASE: &str = "DELETE FROM {schema}.projection_leases WHERE projection = $1";
+
 /// `$1` lock name. The lease's advisory lock for this transaction only.
 const TRY_LOCK_XACT: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
 
@@ -127,6 +130,22 @@ pub(crate) async fn live(
         .bind(projection)
         .fetch_one(&mut *tx)
         .await
+}
+
+/// On `tx`: deletes the projection's lease row, whoever holds it (an
+/// operator's forced action, which also bumps the generation).
+pub(crate) async fn force_release(
+    tx: &mut PgConnection,
+    schema: &str,
+    projection: &str,
+    persistent: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(fill(FORCE_RELEASE, schema))
+        .persistent(persistent)
+        .bind(projection)
+        .execute(&mut *tx)
+        .await
+        .map(drop)
 }
 
 /// One renewal or release (a store call: a transaction of its own).

@@ -169,12 +169,12 @@ impl Sender {
                 .map(drop),
             // The channel is the prefix and a validated schema name
             // (`a-z0-9_`): a plain literal, nothing to inject.
-            Sender::Pooled(pool) => sqlx::raw_sql(AssertSqlSafe(format!(
-                "SELECT pg_notify('{channel}', '')"
-            )))
-            .execute(pool)
-            .await
-            .map(drop),
+            Sender::Pooled(pool) => {
+                sqlx::raw_sql(AssertSqlSafe(format!("SELECT pg_notify('{channel}', '')")))
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            }
         }
     }
 }

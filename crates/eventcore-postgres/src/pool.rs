@@ -222,6 +222,29 @@ impl Pool {
         self.begin.is_none()
     }
 
+    /// Behind a transaction pooler, opens a transaction (with the timeout)
+    /// on `conn`, a connection the store uses outside [`call`](Self::call)
+    /// (a health check's); nothing otherwise. [`end_on`](Self::end_on)
+    /// ends it.
+    pub(crate) async fn begin_on(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        match &self.begin {
+            None => Ok(()),
+            Some(begin) => {
+                let statement =
+                    sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(begin.to_owned()));
+                PgTransactionManager::begin(conn, Some(statement)).await
+            }
+        }
+    }
+
+    /// Rolls back what [`begin_on`](Self::begin_on) opened.
+    pub(crate) async fn end_on(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        match &self.begin {
+            None => Ok(()),
+            Some(_) => PgTransactionManager::rollback(conn).await,
+        }
+    }
+
     /// `work` inside a transaction of its own on `conn`, committed if it
     /// succeeds and rolled back otherwise (behind a transaction pooler).
     /// The flag: the session is fit for reuse as far as the transaction's

@@ -155,6 +155,7 @@ impl PostgresCheckpointStore {
     ) -> Result<(), Error> {
         let generation = self.generation(projection)?;
         let saved = sqlx::query(sql::sql(&self.store.sql().save_checkpoint))
+            .persistent(self.store.named())
             .bind(projection)
             .bind(to_i64(position))
             .bind(generation)
@@ -170,6 +171,7 @@ impl PostgresCheckpointStore {
     pub async fn reset_in(&self, conn: &mut PgConnection, projection: &str) -> Result<(), Error> {
         let generation = self.generation(projection)?;
         let reset = sqlx::query(sql::sql(&self.store.sql().reset_checkpoint))
+            .persistent(self.store.named())
             .bind(projection)
             .bind(generation)
             .execute(conn)
@@ -224,6 +226,7 @@ impl PostgresCheckpointStore {
         let s = &self.store;
         let key = format!("eventcore:projection:{}:{projection}", s.config().schema);
         let got: bool = sqlx::query_scalar(sql::TRY_LOCK_PROJECTION)
+            .persistent(true)
             .bind(key)
             .fetch_one(&mut *conn)
             .await
@@ -240,6 +243,7 @@ impl PostgresCheckpointStore {
             return Ok(None);
         }
         let generation: i64 = sqlx::query_scalar(sql::sql(&s.sql().bump_lease_generation))
+            .persistent(true)
             .bind(projection)
             .fetch_one(&mut *conn)
             .await
@@ -317,7 +321,9 @@ async fn hold(
         }
         let beat = tokio::time::timeout(
             HEARTBEAT_DEADLINE,
-            sqlx::query(sql::LEASE_HEARTBEAT).execute(&mut conn),
+            sqlx::query(sql::LEASE_HEARTBEAT)
+                .persistent(true)
+                .execute(&mut conn),
         )
         .await;
         let failure = match beat {
@@ -374,6 +380,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                 Box::pin(async move {
                     let position: Option<Option<i64>> =
                         sqlx::query_scalar(sql::sql(&s.sql().select_checkpoint))
+                            .persistent(s.named())
                             .bind(projection)
                             .fetch_optional(&mut **conn)
                             .await
@@ -400,6 +407,7 @@ impl CheckpointStore for PostgresCheckpointStore {
             .call("reset checkpoint", Call::Write, |conn| {
                 Box::pin(async move {
                     let reset = sqlx::query(sql::sql(&s.sql().reset_checkpoint))
+                        .persistent(s.named())
                         .bind(projection)
                         .bind(generation)
                         .execute(&mut **conn)
@@ -418,6 +426,7 @@ impl CheckpointStore for PostgresCheckpointStore {
             .call("record skip", Call::Write, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::sql(&s.sql().insert_projection_skip))
+                        .persistent(s.named())
                         .bind(&skipped.projection)
                         .bind(to_i64(skipped.position))
                         .bind(skipped.stream_id.as_ref().map(StreamId::as_str))
@@ -438,6 +447,7 @@ impl CheckpointStore for PostgresCheckpointStore {
             .call("list skips", Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::sql(&s.sql().select_projection_skips))
+                        .persistent(s.named())
                         .bind(projection)
                         .fetch_all(&mut **conn)
                         .await
@@ -587,6 +597,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                     let mut tx = conn.begin().await.map_err(|e| s.map_err(OP, e))?;
                     let checkpoint: Option<i64> =
                         sqlx::query_scalar(sql::sql(&q.select_checkpoint_for_update))
+                            .persistent(s.named())
                             .bind(projection)
                             .fetch_one(&mut *tx)
                             .await
@@ -596,6 +607,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                         Err(why) => return Err(refused(why)),
                     };
                     sqlx::query(sql::sql(&q.insert_projection_skip))
+                        .persistent(s.named())
                         .bind(projection)
                         .bind(to_i64(position))
                         .bind(StreamId::new(&stream).ok().as_ref().map(StreamId::as_str))
@@ -604,6 +616,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                         .await
                         .map_err(|e| s.map_err(OP, e))?;
                     let saved = sqlx::query(sql::sql(&q.save_checkpoint))
+                        .persistent(s.named())
                         .bind(projection)
                         .bind(to_i64(position))
                         .bind(generation)
@@ -639,6 +652,7 @@ pub(crate) async fn skip_target(
     }
     let map = |e| store.map_err(operation, e);
     let target = sqlx::query(sql::sql(&store.sql().select_skip_target))
+        .persistent(store.named())
         .bind(checkpoint.unwrap_or(0))
         .bind(to_i64(position))
         .fetch_one(&mut *conn)
@@ -674,6 +688,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::SELECT_READ_BLOCKER)
+                        .persistent(self.named())
                         .fetch_optional(&mut **conn)
                         .await
                         .map_err(|e| self.map_err(OP, e))

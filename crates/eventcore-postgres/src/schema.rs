@@ -142,6 +142,7 @@ pub(crate) async fn find_damage(
     let names: Vec<&str> = wanted.iter().map(|r| r.name).collect();
     let tables: Vec<Option<&str>> = wanted.iter().map(|r| r.on_table).collect();
     let rows = sqlx::query(sql::SELECT_SCHEMA_DAMAGE)
+        .persistent(false)
         .bind(schema)
         .bind(&kinds)
         .bind(&names)
@@ -165,6 +166,7 @@ pub(crate) async fn read_version(
     statements: &sql::Statements,
 ) -> Result<Option<i32>, sqlx::Error> {
     let result = sqlx::query(sql::sql(&statements.select_schema_version))
+        .persistent(false)
         .fetch_one(&mut *conn)
         .await;
     match result {
@@ -287,6 +289,7 @@ impl PostgresEventStore {
             }
         };
         sqlx::query(sql::LOCK_MIGRATIONS)
+            .persistent(self.named())
             .bind(format!("eventcore:migrations:{schema}"))
             .execute(&mut *tx)
             .await
@@ -300,6 +303,7 @@ impl PostgresEventStore {
             .await
             .map_err(step(0, "create ledger"))?;
         let applied: i32 = sqlx::query(sql::sql(&s.select_schema_version))
+            .persistent(self.named())
             .fetch_one(&mut *tx)
             .await
             .and_then(|row| row.try_get::<Option<i32>, _>(0))
@@ -338,6 +342,7 @@ impl PostgresEventStore {
                 .await
                 .map_err(step(m.version, m.name))?;
             sqlx::query(sql::sql(&s.insert_migration))
+                .persistent(self.named())
                 .bind(m.version)
                 .bind(m.name)
                 .execute(&mut *tx)

@@ -280,6 +280,7 @@ impl PostgresEventStore {
             sorted_offsets.push(offsets[i]);
         }
         let query = sqlx::query(sql(&self.sql().append_to_streams))
+            .persistent(self.named())
             .bind(&sorted_streams)
             .bind(&sorted_expected)
             .bind(&sorted_counts)
@@ -327,6 +328,7 @@ impl PostgresEventStore {
         raised: sqlx::Error,
     ) -> Result<Attempt, sqlx::Error> {
         let row = sqlx::query(sql(&self.sql().select_conflict_states))
+            .persistent(self.named())
             .bind(&p.streams)
             .bind(&p.event_ids)
             .fetch_one(&mut *conn)
@@ -375,6 +377,7 @@ impl PostgresEventStore {
         };
         if n == 1 {
             let row = sqlx::query(sql(one))
+                .persistent(self.named())
                 .bind(p.streams[0])
                 .bind(p.expected[0])
                 .bind(1_i64)
@@ -391,6 +394,7 @@ impl PostgresEventStore {
             };
         }
         let query = sqlx::query(sql(many))
+            .persistent(self.named())
             .bind(p.streams[0])
             .bind(p.expected[0])
             .bind(n as i64);
@@ -409,6 +413,7 @@ impl PostgresEventStore {
         p: &AppendParams<'_>,
     ) -> Result<Attempt, sqlx::Error> {
         let row = sqlx::query(sql(&self.sql().select_conflict_state))
+            .persistent(self.named())
             .bind(p.streams[0])
             .bind(&p.event_ids)
             .fetch_one(&mut *conn)
@@ -430,6 +435,7 @@ impl PostgresEventStore {
         p: &AppendParams<'_>,
     ) -> Result<Option<AppendOutcome>, Error> {
         let rows = sqlx::query(sql(&self.sql().select_events_by_id))
+            .persistent(self.named())
             .bind(&p.event_ids)
             .fetch_all(&mut *conn)
             .await

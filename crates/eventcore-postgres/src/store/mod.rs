@@ -77,9 +77,7 @@ impl PostgresEventStore {
         // pool given to `from_pool` has its own), except through a
         // transaction pooler. `validate` checked notify_url.
         let wake = match config.notify_options() {
-            Ok(Some(_)) if config.notify_url.is_none() => {
-                Some((*pool.connect_options()).clone())
-            }
+            Ok(Some(_)) if config.notify_url.is_none() => Some((*pool.connect_options()).clone()),
             Ok(options) => options,
             Err(_) => Some((*pool.connect_options()).clone()),
         };
@@ -107,6 +105,12 @@ impl PostgresEventStore {
     /// The store's connections: every query runs on one of them.
     pub(crate) fn db(&self) -> &Pool {
         &self.inner.db
+    }
+
+    /// Whether statements are prepared once per connection (named), or
+    /// unnamed behind a transaction pooler (see [`crate::Pooler`]).
+    pub(crate) fn named(&self) -> bool {
+        self.inner.db.named()
     }
 
     /// The store's statements, for its schema.

@@ -169,7 +169,8 @@ async fn without_a_notify_url_subscribers_poll_and_miss_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lease_rows_exclude_renew_release_and_respect_advisory_runners() {
     let schema = fresh_schema();
-    let first = PostgresCheckpointStore::new(store_with(pooled_config(&schema).build().unwrap()).await);
+    let first =
+        PostgresCheckpointStore::new(store_with(pooled_config(&schema).build().unwrap()).await);
     let second = PostgresCheckpointStore::new(
         PostgresEventStore::new(pooled_config(&schema).build().unwrap())
             .await
