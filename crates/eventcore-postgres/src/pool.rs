@@ -245,6 +245,18 @@ impl Pool {
         }
     }
 
+    /// After a statement of a call's work failed: behind a transaction
+    /// pooler the call's transaction is aborted, so it is rolled back and a
+    /// new one opened for the statements that follow (as each statement
+    /// of a direct connection is its own transaction); nothing otherwise.
+    pub(crate) async fn restart_on(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.begin.is_some() {
+            self.end_on(conn).await?;
+            self.begin_on(conn).await?;
+        }
+        Ok(())
+    }
+
     /// `work` inside a transaction of its own on `conn`, committed if it
     /// succeeds and rolled back otherwise (behind a transaction pooler).
     /// The flag: the session is fit for reuse as far as the transaction's

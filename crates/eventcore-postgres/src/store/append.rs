@@ -199,6 +199,10 @@ impl PostgresEventStore {
                     if code == sqlstate::UNIQUE_VIOLATION
                         && c == constraint::EVENTS_EVENT_ID_KEY =>
                 {
+                    self.db()
+                        .restart_on(conn)
+                        .await
+                        .map_err(|e| self.map_err("append", e))?;
                     match self.replay(conn, request, p).await? {
                         Some(outcome) => Ok(outcome),
                         None => Err(self.map_err("append", e)),
@@ -289,6 +293,7 @@ impl PostgresEventStore {
         let row = match result {
             Ok(row) => row,
             Err(e) if db_error_parts(&e).is_some_and(|(code, _)| code == CONFLICT_SQLSTATE) => {
+                self.db().restart_on(conn).await?;
                 return self.conflict_among(conn, request, p, e).await;
             }
             Err(e) => return Err(e),
