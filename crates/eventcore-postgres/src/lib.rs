@@ -76,6 +76,21 @@
 //! processes by `NOTIFY`, sent outside the append transactions at most every
 //! [`PostgresConfig::notify_interval`].
 //!
+//! ## Behind PgBouncer
+//!
+//! A pooler in session mode needs nothing. Through one in transaction mode
+//! (PgBouncer's `pool_mode = transaction`, which lets many clients share
+//! few server connections) set
+//! [`pooler(Pooler::Transaction)`](PostgresConfigBuilder::pooler): each
+//! store call is then one explicit transaction carrying its own
+//! `statement_timeout` (`SET LOCAL`), its statements are unnamed, and a
+//! projection runner's lease is a renewed row with an expiry instead of a
+//! session advisory lock, fenced by the same generation. `LISTEN` cannot
+//! work through such a pooler: give the store a direct
+//! [`notify_url`](PostgresConfigBuilder::notify_url) for wake-ups, or let
+//! subscribers poll. [`Pooler::Transaction`] lists what changes; your own
+//! statements on [`PostgresEventStore::pool`] must follow the same rules.
+//!
 //! ## Operations
 //!
 //! What the `eventcore` CLI and its web page do is here as functions:
