@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -44,25 +44,7 @@ pub(crate) struct BenchDb {
 /// Finds the server: `DATABASE_URL`, else the project's throwaway cluster
 /// (`scripts/dev-db url`, which starts it if needed).
 pub(crate) fn server_url() -> anyhow::Result<String> {
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && !url.trim().is_empty()
-    {
-        return Ok(url.trim().to_owned());
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev-db");
-    let out = Command::new(&script)
-        .arg("url")
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {} url", script.display()))?;
-    if !out.status.success() {
-        bail!("{} url failed ({})", script.display(), out.status);
-    }
-    let url = String::from_utf8(out.stdout)?.trim().to_owned();
-    if url.is_empty() {
-        bail!("{} url printed nothing", script.display());
-    }
-    Ok(url)
+    Ok(eventcore_test_support::database_url()?)
 }
 
 /// `url` with its database name replaced by `database`.

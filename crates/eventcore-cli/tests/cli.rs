@@ -10,49 +10,21 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     process::{Child, Command, Stdio},
-    sync::{OnceLock, mpsc},
+    sync::mpsc,
     thread,
     time::Duration,
 };
 
 use eventcore::{AppendRequest, EventStore, ExpectedVersion, NewEvent, StreamId};
 use eventcore_postgres::{PostgresConfigBuilder, PostgresEventStore, SCHEMA_VERSION};
+use eventcore_test_support::{fresh_schema, test_database_url};
 use serde_json::{Value, json};
-
-/// `DATABASE_URL`, or the URL of the cluster `scripts/dev-db` starts (or reuses).
-fn database_url() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            return url;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dev-db");
-        let out = Command::new(script)
-            .arg("url")
-            .output()
-            .expect("run scripts/dev-db url");
-        assert!(
-            out.status.success(),
-            "scripts/dev-db url failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8 url")
-            .trim()
-            .to_owned()
-    })
-}
-
-/// A schema name no other test uses.
-fn fresh_schema() -> String {
-    format!("cli_{}", uuid::Uuid::now_v7().simple())
-}
 
 /// The binary, pointed at the test database (through `DATABASE_URL`) and
 /// at `schema` (through `--schema`).
 fn eventcore(schema: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_eventcore"));
-    cmd.env("DATABASE_URL", database_url())
+    cmd.env("DATABASE_URL", test_database_url())
         .env_remove("EVENTCORE_SCHEMA")
         .env_remove("RUST_LOG")
         .args(["--schema", schema]);
@@ -111,7 +83,7 @@ fn with_store<T>(schema: &str, f: impl AsyncFnOnce(&PostgresEventStore) -> T) ->
         .expect("runtime");
     runtime.block_on(async {
         let config = PostgresConfigBuilder::new()
-            .database_url(database_url())
+            .database_url(test_database_url())
             .schema(schema)
             .max_connections(2)
             .min_connections(0)
@@ -547,7 +519,7 @@ fn tail_names_the_transaction_it_waits_for_and_gives_up_after_the_timeout() {
         .build()
         .expect("runtime");
     let (mut blocker, pid) = runtime.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(database_url())
+        let mut conn = sqlx::PgConnection::connect(test_database_url())
             .await
             .expect("connect");
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -929,7 +901,7 @@ fn serve_renders_every_page_and_follows_all_live_without_the_password() {
         assert!(page.contains("schema"), "{path}");
         // The test URL may carry no password; the page shows the URL's
         // user and host, masked wherever a password would be.
-        if let Some(password) = database_url()
+        if let Some(password) = test_database_url()
             .split_once("://")
             .and_then(|(_, rest)| rest.split_once('@'))
             .and_then(|(userinfo, _)| userinfo.split_once(':'))

@@ -2,23 +2,23 @@
 //!
 //! Writers append one event per append to streams of their own for a few
 //! seconds while a `ProjectionRunner` (on a store of its own, as in another
-//! process) applies every page it reads in one transaction: the read
-//! model's rows, the checkpoint and the lease fence together
-//! (`Projection::apply_batch` + `PostgresCheckpointStore::save_in`). It
-//! prints, each second and at the end, the writers' events/s, the
-//! projection's applied events/s and how many committed events it has yet
-//! to apply (its lag), then checks that every event was applied exactly
-//! once.
+//! process) applies every page it reads in one transaction: a row per event
+//! and the checkpoint with its lease fence together (the test support's
+//! `AppliedRecorder`: `Projection::apply_batch` +
+//! `PostgresCheckpointStore::save_in`). It prints, each second and at the
+//! end, the writers' events/s, the projection's applied events/s and how
+//! many committed events it has yet to apply (its lag), then checks that
+//! every event was applied exactly once.
 //!
 //! ```text
-//! DATABASE_URL=postgres://... cargo run --release -p eventcore-postgres \
-//!     --example exactly_once_follow -- --writers 16 --seconds 10
+//! cargo run --release -p eventcore-postgres --example exactly_once_follow -- \
+//!     --writers 16 --seconds 10
 //! ```
 //!
-//! It works in a fresh schema `follow_<uuid>`, dropped at the end.
+//! The server is `DATABASE_URL`, else `scripts/dev-db`'s. It works in a
+//! fresh schema, dropped at the end.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,71 +27,11 @@ use std::{
 };
 
 use eventcore::{
-    BoxError, EventFilter, GlobalPosition, Projection, ProjectionRunner, RecordedEvent,
-    RunnerOptions, StreamId,
+    GlobalPosition, ProjectionRunner, RunnerOptions, StreamId,
     testing::{bank::AccountEvent, seed},
 };
-use eventcore_postgres::{PostgresCheckpointStore, PostgresConfigBuilder, PostgresEventStore};
-use sqlx::{AssertSqlSafe, PgPool};
-
-/// Totals per stream, one transaction per page of events.
-struct Totals {
-    pool: PgPool,
-    checkpoints: PostgresCheckpointStore,
-    upsert: Arc<str>,
-    applied: Arc<AtomicU64>,
-    last: Arc<AtomicU64>,
-}
-
-impl Projection for Totals {
-    type Event = AccountEvent;
-
-    fn name(&self) -> &str {
-        "totals"
-    }
-
-    fn filter(&self) -> EventFilter {
-        EventFilter::all().stream_prefix("acct-")
-    }
-
-    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
-        self.apply_batch(vec![event]).await
-    }
-
-    async fn apply_batch(
-        &mut self,
-        events: Vec<RecordedEvent<AccountEvent>>,
-    ) -> Result<(), BoxError> {
-        let Some(last) = events.last().map(|e| e.position) else {
-            return Ok(());
-        };
-        let mut per_stream: HashMap<&str, (i64, i64)> = HashMap::new();
-        for e in &events {
-            let amount = match e.event {
-                AccountEvent::Deposited { amount } => amount as i64,
-                _ => 0,
-            };
-            let entry = per_stream.entry(e.stream_id.as_str()).or_default();
-            entry.0 += amount;
-            entry.1 += 1;
-        }
-        let (streams, sums): (Vec<&str>, Vec<(i64, i64)>) = per_stream.into_iter().unzip();
-        let (totals, counts): (Vec<i64>, Vec<i64>) = sums.into_iter().unzip();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.upsert)))
-            .bind(&streams)
-            .bind(&totals)
-            .bind(&counts)
-            .execute(&mut *tx)
-            .await?;
-        self.checkpoints.save_in(&mut tx, "totals", last).await?;
-        tx.commit().await?;
-        self.applied
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        self.last.store(last.get(), Ordering::Relaxed);
-        Ok(())
-    }
-}
+use eventcore_postgres::{PostgresConfigBuilder, PostgresEventStore};
+use eventcore_test_support::{AppliedRecorder, applications, drop_schema, fresh_schema};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -117,38 +57,17 @@ async fn store(url: &str, schema: &str, connections: u32) -> PostgresEventStore 
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL")?;
+    let url = eventcore_test_support::database_url()?;
     let writers = arg("--writers", 16) as usize;
     let seconds = arg("--seconds", 10);
     let batch = arg("--batch", 500) as usize;
-    let schema = format!("follow_{}", uuid::Uuid::now_v7().simple());
+    let schema = fresh_schema();
 
     let writer_store = store(&url, &schema, writers as u32 + 2).await;
     writer_store.initialize().await?;
     let projection_store = store(&url, &schema, 4).await;
-    let pool = projection_store.pool().clone();
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE {schema}.totals (stream_id TEXT PRIMARY KEY, total BIGINT NOT NULL, events BIGINT NOT NULL)"
-    )))
-    .execute(&pool)
-    .await?;
-    let upsert: Arc<str> = format!(
-        "INSERT INTO {schema}.totals AS t (stream_id, total, events) \
-         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
-         ON CONFLICT (stream_id) DO UPDATE \
-         SET total = t.total + excluded.total, events = t.events + excluded.events"
-    )
-    .into();
-    let checkpoints = PostgresCheckpointStore::new(projection_store.clone());
-    let applied = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(AtomicU64::new(0));
-    let projection = Totals {
-        pool: pool.clone(),
-        checkpoints: checkpoints.clone(),
-        upsert,
-        applied: Arc::clone(&applied),
-        last: Arc::clone(&last),
-    };
+    let projection = AppliedRecorder::<AccountEvent>::new(&projection_store).await;
+    let checkpoints = projection.checkpoints();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = tokio::spawn(async move {
         ProjectionRunner::new(projection, projection_store, checkpoints)
@@ -186,27 +105,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
         .collect();
 
-    let lag_sql = format!("SELECT count(*) FROM {schema}.events WHERE global_position > $1");
-    let lag = async |after: u64| -> i64 {
-        sqlx::query_scalar(AssertSqlSafe(lag_sql.clone()))
-            .bind(after as i64)
-            .fetch_one(&pool)
-            .await
-            .expect("count the lag")
-    };
+    // Appends counted in `written` have committed, so the lag is exact up
+    // to the appends in flight.
+    let applied = async || applications(&writer_store).await.0 as u64;
     println!("{writers} writers, {seconds} s, projection pages of up to {batch} events");
     let (mut prev_written, mut prev_applied) = (0, 0);
     for second in 1..=seconds {
         tokio::time::sleep_until((started + Duration::from_secs(second)).into()).await;
-        let (w, a) = (
-            written.load(Ordering::Relaxed),
-            applied.load(Ordering::Relaxed),
-        );
+        let (w, a) = (written.load(Ordering::Relaxed), applied().await);
         println!(
             "  {second:>3} s: written {:>6}/s, applied {:>6}/s, lag {:>6} events",
             w - prev_written,
             a - prev_applied,
-            lag(last.load(Ordering::Relaxed)).await
+            w.saturating_sub(a)
         );
         (prev_written, prev_applied) = (w, a);
     }
@@ -216,21 +127,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let total_written = written.load(Ordering::Relaxed);
-    let applied_by_then = applied.load(Ordering::Relaxed);
-    let lag_at_end = lag(last.load(Ordering::Relaxed)).await;
+    let applied_by_then = applied().await;
     let drain_started = Instant::now();
-    while applied.load(Ordering::Relaxed) < total_written {
+    while applied().await < total_written {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drained_in = drain_started.elapsed();
     stop.send(()).map_err(|()| "runner gone")?;
     let summary = runner.await??;
 
-    let (events_in_model, rows): (Option<i64>, i64) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT sum(events)::bigint, count(*) FROM {schema}.totals"
-    )))
-    .fetch_one(&pool)
-    .await?;
+    let (rows, events) = applications(&writer_store).await;
     println!("over {elapsed:.1} s:");
     println!(
         "  writers:    {total_written} events, {:.0} events/s",
@@ -241,15 +147,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         applied_by_then as f64 / elapsed
     );
     println!(
-        "  lag when the writers stopped: {lag_at_end} events, applied {:.0} ms later",
+        "  lag when the writers stopped: {} events, applied {:.0} ms later",
+        total_written - applied_by_then.min(total_written),
         drained_in.as_secs_f64() * 1e3
     );
     println!(
-        "  read model: {} events in {rows} rows; checkpoint {:?}",
-        events_in_model.unwrap_or(0),
+        "  read model: {rows} rows for {events} events; checkpoint {:?}",
         summary.checkpoint.map(GlobalPosition::get)
     );
-    let exact = events_in_model == Some(total_written as i64);
+    let exact = rows == events && events == total_written as i64;
     println!(
         "  {}",
         if exact {
@@ -258,9 +164,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             "MISMATCH: the read model does not hold every event exactly once"
         }
     );
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(writer_store.pool())
-        .await?;
+    drop_schema(&writer_store).await?;
     if exact {
         Ok(())
     } else {

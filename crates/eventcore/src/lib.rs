@@ -5,8 +5,9 @@
 //! skip-free order for projections.
 //!
 //! This crate holds the model and has no I/O: the [`EventStore`] trait, the
-//! [`CommandExecutor`], an [`InMemoryEventStore`] and the [`testing`]
-//! toolkit. The production store lives in `eventcore-postgres`.
+//! [`CommandExecutor`], an [`InMemoryEventStore`] and, with the `testing`
+//! feature (for `[dev-dependencies]`), the [`testing`] toolkit. The
+//! production store lives in `eventcore-postgres`.
 //!
 //! ```
 //! use eventcore::{
@@ -103,6 +104,8 @@
 //! * **Long and hot streams**: durable [`Snapshots`] of a [`State`], and
 //!   [`CommandExecutor::execute_cached`]'s bounded state cache.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 // The derives name `::eventcore`, which must resolve inside this crate too.
 extern crate self as eventcore;
 
@@ -121,6 +124,9 @@ mod state;
 mod store;
 mod subscription;
 pub mod telemetry;
+// Documented whether or not the feature is on, so its links resolve.
+#[cfg(any(feature = "testing", doc))]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod upcast;
 

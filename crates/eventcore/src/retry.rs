@@ -163,19 +163,34 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_capped() {
-        let p = RetryPolicy::new()
-            .base_delay(Duration::from_millis(10))
-            .max_delay(Duration::from_millis(50));
-        let max_of = |attempt| (0..400).map(|_| p.delay_after(attempt)).max().unwrap();
-        let (first, third, late) = (max_of(1), max_of(3), max_of(30));
-        assert!(first <= Duration::from_millis(10), "{first:?}");
-        assert!(third <= Duration::from_millis(40), "{third:?}");
-        assert!(late <= Duration::from_millis(50), "{late:?}");
-        // Full jitter up to a growing ceiling: over 400 draws the largest
-        // delay comes close to each ceiling, so the ceilings do grow.
-        assert!(first > Duration::from_millis(8), "{first:?}");
-        assert!(third > Duration::from_millis(32), "{third:?}");
-        assert!(late > Duration::from_millis(40), "{late:?}");
+        let base = Duration::from_millis(10);
+        let cap = Duration::from_millis(50);
+        let p = RetryPolicy::new().base_delay(base).max_delay(cap);
+        // The documented range after `attempt` failures:
+        // [0, min(max_delay, base_delay * 2^(attempt-1))].
+        let expected_ceilings = [10, 20, 40, 50, 50, 50].map(Duration::from_millis);
+        for (attempt, ceiling) in (1..).zip(expected_ceilings) {
+            let draws: Vec<Duration> = (0..400).map(|_| p.delay_after(attempt)).collect();
+            let (low, high) = (draws.iter().min().unwrap(), draws.iter().max().unwrap());
+            assert!(
+                *high <= ceiling,
+                "attempt {attempt}: {high:?} above {ceiling:?}"
+            );
+            // Full jitter: 400 uniform draws reach within a fifth of both
+            // ends of the range (missing one has odds of 0.8^400).
+            assert!(
+                *high > ceiling * 4 / 5,
+                "attempt {attempt}: ceiling {ceiling:?} not reached ({high:?})"
+            );
+            assert!(
+                *low < ceiling / 5,
+                "attempt {attempt}: no draw near 0 ({low:?})"
+            );
+        }
+        // Past the cap for good, however many attempts (the shift saturates).
+        for attempt in [30, 1_000, u32::MAX] {
+            assert!(p.delay_after(attempt) <= cap);
+        }
         assert_eq!(RetryPolicy::none().max_attempts, 1);
     }
 

@@ -51,8 +51,6 @@ mod simulation;
 
 use std::{
     collections::BTreeSet,
-    path::Path,
-    process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -66,6 +64,7 @@ use eventcore::{
 };
 use eventcore_postgres::{
     PostgresCheckpointStore, PostgresConfigBuilder, PostgresEventStore, PostgresSnapshotStore,
+    redact_secrets,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tracing_subscriber::EnvFilter;
@@ -172,7 +171,9 @@ async fn run_postgres(args: &Args, workload: Workload) -> anyhow::Result<()> {
 async fn connect_postgres(args: &Args, workload: Workload) -> anyhow::Result<PostgresEventStore> {
     let url = match &args.database_url {
         Some(url) => url.clone(),
-        None => dev_db_url()?,
+        // DATABASE_URL was empty or unset: the throwaway local cluster.
+        None => eventcore_test_support::database_url()
+            .context("no PostgreSQL server: set DATABASE_URL, or use --memory")?,
     };
     let (schema, fresh) = match &args.schema {
         Some(schema) => (schema.clone(), false),
@@ -193,55 +194,17 @@ async fn connect_postgres(args: &Args, workload: Workload) -> anyhow::Result<Pos
         .context("invalid PostgreSQL settings")?;
     let store = PostgresEventStore::new(config)
         .await
-        .with_context(|| format!("cannot connect to {}", redact(&url)))?;
+        .with_context(|| format!("cannot connect to {}", redact_secrets(&url)))?;
     store
         .initialize()
         .await
         .with_context(|| format!("cannot create the event store in schema {schema}"))?;
     println!(
         "Store: PostgreSQL at {}, schema {schema}{}",
-        redact(&url),
+        redact_secrets(&url),
         if fresh { " (fresh for this run)" } else { "" }
     );
     Ok(store)
-}
-
-/// Asks `scripts/dev-db` for a URL; it starts a throwaway local cluster if
-/// none is running. Its progress messages go straight to our stderr.
-fn dev_db_url() -> anyhow::Result<String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/dev-db");
-    anyhow::ensure!(
-        script.exists(),
-        "{} not found: set DATABASE_URL, or use --memory",
-        script.display()
-    );
-    let out = std::process::Command::new(&script)
-        .arg("url")
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "`scripts/dev-db url` failed ({}): set DATABASE_URL to a PostgreSQL server, or use --memory",
-        out.status
-    );
-    let url = String::from_utf8(out.stdout).context("dev-db printed a non-UTF-8 URL")?;
-    let url = url.trim();
-    anyhow::ensure!(!url.is_empty(), "`scripts/dev-db url` printed nothing");
-    Ok(url.to_owned())
-}
-
-/// The URL without its password (or user), for printing.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    match authority.rfind('@') {
-        Some(at) => format!("{}{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_owned(),
-    }
 }
 
 /// The accounts of the example.
@@ -707,7 +670,7 @@ mod tests {
     /// scripts/sweep-test-schemas drops later.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_whole_example_keeps_the_books_on_postgres() {
-        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let schema = eventcore_test_support::fresh_schema();
         let args = Args::parse_from(["bank", "--transfers", "400", "--schema", &schema]);
         let workload = Workload {
             tasks: usize::from(args.tasks),
@@ -715,18 +678,5 @@ mod tests {
             max_amount: 40,
         };
         run_postgres(&args, workload).await.unwrap();
-    }
-
-    #[test]
-    fn urls_are_printed_without_credentials() {
-        assert_eq!(
-            redact("postgres://user:secret@db:5432/bank?sslmode=require"),
-            "postgres://db:5432/bank?sslmode=require"
-        );
-        assert_eq!(
-            redact("postgres://127.0.0.1:55432/postgres"),
-            "postgres://127.0.0.1:55432/postgres"
-        );
-        assert_eq!(redact("not a url"), "not a url");
     }
 }

@@ -16,22 +16,21 @@ use std::{
     net::TcpListener,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::{Arc, OnceLock},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use eventcore::{
-    AppendRequest, BoxError, EventId, EventMetadata, EventStore, ExpectedVersion, GlobalPosition,
-    NewEvent, Projection, ProjectionRunner, RecordedEvent, RunSummary, RunnerOptions, StreamId,
-    StreamVersion, testing::bank::AccountEvent,
+    AppendRequest, EventId, EventMetadata, EventStore, ExpectedVersion, GlobalPosition, NewEvent,
+    ProjectionRunner, RunSummary, RunnerOptions, StreamId, StreamVersion,
+    testing::bank::AccountEvent,
 };
 use eventcore_postgres::{
     PostgresCheckpointStore, PostgresConfigBuilder, PostgresError, PostgresEventStore,
 };
+use eventcore_test_support::{AppliedRecorder, DEV_DB, applications};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
-
-const DEV_DB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dev-db");
 
 /// A cluster of `scripts/dev-db` of this test's own.
 struct Cluster {
@@ -190,62 +189,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// The exactly-once recipe: a row per application in `<schema>.applied`,
-/// written with the checkpoint in one transaction. Nothing deduplicates.
-struct Applied {
-    pool: PgPool,
-    checkpoints: PostgresCheckpointStore,
-    insert: Arc<str>,
-}
-
-impl Projection for Applied {
-    type Event = AccountEvent;
-    fn name(&self) -> &str {
-        "applied"
-    }
-    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
-        self.apply_batch(vec![event]).await
-    }
-    async fn apply_batch(
-        &mut self,
-        events: Vec<RecordedEvent<AccountEvent>>,
-    ) -> Result<(), BoxError> {
-        let Some(last) = events.last().map(|e| e.position) else {
-            return Ok(());
-        };
-        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
-        let positions: Vec<i64> = events.iter().map(|e| e.position.get() as i64).collect();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.insert)))
-            .bind(&ids)
-            .bind(&positions)
-            .execute(&mut *tx)
-            .await?;
-        self.checkpoints.save_in(&mut tx, "applied", last).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
-/// Runs `applied` on `store` until it has caught up.
+/// Runs the exactly-once [`AppliedRecorder`] on `store` until it has caught up.
 async fn project(store: &PostgresEventStore) -> RunSummary {
-    let schema = &store.config().schema;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS {schema}.applied (event_id UUID NOT NULL, position BIGINT NOT NULL)"
-    )))
-    .execute(store.pool())
-    .await
-    .unwrap();
-    let checkpoints = PostgresCheckpointStore::new(store.clone());
-    let projection = Applied {
-        pool: store.pool().clone(),
-        checkpoints: checkpoints.clone(),
-        insert: format!(
-            "INSERT INTO {schema}.applied (event_id, position) \
-             SELECT id, p FROM unnest($1::uuid[], $2::bigint[]) AS e(id, p)"
-        )
-        .into(),
-    };
+    let projection = AppliedRecorder::<AccountEvent>::new(store).await;
+    let checkpoints = projection.checkpoints();
     ProjectionRunner::new(projection, store.clone(), checkpoints)
         .with_options(RunnerOptions {
             poll_interval: Duration::from_millis(50),
@@ -255,17 +202,6 @@ async fn project(store: &PostgresEventStore) -> RunSummary {
         .run_until_caught_up()
         .await
         .expect("the projection catches up")
-}
-
-/// Rows of `applied`, and how many distinct events they are.
-async fn applications(store: &PostgresEventStore) -> (i64, i64) {
-    let schema = &store.config().schema;
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT count(*), count(DISTINCT event_id) FROM {schema}.applied"
-    )))
-    .fetch_one(store.pool())
-    .await
-    .unwrap()
 }
 
 fn stream(i: usize) -> StreamId {
@@ -415,9 +351,12 @@ async fn build_source() -> Source {
             database,
             schema,
             events: read_everything(&store).await,
-            checkpoint: eventcore::CheckpointStore::load(&checkpoints, "applied")
-                .await
-                .unwrap(),
+            checkpoint: eventcore::CheckpointStore::load(
+                &checkpoints,
+                AppliedRecorder::<AccountEvent>::NAME,
+            )
+            .await
+            .unwrap(),
         });
         store.pool().close().await;
     }

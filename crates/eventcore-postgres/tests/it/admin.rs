@@ -18,9 +18,8 @@ use eventcore_postgres::{
     CheckStatus, ExportSelection, PostgresCheckpointStore, PostgresError, PostgresEventStore,
     ProjectionRequest,
 };
+use eventcore_test_support::fresh_store;
 use sqlx::AssertSqlSafe;
-
-use crate::support::fresh_store;
 
 /// Counts what it applies; fails on deposits of `poison` cents.
 struct Counter {

@@ -1,8 +1,7 @@
 //! Many writers and a live reader on a real PostgreSQL.
 
 use eventcore::testing::contract::{TransferLoad, run_transfer_load};
-
-use crate::support::{config, store_with};
+use eventcore_test_support::{config, store_with};
 
 /// 32 writers, 2,560 transfer attempts over 12 accounts, two of them hot,
 /// with a live `$all` reader: money conserved, versions contiguous, no

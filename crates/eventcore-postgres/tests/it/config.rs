@@ -8,16 +8,15 @@ use std::{
 };
 
 use eventcore_postgres::{PostgresConfig, PostgresError, PostgresEventStore};
+use eventcore_test_support::{config, store_with, test_database_url};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
-use crate::support::{config, database_url, store_with};
 
 const SECRET: &str = "hunter2-s3cret";
 
 /// The test database's URL with `SECRET` as password (the test server
 /// trusts local connections, so a password is accepted and ignored).
 fn url_with_password() -> String {
-    let url = database_url();
+    let url = test_database_url();
     let (scheme, rest) = url.split_once("://").expect("a URL");
     let rest = match rest.split_once('@') {
         Some((user, host)) => format!("{}:{SECRET}@{host}", user.split(':').next().unwrap()),
@@ -61,7 +60,7 @@ fn invalid(result: Result<PostgresEventStore, PostgresError>) -> String {
 /// maintenance, the NOTIFY loop or the server.
 #[tokio::test]
 async fn out_of_range_durations_are_refused_by_new_and_from_pool() {
-    let base = || PostgresConfig::new(database_url());
+    let base = || PostgresConfig::new(test_database_url());
     let cases: [(&str, PostgresConfig); 8] = [
         (
             "connect_timeout",
@@ -123,7 +122,9 @@ async fn out_of_range_durations_are_refused_by_new_and_from_pool() {
     for (field, c) in cases {
         let m = invalid(PostgresEventStore::new(c.clone()).await);
         assert!(m.starts_with(field) && m.contains("must be between"), "{m}");
-        let pool = PgPoolOptions::new().connect_lazy(database_url()).unwrap();
+        let pool = PgPoolOptions::new()
+            .connect_lazy(test_database_url())
+            .unwrap();
         let m = invalid(PostgresEventStore::from_pool(pool, c));
         assert!(m.starts_with(field), "{m}");
     }
@@ -311,7 +312,7 @@ async fn health_reports_a_silent_server_within_the_connect_timeout() {
 /// The same lazy store against the live server: reachable, pool fine.
 #[tokio::test]
 async fn health_on_a_lazy_pool_against_a_live_server_is_reachable() {
-    let store = lazy_store(database_url(), Duration::from_secs(5));
+    let store = lazy_store(test_database_url(), Duration::from_secs(5));
     let h = store.health_check().await.unwrap();
     assert!(h.database_reachable && !h.pool_exhausted, "{h:?}");
 }

@@ -6,9 +6,8 @@
 
 use eventcore::{AppendRequest, EventStore, ExpectedVersion, GlobalPosition, NewEvent, StreamId};
 use eventcore_postgres::{PostgresError, PostgresEventStore};
+use eventcore_test_support::fresh_store;
 use sqlx::AssertSqlSafe;
-
-use crate::support::fresh_store;
 
 fn one(stream: &str) -> AppendRequest {
     AppendRequest::new().append(

@@ -14,13 +14,12 @@ use std::{
 
 use eventcore::{AppendRequest, Error, EventStore, ExpectedVersion, NewEvent, StreamId};
 use eventcore_postgres::PostgresEventStore;
+use eventcore_test_support::{config, store_with, test_database_url};
 use sqlx::{Connection as _, postgres::PgConnectOptions};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-use crate::support::{config, database_url, store_with};
 
 /// What the proxy does with traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,7 +45,7 @@ struct Proxy {
 
 impl Proxy {
     async fn start() -> Self {
-        let options = PgConnectOptions::from_str(database_url()).unwrap();
+        let options = PgConnectOptions::from_str(test_database_url()).unwrap();
         let upstream = format!("{}:{}", options.get_host(), options.get_port());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -82,13 +81,13 @@ impl Proxy {
 
     /// The test database's URL, through the proxy.
     fn url(&self) -> String {
-        let options = PgConnectOptions::from_str(database_url()).unwrap();
+        let options = PgConnectOptions::from_str(test_database_url()).unwrap();
         let upstream = format!("{}:{}", options.get_host(), options.get_port());
         assert!(
-            database_url().contains(&upstream),
+            test_database_url().contains(&upstream),
             "DATABASE_URL must name host:port for the proxy tests"
         );
-        database_url().replacen(&upstream, &self.addr.to_string(), 1)
+        test_database_url().replacen(&upstream, &self.addr.to_string(), 1)
     }
 }
 
@@ -216,7 +215,7 @@ async fn a_proxy_that_hangs_up_is_not_hammered() {
     proxy.set(Mode::HangUp);
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()")
         .bind(&store.config().application_name)
-        .execute(&mut sqlx::PgConnection::connect(database_url()).await.unwrap())
+        .execute(&mut sqlx::PgConnection::connect(test_database_url()).await.unwrap())
         .await
         .unwrap();
     let before = proxy.accepted.load(Ordering::Relaxed);

@@ -9,8 +9,7 @@ use std::{
 };
 
 use eventcore::testing::contract::{TransferLoad, run_transfer_load};
-
-use crate::support::{config, database_url, store_with};
+use eventcore_test_support::{config, store_with, test_database_url};
 
 /// Terminates this store's busy backends every few milliseconds while
 /// transfers run. Every terminated append either committed whole or left
@@ -32,7 +31,7 @@ async fn terminated_backends_leave_nothing_half_written() {
     let killed = Arc::new(AtomicU64::new(0));
     let killer = {
         let (stop, killed) = (stop.clone(), killed.clone());
-        let admin = sqlx::PgPool::connect(database_url()).await.unwrap();
+        let admin = sqlx::PgPool::connect(test_database_url()).await.unwrap();
         tokio::spawn(async move {
             while !stop.load(Ordering::Acquire) {
                 let n: i64 = sqlx::query_scalar(

@@ -14,4 +14,3 @@ mod projections;
 mod roundtrip;
 mod schema;
 mod store;
-mod support;

@@ -15,9 +15,8 @@ use eventcore::{
 use eventcore_postgres::{
     PostgresCheckpointStore, PostgresEventStore, PostgresProjection, Transactional,
 };
+use eventcore_test_support::fresh_store;
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
-
-use crate::support::fresh_store;
 
 /// One row per applied event (a second application would violate the
 /// primary key), in `<schema>.seen`. Fails on a deposit of `poison`.

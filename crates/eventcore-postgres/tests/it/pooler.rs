@@ -17,7 +17,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgConnection},
 };
 
-use crate::support::{config, database_url, fresh_schema, pgbouncer_url, store_with};
+use eventcore_test_support::{config, fresh_schema, pgbouncer_url, store_with, test_database_url};
 
 /// A store on PgBouncer with the pooler setting and no direct connection.
 fn pooled_config(schema: &str) -> PostgresConfigBuilder {
@@ -203,7 +203,7 @@ async fn lease_rows_exclude_renew_release_and_respect_advisory_runners() {
     let direct = PostgresCheckpointStore::new(
         PostgresEventStore::new(
             config()
-                .database_url(database_url())
+                .database_url(test_database_url())
                 .pooler(Pooler::Direct)
                 .schema(&schema)
                 .build()

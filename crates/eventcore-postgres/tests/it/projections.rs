@@ -16,10 +16,11 @@ use eventcore::{
     testing::{bank::AccountEvent, seed},
 };
 use eventcore_postgres::{PostgresCheckpointStore, PostgresEventStore};
+use eventcore_test_support::{
+    AppliedRecorder, config, direct_pool, pooled, store_with, test_database_url,
+};
 use futures::StreamExt;
-use sqlx::{AssertSqlSafe, Connection, PgPool};
-
-use crate::support::{config, database_url, direct_pool, pooled, store_with};
+use sqlx::{AssertSqlSafe, Connection};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -35,7 +36,7 @@ async fn named_store(schema: Option<&str>) -> (PostgresEventStore, String) {
 }
 
 async fn terminate(app: &str) -> i64 {
-    let admin = sqlx::PgPool::connect(database_url()).await.unwrap();
+    let admin = sqlx::PgPool::connect(test_database_url()).await.unwrap();
     sqlx::query_scalar(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
     )
@@ -248,7 +249,9 @@ async fn events_hidden_behind_an_open_transaction_are_delivered_when_it_ends() {
     .await;
 
     // An open transaction with an id: it holds every reader's horizon.
-    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query("SELECT pg_current_xact_id()")
         .execute(&mut *tx)
@@ -706,57 +709,6 @@ async fn save_in_is_fenced_in_the_callers_transaction() {
     );
 }
 
-/// The exactly-once recipe: each batch inserts one row per event into
-/// `<schema>.applied` and saves the checkpoint with `save_in`, in one
-/// transaction. Nothing deduplicates: a second application of an event is
-/// a second row.
-#[derive(Clone)]
-struct Applications {
-    runner: &'static str,
-    pool: PgPool,
-    checkpoints: PostgresCheckpointStore,
-    insert: Arc<str>,
-}
-
-impl Projection for Applications {
-    type Event = AccountEvent;
-    fn name(&self) -> &str {
-        "applications"
-    }
-    fn filter(&self) -> EventFilter {
-        EventFilter::all().stream_prefix("load-")
-    }
-    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
-        self.apply_batch(vec![event]).await
-    }
-    async fn apply_batch(
-        &mut self,
-        events: Vec<RecordedEvent<AccountEvent>>,
-    ) -> Result<(), BoxError> {
-        let Some(last) = events.last().map(|e| e.position) else {
-            return Ok(());
-        };
-        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id.as_uuid()).collect();
-        let positions: Vec<i64> = events.iter().map(|e| e.position.get() as i64).collect();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.insert)))
-            .persistent(false)
-            .bind(&ids)
-            .bind(&positions)
-            .bind(self.runner)
-            .execute(&mut *tx)
-            .await?;
-        // Work between the effect and the checkpoint: widens the window in
-        // which a runner that lost its lease has a transaction in flight.
-        tokio::time::sleep(Duration::from_millis(3)).await;
-        self.checkpoints
-            .save_in(&mut tx, "applications", last)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
 /// Regression (issue 14, item 5): with a standby runner waiting, the active
 /// runner's lease connection is terminated while 8 writers append. The
 /// standby takes over; the old runner stops at once with `LeaseLost`; and
@@ -770,17 +722,6 @@ async fn standby_takes_over_and_every_event_is_applied_exactly_once() {
     let schema = active_store.config().schema.clone();
     let (standby_store, _) = named_store(Some(&schema)).await;
     let (writer_store, _) = named_store(Some(&schema)).await;
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE {schema}.applied (event_id UUID NOT NULL, position BIGINT NOT NULL, runner TEXT NOT NULL)"
-    )))
-    .execute(active_store.pool())
-    .await
-    .unwrap();
-    let insert: Arc<str> = format!(
-        "INSERT INTO {schema}.applied (event_id, position, runner) \
-         SELECT id, p, $3 FROM unnest($1::uuid[], $2::bigint[]) AS e(id, p)"
-    )
-    .into();
     let admin = direct_pool().await;
     let count = |runner: &'static str| {
         let pool = admin.clone();
@@ -794,14 +735,13 @@ async fn standby_takes_over_and_every_event_is_applied_exactly_once() {
         }
     };
     let runner_task = |store: PostgresEventStore, runner: &'static str| {
-        let checkpoints = PostgresCheckpointStore::new(store.clone());
-        let projection = Applications {
-            runner,
-            pool: store.pool().clone(),
-            checkpoints: checkpoints.clone(),
-            insert: Arc::clone(&insert),
-        };
         tokio::spawn(async move {
+            let projection = AppliedRecorder::<AccountEvent>::new(&store)
+                .await
+                .runner(runner)
+                .stream_prefix("load-")
+                .pause_before_checkpoint(Duration::from_millis(3));
+            let checkpoints = projection.checkpoints();
             let mut runner =
                 ProjectionRunner::new(projection, store, checkpoints).with_options(RunnerOptions {
                     checkpoint_every: 200,
@@ -855,8 +795,9 @@ async fn standby_takes_over_and_every_event_is_applied_exactly_once() {
         // time to live) and the row expires at once.
         let expired = sqlx::query(AssertSqlSafe(format!(
             "UPDATE {schema}.projection_leases SET expires_at = clock_timestamp() \
-             WHERE projection = 'applications' AND application = $1"
+             WHERE projection = $1 AND application = $2"
         )))
+        .bind(AppliedRecorder::<AccountEvent>::NAME)
         .bind(&active_app)
         .execute(&admin)
         .await
@@ -962,7 +903,9 @@ async fn eventually_async(what: &str, done: impl AsyncFn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn catching_up_behind_an_open_transaction_times_out_naming_it() {
     let (store, _) = named_store(None).await;
-    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&mut blocker)
         .await

@@ -2,14 +2,13 @@
 //! append accepts reads back identically from `jsonb` (numbers equal as
 //! numbers, keys in any order); what it refuses is a typed error that writes
 //! nothing. The cases are the in-memory store's (`eventcore`'s
-//! `tests/roundtrip/cases.rs`), so both stores meet the same rules.
+//! `tests/it/roundtrip/cases.rs`), so both stores meet the same rules.
 
-#[path = "../../../eventcore/tests/roundtrip/cases.rs"]
+#[path = "../../../eventcore/tests/it/roundtrip/cases.rs"]
 mod cases;
 
+use eventcore_test_support::fresh_store;
 use proptest::prelude::*;
-
-use crate::support::fresh_store;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

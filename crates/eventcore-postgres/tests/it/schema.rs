@@ -6,9 +6,8 @@ use eventcore::{
     AppendRequest, EventStore, ExpectedVersion, GlobalPosition, NewEvent, StreamId, StreamVersion,
 };
 use eventcore_postgres::{APPEND_ONLY_SQLSTATE, PostgresError, PostgresEventStore, SCHEMA_VERSION};
+use eventcore_test_support::{config, fresh_store, store_with, test_database_url};
 use sqlx::{AssertSqlSafe, Connection};
-
-use crate::support::{config, database_url, fresh_store, store_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_initializations_agree() {
@@ -161,7 +160,9 @@ where
     F: FnOnce(eventcore_postgres::PostgresConfig) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mut admin = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
         .bind(format!("eventcore-it:schema:{name}"))
         .execute(&mut admin)

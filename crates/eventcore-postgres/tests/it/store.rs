@@ -1,16 +1,18 @@
 //! Behaviour specific to the PostgreSQL store: corrupt rows, timeouts, pool
 //! limits, metrics, and the read horizon that makes `$all` skip-free.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use eventcore::{
     AppendRequest, CommandExecutor, Error, EventStore, ExpectedVersion, GlobalPosition, NewEvent,
     RetryPolicy, StreamId, StreamVersion,
 };
 use eventcore_postgres::{PostgresConfigBuilder, PostgresError, PostgresEventStore};
+use eventcore_test_support::{config, fresh_store, store_with, test_database_url};
 use sqlx::{AssertSqlSafe, Connection};
-
-use crate::support::{config, database_url, fresh_store, store_with};
 
 fn one(stream: &StreamId, kind: &str) -> AppendRequest {
     AppendRequest::new().append(
@@ -82,7 +84,9 @@ async fn statements_past_query_timeout_fail_with_timeout() {
     store.append(one(&stream, "First")).await.unwrap();
     // Hold the stream's row lock from another session, as a competing
     // writer would.
-    let mut blocker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut blocker = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query(AssertSqlSafe(format!(
         "SELECT 1 FROM {}.event_streams WHERE stream_id = 'locked-1' FOR UPDATE",
@@ -158,9 +162,69 @@ async fn pool_metrics_and_monitoring() {
     assert!(m.peak_connections >= 1);
     assert!(m.current_connections >= 1 && m.current_connections <= m.max_connections);
     assert!((0.0..=100.0).contains(&m.utilization_percent));
+
+    // The monitor logs the pool every interval until stopped: info while
+    // connections are free, a warning once they are all taken.
+    let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("eventcore_postgres::pool=info")
+        .with_writer({
+            let lines = Arc::clone(&lines);
+            move || Captured(Arc::clone(&lines))
+        })
+        .finish();
+    // A current-thread runtime: the monitor task logs on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let logged = |level: &str, message: &str| {
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter(|l| l.contains(level) && l.contains(message))
+            .count()
+    };
     let monitor = store.start_pool_monitoring(Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let free = logged("INFO", "connection pool current=");
+    assert!(free >= 3, "a report every 10 ms: {free} in 100 ms");
+    assert_eq!(
+        logged("WARN", "under pressure"),
+        0,
+        "the pool is mostly idle"
+    );
+    let mut held = Vec::new();
+    while store.get_pool_metrics().utilization_percent <= 80.0 {
+        held.push(store.pool().acquire().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pressed = logged("WARN", "connection pool under pressure");
+    assert!(
+        pressed >= 3,
+        "every connection taken: {pressed} warnings in 100 ms"
+    );
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(5), monitor.stop())
+        .await
+        .expect("stop() ends the monitor");
+    let reports = logged("", "connection pool");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    monitor.stop().await;
+    assert_eq!(
+        logged("", "connection pool"),
+        reports,
+        "no report after stop()"
+    );
+}
+
+/// A `tracing` writer appending to shared memory.
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The heart of the skip-free guarantee: a transaction that took its id
@@ -177,7 +241,9 @@ async fn late_commits_are_never_skipped() {
 
     // Open a transaction that appends the way the store's statements do but
     // does not commit yet: it holds the smaller transaction id.
-    let mut slow = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut slow = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let mut tx = slow.begin().await.unwrap();
     let event = NewEvent::raw("Slow", serde_json::json!({}));
     sqlx::query(AssertSqlSafe(format!(
@@ -378,7 +444,9 @@ async fn only_a_cleanly_finished_call_leaves_its_connection_for_the_next() {
     .await;
     let stream = StreamId::new("reuse-1").unwrap();
     store.append(one(&stream, "A")).await.unwrap();
-    let mut admin = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let backends = async |admin: &mut sqlx::PgConnection| -> Vec<i32> {
         sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
@@ -401,7 +469,9 @@ async fn only_a_cleanly_finished_call_leaves_its_connection_for_the_next() {
     assert_eq!(backends(&mut admin).await, before, "reused, not replaced");
 
     // An append blocked on the stream's row, cancelled while it waits.
-    let mut locker = sqlx::PgConnection::connect(database_url()).await.unwrap();
+    let mut locker = sqlx::PgConnection::connect(test_database_url())
+        .await
+        .unwrap();
     let schema = &store.config().schema;
     sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
     sqlx::query(AssertSqlSafe(format!(

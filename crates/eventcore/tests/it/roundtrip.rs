@@ -3,7 +3,6 @@
 //! nothing. The same cases run on PostgreSQL (`eventcore-postgres`'s
 //! `tests/it/roundtrip.rs`).
 
-#[path = "roundtrip/cases.rs"]
 mod cases;
 
 use eventcore::{InMemoryEventStore, StreamId};

@@ -1,4 +1,4 @@
-//! Round-trip properties shared by the in-memory store (`tests/roundtrip.rs`
+//! Round-trip properties shared by the in-memory store (`tests/it/roundtrip.rs`
 //! of `eventcore`) and the PostgreSQL store (`tests/it/roundtrip.rs` of
 //! `eventcore-postgres`, which includes this file by path).
 //!
