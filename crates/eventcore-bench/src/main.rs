@@ -3,7 +3,7 @@
 //! once), as plain SQL run by pgbench, the ceiling. See docs/benchmarks.md.
 //!
 //! ```text
-//! cargo run --release -p eventcore-bench -- [--quick] [--json PATH] [--only A,C] [--duration SECS]
+//! cargo run --release -p eventcore-bench -- [--quick] [--json PATH] [--only A,C] [--writers 16] [--duration SECS]
 //! ```
 //!
 //! With `EVENTCORE_BENCH_POOLER_URL` set (a PgBouncer in transaction mode
@@ -14,10 +14,14 @@
 //! (`scripts/dev-db url`); everything lives in a dedicated database,
 //! `eventcore_bench`, created if missing. Nothing here asserts speed.
 
+mod ceiling;
 mod cpu;
-mod db;
+mod ctx;
+mod measure;
+mod provision;
 mod report;
 mod scenarios;
+mod workload;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -27,9 +31,8 @@ use eventcore::RetryPolicy;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    db::{BenchDb, Ceiling},
-    report::Row,
-    scenarios::{Ctx, Scenario, Timing},
+    ceiling::Ceiling, ctx::Ctx, measure::Timing, provision::BenchDb, report::Row,
+    workload::ceiling_payload,
 };
 
 /// Benchmarks EventCore against PostgreSQL's own ceiling.
@@ -52,6 +55,12 @@ struct Args {
     /// Run only these scenarios (comma-separated: A, A-cmd, B, C, D, E, F, G, S).
     #[arg(long, value_delimiter = ',', value_name = "SCENARIO,...")]
     only: Vec<String>,
+
+    /// Writer (reader) counts for the scenarios that sweep them (A, B, E),
+    /// instead of their own (A: 1,4,16,64; B and E: 1,16; with --quick A:
+    /// 1,16, B and E: 16). The others run at their fixed count.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    writers: Option<Vec<usize>>,
 
     /// Measured seconds per run (default 10, or 2 with --quick).
     #[arg(long, value_name = "SECS")]
@@ -90,28 +99,6 @@ fn parse_retry(s: &str) -> Result<RetryPolicy, String> {
         .max_delay(ms(max, "max delay")?))
 }
 
-fn selected(only: &[String]) -> anyhow::Result<Vec<Scenario>> {
-    if only.is_empty() {
-        return Ok(Scenario::ALL.to_vec());
-    }
-    let mut picked = Vec::new();
-    for key in only.iter().filter(|k| !k.trim().is_empty()) {
-        match Scenario::from_key(key) {
-            Some(s) => picked.push(s),
-            None => {
-                let known: Vec<_> = Scenario::ALL.iter().map(|s| s.key()).collect();
-                bail!("unknown scenario {key:?}; known: {}", known.join(", "));
-            }
-        }
-    }
-    // Keep the registry's order whatever order they were given in.
-    Ok(Scenario::ALL
-        .iter()
-        .copied()
-        .filter(|s| picked.contains(s))
-        .collect())
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -121,7 +108,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let scenarios = selected(&args.only)?;
+    let scenarios = scenarios::select(&args.only)?;
+    if args
+        .writers
+        .as_ref()
+        .is_some_and(|w| w.is_empty() || w.contains(&0))
+    {
+        bail!("--writers takes counts of at least 1");
+    }
     if args.metrics_recorder {
         metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
         eventcore_postgres::describe_metrics();
@@ -135,8 +129,8 @@ async fn main() -> anyhow::Result<()> {
         measure: Duration::from_secs_f64(measure),
     };
 
-    let db = if scenarios.iter().any(|s| s.needs_postgres()) {
-        let url = db::server_url()?;
+    let db = if scenarios.iter().any(|s| s.needs_postgres) {
+        let url = provision::server_url()?;
         let db = BenchDb::connect(&url).await?;
         cpu::locate_server(&db.admin).await;
         Some(db)
@@ -144,9 +138,9 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     let ceiling = match (&db, args.no_ceiling) {
-        (Some(_), false) => match db::find_pgbench() {
+        (Some(_), false) => match ceiling::find_pgbench() {
             Some(path) => {
-                let (payload, meta) = scenarios::ceiling_payload();
+                let (payload, meta) = ceiling_payload();
                 Some(Ceiling::new(path, payload, meta))
             }
             None => {
@@ -188,24 +182,22 @@ async fn main() -> anyhow::Result<()> {
     let mut ctx = Ctx {
         quick: args.quick,
         timing,
+        writers: args.writers,
         db,
         ceiling,
-        d_retry: args
-            .d_retry
-            .unwrap_or_else(scenarios::command::hot_stream_retry),
-        ceiling_pending: None,
+        d_retry: args.d_retry,
     };
     let mut rows: Vec<Row> = Vec::new();
     let mut failed = Vec::new();
     for scenario in scenarios {
         match scenario.run(&mut ctx).await {
             Ok(new) => {
-                report::print_table(scenario.title(), &new);
+                report::print_table(scenario.title, &new);
                 rows.extend(new);
             }
             Err(e) => {
-                eprintln!("scenario {} failed: {e:#}", scenario.key());
-                failed.push(scenario.key());
+                eprintln!("scenario {} failed: {e:#}", scenario.key);
+                failed.push(scenario.key);
             }
         }
     }

@@ -5,8 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde_json::{Map, Value, json};
 
-use crate::db::CeilingResult;
-use crate::scenarios::Measured;
+use crate::{ceiling::CeilingResult, cpu, measure::Measured};
 
 /// One line of the report: a scenario at one writer count.
 #[derive(Clone, Debug)]
@@ -38,7 +37,7 @@ impl Row {
             name: name.into(),
             writers,
             events_per_append,
-            events_per_sec: m.events as f64 / m.seconds,
+            events_per_sec: m.per_sec(m.events),
             ceiling_events_per_sec: None,
             p50_ms: m.quantile_ms(0.50),
             p99_ms: m.quantile_ms(0.99),
@@ -46,14 +45,14 @@ impl Row {
             notes: Vec::new(),
         };
         row.extra
-            .insert("ops_per_sec".into(), json!(round(m.ops as f64 / m.seconds)));
+            .insert("ops_per_sec".into(), json!(round(m.per_sec(m.ops))));
         if m.conflicts > 0 {
             row.extra.insert(
                 "conflicts_per_sec".into(),
-                json!(round(m.conflicts as f64 / m.seconds)),
+                json!(round(m.per_sec(m.conflicts))),
             );
         }
-        let per_event = |cpu| crate::cpu::us_per_event(cpu, m.events as f64);
+        let per_event = |cpu| cpu::us_per_event(cpu, m.events as f64);
         if let Some(us) = per_event(m.client_cpu_seconds) {
             row.extra
                 .insert("client_cpu_us_per_event".into(), json!(round3(us)));
@@ -164,6 +163,11 @@ impl Row {
         self.note(note)
     }
 
+    /// Conflict retries per second (commands through the executor).
+    pub(crate) fn retries_per_sec(self, m: &Measured) -> Self {
+        self.extra("retries_per_sec", round(m.per_sec(m.retries)))
+    }
+
     pub(crate) fn note(mut self, note: impl Into<String>) -> Self {
         self.notes.push(note.into());
         self
@@ -228,39 +232,40 @@ fn fmt_rate(x: f64) -> String {
     }
 }
 
+const HEADER: [&str; 9] = [
+    "name",
+    "writers",
+    "ev/append",
+    "events/s",
+    "ceiling ev/s",
+    "ratio",
+    "p50 ms",
+    "p99 ms",
+    "notes",
+];
+
+/// A row's cells under [`HEADER`].
+fn cells(r: &Row) -> [String; 9] {
+    [
+        r.name.clone(),
+        r.writers.to_string(),
+        r.events_per_append.to_string(),
+        fmt_rate(r.events_per_sec),
+        r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
+        r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+        fmt_ms(r.p50_ms),
+        fmt_ms(r.p99_ms),
+        r.notes.join("; "),
+    ]
+}
+
 /// Prints one scenario's rows as a table on stdout.
 pub(crate) fn print_table(title: &str, rows: &[Row]) {
     if rows.is_empty() {
         return;
     }
-    let header = [
-        "name",
-        "writers",
-        "ev/append",
-        "events/s",
-        "ceiling ev/s",
-        "ratio",
-        "p50 ms",
-        "p99 ms",
-        "notes",
-    ];
-    let cells: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.name.clone(),
-                r.writers.to_string(),
-                r.events_per_append.to_string(),
-                fmt_rate(r.events_per_sec),
-                r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
-                r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
-                fmt_ms(r.p50_ms),
-                fmt_ms(r.p99_ms),
-                r.notes.join("; "),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
+    let cells: Vec<[String; 9]> = rows.iter().map(cells).collect();
+    let mut widths = HEADER.map(str::len);
     for row in &cells {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
@@ -280,7 +285,7 @@ pub(crate) fn print_table(title: &str, rows: &[Row]) {
         }
         println!("{}", out.trim_end());
     };
-    line(&header.map(String::from));
+    line(&HEADER.map(String::from));
     let rule: Vec<String> = widths
         .iter()
         .enumerate()
@@ -301,23 +306,13 @@ pub(crate) fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
 
 /// The rows as a Markdown table (for pasting into docs/benchmarks.md).
 pub(crate) fn markdown(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| name | writers | ev/append | events/s | ceiling ev/s | ratio | p50 ms | p99 ms | notes |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    let mut out = format!(
+        "| {} |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        HEADER.join(" | ")
     );
     for r in rows {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r.name,
-            r.writers,
-            r.events_per_append,
-            fmt_rate(r.events_per_sec),
-            r.ceiling_events_per_sec.map_or("-".into(), fmt_rate),
-            r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
-            fmt_ms(r.p50_ms),
-            fmt_ms(r.p99_ms),
-            r.notes.join("; ").replace('|', "\\|"),
-        ));
+        let cells = cells(r).map(|c| c.replace('|', "\\|"));
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out
 }

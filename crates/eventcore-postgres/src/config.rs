@@ -97,7 +97,7 @@ pub struct PostgresConfig {
     /// 63), not `pg_*` or `information_schema`. Reserved words such as
     /// `user` work: the name is quoted in every statement.
     pub schema: String,
-    /// Per-event limit on serialized data plus metadata. Default 1 MiB.
+    /// Per-event limit on serialized data plus custom metadata. Default 1 MiB.
     pub max_event_bytes: usize,
     /// Prepared statements cached per connection. Default 100; at least 1
     /// (sqlx reads 0 as "prepare a new named statement per query and never

@@ -25,15 +25,15 @@ pub(crate) mod sqlstate {
 pub const APPEND_ONLY_SQLSTATE: &str = "EC001";
 
 /// SQLSTATE raised by `append_to_streams` when a stream's expected version
-/// does not hold (see `migrations/0003_lean_write_path.sql`). The store
+/// does not hold (see `migrations/0001_event_store.sql`). The store
 /// turns it into a [`eventcore::VersionConflict`] after reading the actual
 /// versions; should it escape, it is a transient abort.
 pub(crate) const CONFLICT_SQLSTATE: &str = "EC002";
 
-/// SQLSTATE raised by every statement that computes a global position when
+/// SQLSTATE raised by `append_to_streams`, which computes every position, when
 /// the transaction's id is past the largest a position can encode
 /// ([`MAX_TRANSACTION_ID`](crate::MAX_TRANSACTION_ID); see
-/// `migrations/0005_position_range.sql`). The store reports it as
+/// `migrations/0001_event_store.sql`). The store reports it as
 /// [`PostgresError::PositionsExhausted`].
 pub const POSITIONS_EXHAUSTED_SQLSTATE: &str = "EC003";
 

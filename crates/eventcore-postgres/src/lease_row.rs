@@ -3,7 +3,7 @@
 //! session advisory lock would stay on a server connection that other
 //! clients then use.
 //!
-//! A lease is a row of `projection_leases` (migration 0008) naming its
+//! A lease is a row of `projection_leases` (migration 0002) naming its
 //! holder and an expiry on the server's clock. Taking it is one
 //! transaction: the projection's transaction-scoped advisory lock (so a
 //! runner of a direct store, which holds that lock for its session, and an

@@ -29,10 +29,6 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// Sends a NOTIFY on `$1` (the channel) with an empty payload. The channel
-/// travels as a value, never spliced into SQL; `LISTEN` quotes it (sqlx).
-const NOTIFY_CHANNEL: &str = "SELECT pg_notify($1, '')";
-
 /// The store's channel is this prefix followed by the schema name.
 pub(crate) const CHANNEL_PREFIX: &str = "eventcore_";
 
@@ -162,7 +158,7 @@ enum Sender {
 impl Sender {
     async fn send(&self, channel: &str) -> Result<(), sqlx::Error> {
         match self {
-            Sender::Own(pool) => sqlx::query(NOTIFY_CHANNEL)
+            Sender::Own(pool) => sqlx::query(crate::sql::NOTIFY_CHANNEL)
                 .bind(channel)
                 .execute(pool)
                 .await

@@ -29,43 +29,13 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        name: "projections",
-        sql: include_str!("../migrations/0002_projections.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "lean_write_path",
-        sql: include_str!("../migrations/0003_lean_write_path.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "fenced_leases",
-        sql: include_str!("../migrations/0004_fenced_leases.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "position_range",
-        sql: include_str!("../migrations/0005_position_range.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "snapshots",
-        sql: include_str!("../migrations/0006_snapshots.sql"),
-    },
-    Migration {
-        version: 7,
-        name: "operations",
-        sql: include_str!("../migrations/0007_operations.sql"),
-    },
-    Migration {
-        version: 8,
         name: "lease_rows",
-        sql: include_str!("../migrations/0008_lease_rows.sql"),
+        sql: include_str!("../migrations/0002_lease_rows.sql"),
     },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Every migration's version and name, oldest first (what the ledger
 /// should hold).
@@ -95,8 +65,9 @@ const fn required(since: i32, kind: &'static str, name: &'static str) -> Require
 
 /// What the store relies on, by the migration that creates it: the tables,
 /// the unique indexes that keep ids, versions and positions unique (and
-/// that `ON CONFLICT` needs), the write function, and the triggers that
-/// keep events append-only. Later releases append.
+/// that `ON CONFLICT` needs), the correlation-id index, the write
+/// functions, and the triggers that keep events append-only. Later
+/// releases append.
 const REQUIRED: &[Required] = &[
     required(1, "table", "schema_migrations"),
     required(1, "table", "event_streams"),
@@ -114,16 +85,17 @@ const REQUIRED: &[Required] = &[
         on_table: Some("events"),
         ..required(1, "trigger", "events_no_truncate")
     },
-    required(2, "table", "projection_checkpoints"),
-    required(2, "index", "projection_checkpoints_pkey"),
-    required(2, "table", "projection_skips"),
-    required(3, "function", "append_to_streams"),
-    required(5, "function", "refuse_position_overflow"),
-    required(6, "table", "snapshots"),
-    required(6, "index", "snapshots_pkey"),
-    required(7, "table", "projection_operations"),
-    required(8, "table", "projection_leases"),
-    required(8, "index", "projection_leases_pkey"),
+    required(1, "index", "events_correlation_id_idx"),
+    required(1, "function", "append_to_streams"),
+    required(1, "function", "refuse_position_overflow"),
+    required(1, "table", "projection_checkpoints"),
+    required(1, "index", "projection_checkpoints_pkey"),
+    required(1, "table", "projection_skips"),
+    required(1, "table", "projection_operations"),
+    required(1, "table", "snapshots"),
+    required(1, "index", "snapshots_pkey"),
+    required(2, "table", "projection_leases"),
+    required(2, "index", "projection_leases_pkey"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in

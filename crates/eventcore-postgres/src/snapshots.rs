@@ -1,5 +1,5 @@
 //! Durable snapshots of command state in PostgreSQL (table `snapshots`,
-//! migration 0006).
+//! migrations/0001_event_store.sql).
 
 use std::sync::Arc;
 

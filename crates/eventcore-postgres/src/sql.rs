@@ -1,4 +1,6 @@
-//! Every statement the store sends, one named constant each.
+//! Every statement the store sends, one named constant each; the append
+//! path's statements are files in `sql/` (`verb_noun.sql`, each listing its
+//! parameters), which paste into psql once `{schema}` is replaced.
 //!
 //! `{schema}` stands for the configured schema and is filled in once per
 //! store by [`Statements::new`] as a quoted identifier (`"user"`), so
@@ -7,28 +9,19 @@
 
 use std::sync::Arc;
 
+use eventcore::{Error, ExpectedVersion, StreamId};
 use sqlx::AssertSqlSafe;
 
 /// Columns of a stored event, in the order [`crate::store`] decodes them.
 macro_rules! event_columns {
     () => {
         "global_position, event_id, stream_id, stream_version, event_type, schema_version, \
-         event_data, metadata, created_at"
+         event_data, occurred_at, correlation_id, causation_id, metadata, created_at"
     };
 }
 
-/// The first position of the current transaction's append: its `xid8 << 20`.
-/// Past the largest transaction id a position can encode
-/// ([`crate::MAX_TRANSACTION_ID`]) BIGINT's `<<` would wrap silently, so
-/// there `refuse_position_overflow()` raises SQLSTATE EC003 instead (see
-/// migrations/0005_position_range.sql); `CASE` evaluates it only then.
-macro_rules! position_base {
-    () => {
-        "(CASE WHEN pg_current_xact_id() < '8796093022208'::xid8 \
-               THEN pg_current_xact_id()::text::bigint << 20 \
-               ELSE {schema}.refuse_position_overflow() END)"
-    };
-}
+/// The columns every event read selects, in order.
+pub(crate) const EVENT_COLUMNS: &str = event_columns!();
 
 /// The read horizon as a position: the oldest running transaction's id
 /// `<< 20`, as a scalar subquery (evaluated once per statement). Past the
@@ -42,112 +35,49 @@ macro_rules! read_horizon {
     };
 }
 
-/// The head of the single-stream statements for expectations that allow a
-/// new stream (any, no stream, exact 0): CTE `v` creates or bumps the stream
-/// row by `$3` events and yields its new version.
-///
-/// The stream row is the lock: `ON CONFLICT DO UPDATE` waits for a competing
-/// writer, then re-checks its condition against the committed row. A stale
-/// expectation matches no row, `v` is empty and nothing is inserted.
-macro_rules! new_stream_head {
-    () => {
-        "WITH v AS ( \
-           INSERT INTO {schema}.event_streams AS es (stream_id, version) VALUES ($1, $3::bigint) \
-           ON CONFLICT (stream_id) DO UPDATE SET version = es.version + $3::bigint, updated_at = now() \
-           WHERE $2::bigint = -1 OR es.version = 0 \
-           RETURNING es.version) "
-    };
+/// Every append, to one stream or several: a call of the
+/// `append_to_streams` function. Parameters in the file.
+pub(crate) const APPEND_TO_STREAMS: &str = include_str!("../sql/append_to_streams.sql");
+
+/// After `append_to_streams` raised a failed expectation. Parameters in the
+/// file.
+pub(crate) const SELECT_CONFLICT_STATES: &str = include_str!("../sql/select_conflict_states.sql");
+
+/// After a conflict or duplicate id, to tell a re-send from a clash.
+/// Parameters in the file.
+pub(crate) const SELECT_EVENTS_BY_ID: &str = include_str!("../sql/select_events_by_id.sql");
+
+/// How an [`ExpectedVersion`] travels to `append_to_streams` (`$2`): an
+/// exact version as itself, the others as negative codes no version can
+/// take. The SQL side reads them in migrations/0001_event_store.sql.
+pub(crate) mod expected_version {
+    pub(crate) const ANY: i64 = -1;
+    pub(crate) const NO_STREAM: i64 = -2;
+    pub(crate) const STREAM_EXISTS: i64 = -3;
 }
 
-/// The head for expectations that need the stream to exist (exact n > 0,
-/// stream exists; `$2` is n or -3). `UPDATE` in READ COMMITTED waits for a
-/// competing writer and re-evaluates its `WHERE` on the committed row, so a
-/// stale expectation updates nothing and `v` is empty.
-macro_rules! existing_stream_head {
-    () => {
-        "WITH v AS ( \
-           UPDATE {schema}.event_streams es SET version = es.version + $3::bigint, updated_at = now() \
-           WHERE es.stream_id = $1 AND (($2::bigint = -3 AND es.version > 0) OR es.version = $2::bigint) \
-           RETURNING es.version) "
-    };
+/// The code of `expected` for `stream`; a version beyond `i64::MAX` (which
+/// would collide with the codes above) is refused.
+pub(crate) fn expected_version_code(
+    stream: &StreamId,
+    expected: ExpectedVersion,
+) -> Result<i64, Error> {
+    Ok(match expected {
+        ExpectedVersion::Any => expected_version::ANY,
+        ExpectedVersion::NoStream => expected_version::NO_STREAM,
+        ExpectedVersion::StreamExists => expected_version::STREAM_EXISTS,
+        ExpectedVersion::Exact(v) => i64::try_from(v.get()).map_err(|_| Error::InvalidAppend {
+            reason: format!(
+                "stream '{stream}' is expected at version {v}, beyond the largest a stream can reach ({})",
+                i64::MAX
+            ),
+        })?,
+    })
 }
 
-/// One event: plain scalar parameters and the insert as the main statement,
-/// so the plan is a bare insert over the CTE (no unnest, no aggregate).
-/// `$4..$8` id, type, schema version, data, metadata. Returns the event's
-/// position and version, or no row on a failed expectation.
-macro_rules! insert_one_tail {
-    () => {
-        concat!(
-            "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
-                                         event_type, schema_version, event_data, metadata) \
-             SELECT ",
-            position_base!(),
-            " + 1, $4, $1, v.version, $5, $6, $7, $8 \
-             FROM v \
-             RETURNING global_position, stream_version"
-        )
-    };
-}
-
-/// Several events: `$4..$8` per-event arrays, numbered from the version CTE
-/// `v`. Returns the new version and the first position, both NULL on a
-/// failed expectation.
-macro_rules! insert_many_tail {
-    () => {
-        concat!(
-            ", appended AS ( \
-               INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
-                                            event_type, schema_version, event_data, metadata) \
-               SELECT ",
-            position_base!(),
-            " + e.n, e.id, $1, \
-                      v.version - $3::bigint + e.n, e.t, e.sv, e.d, e.m \
-               FROM v, unnest($4::uuid[], $5::text[], $6::int[], $7::jsonb[], $8::jsonb[]) \
-                    WITH ORDINALITY AS e(id, t, sv, d, m, n) \
-               RETURNING global_position \
-             ) \
-             SELECT (SELECT version FROM v) AS version, \
-                    (SELECT min(global_position) FROM appended) AS first_position"
-        )
-    };
-}
-
-// The single-stream path: check, bump and insert in one statement (the
-// `append_to_streams` function runs the same per stream for multi-stream
-// appends).
-// `$1` stream id, `$2` expectation (-1 any, -2 no stream, -3 stream exists,
-// n exact), `$3` number of events; the events as described at the tails.
-
-/// One event on a stream that may be new.
-pub(crate) const APPEND_ONE_TO_NEW_STREAM: &str = concat!(new_stream_head!(), insert_one_tail!());
-/// One event on a stream that must exist.
-pub(crate) const APPEND_ONE_TO_EXISTING_STREAM: &str =
-    concat!(existing_stream_head!(), insert_one_tail!());
-/// Several events on a stream that may be new.
-pub(crate) const APPEND_TO_NEW_STREAM: &str = concat!(new_stream_head!(), insert_many_tail!());
-/// Several events on a stream that must exist.
-pub(crate) const APPEND_TO_EXISTING_STREAM: &str =
-    concat!(existing_stream_head!(), insert_many_tail!());
-
-/// Several streams, or check-only ones: `$1..$9` as described at
-/// `append_to_streams` in migrations/0003_lean_write_path.sql.
-pub(crate) const APPEND_TO_STREAMS: &str = "SELECT base_position, versions \
-     FROM {schema}.append_to_streams($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
-/// After `append_to_streams` raised a failed expectation: `$1` the
-/// request's streams, `$2` its event ids. Each stream's version (0 if it
-/// does not exist) in `$1`'s order, and whether any id is already stored.
-pub(crate) const SELECT_CONFLICT_STATES: &str = "SELECT \
-       (SELECT array_agg(coalesce(es.version, 0) ORDER BY s.i) \
-          FROM unnest($1::text[]) WITH ORDINALITY AS s(stream_id, i) \
-          LEFT JOIN {schema}.event_streams es ON es.stream_id = s.stream_id), \
-       EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = ANY ($2))";
-
-/// After a fast-path conflict: `$1` stream id, `$2` the append's event ids.
-/// The stream's version, and whether any id is already stored (a re-send).
-pub(crate) const SELECT_CONFLICT_STATE: &str = "SELECT coalesce((SELECT version FROM {schema}.event_streams WHERE stream_id = $1), 0), \
-            EXISTS (SELECT 1 FROM {schema}.events WHERE event_id = ANY ($2))";
+/// Sends a NOTIFY on `$1` (the channel) with an empty payload. The channel
+/// travels as a value, never spliced into SQL; `LISTEN` quotes it (sqlx).
+pub(crate) const NOTIFY_CHANNEL: &str = "SELECT pg_notify($1, '')";
 
 /// `$1` stream id, `$2` first version (inclusive), `$3` limit.
 pub(crate) const READ_STREAM_FORWARD: &str = concat!(
@@ -197,11 +127,6 @@ pub(crate) const SELECT_HEAD_POSITION: &str = "SELECT max(global_position) FROM 
 pub(crate) const SELECT_NEXT_TRANSACTION_ID: &str =
     "SELECT pg_snapshot_xmax(pg_current_snapshot())::text";
 
-/// `$1` event ids. Used after a conflict or duplicate id to tell a re-send
-/// of an earlier append from a genuine clash.
-pub(crate) const SELECT_EVENTS_BY_ID: &str = "SELECT event_id, stream_id, stream_version, global_position \
-     FROM {schema}.events WHERE event_id = ANY($1)";
-
 /// The first position readers cannot see yet, and the oldest running
 /// transaction's age (what holds that horizon back).
 pub(crate) const SELECT_HORIZON: &str = concat!(
@@ -224,7 +149,7 @@ pub(crate) const SELECT_DATABASES: &str =
 /// The EventCore stores of the connected database, found in the catalogs:
 /// schemas with an `events` table that has a `global_position` column and a
 /// `schema_migrations` ledger, whatever their names. Per schema, whether it
-/// has `projection_checkpoints` (schema version 2 on).
+/// has `projection_checkpoints` (a damaged schema may have lost it).
 pub(crate) const SELECT_STORE_SCHEMAS: &str = "SELECT n.nspname, \
        EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid \
                AND c.relname = 'projection_checkpoints' AND c.relkind IN ('r', 'p')) \
@@ -295,7 +220,18 @@ pub(crate) const SELECT_STATS: &str = "SELECT (SELECT count(*) FROM {schema}.eve
 /// `template` with `{schema}` filled in as [`Statements::new`] does, for a
 /// schema found in the catalogs rather than configured.
 pub(crate) fn for_schema(template: &str, schema: &str) -> Arc<str> {
-    Arc::from(template.replace("{schema}", &quote_ident(schema)))
+    fill(template, &quote_ident(schema))
+}
+
+/// `template` with `{schema}` replaced by `quoted` and its comment lines
+/// dropped (they document the files in `sql/`; the server need not parse
+/// them, nor logs show them).
+fn fill(template: &str, quoted: &str) -> Arc<str> {
+    let text: Vec<&str> = template
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect();
+    Arc::from(text.join("\n").replace("{schema}", quoted))
 }
 
 /// A filled-in statement, in the form sqlx takes. The schema was validated
@@ -383,13 +319,8 @@ pub(crate) const SELECT_READ_BLOCKER: &str = "SELECT pid, age_s, state, app FROM
 #[derive(Debug)]
 pub(crate) struct Statements {
     // Arc<str>: handing a statement to sqlx is a reference-count bump.
-    pub(crate) append_one_to_new_stream: Arc<str>,
-    pub(crate) append_one_to_existing_stream: Arc<str>,
-    pub(crate) append_to_new_stream: Arc<str>,
-    pub(crate) append_to_existing_stream: Arc<str>,
     pub(crate) append_to_streams: Arc<str>,
     pub(crate) select_conflict_states: Arc<str>,
-    pub(crate) select_conflict_state: Arc<str>,
     pub(crate) read_stream_forward: Arc<str>,
     pub(crate) read_streams_forward: Arc<str>,
     pub(crate) read_all_forward: Arc<str>,
@@ -425,16 +356,11 @@ impl Statements {
     /// it is quoted, so reserved words such as `user` work.
     pub(crate) fn new(schema: &str) -> Self {
         let quoted = quote_ident(schema);
-        let fill = |template: &str| Arc::from(template.replace("{schema}", &quoted));
+        let fill = |template: &str| fill(template, &quoted);
         Self {
             write_gate: Default::default(),
-            append_one_to_new_stream: fill(APPEND_ONE_TO_NEW_STREAM),
-            append_one_to_existing_stream: fill(APPEND_ONE_TO_EXISTING_STREAM),
-            append_to_new_stream: fill(APPEND_TO_NEW_STREAM),
-            append_to_existing_stream: fill(APPEND_TO_EXISTING_STREAM),
             append_to_streams: fill(APPEND_TO_STREAMS),
             select_conflict_states: fill(SELECT_CONFLICT_STATES),
-            select_conflict_state: fill(SELECT_CONFLICT_STATE),
             read_stream_forward: fill(READ_STREAM_FORWARD),
             read_streams_forward: fill(READ_STREAMS_FORWARD),
             read_all_forward: fill(READ_ALL_FORWARD),

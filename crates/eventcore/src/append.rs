@@ -7,7 +7,7 @@ use crate::{
     StreamId, StreamVersion, rules,
 };
 
-/// Default limit on one event's serialized data plus metadata, in bytes.
+/// Default limit on one event's serialized data plus custom metadata, in bytes.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// Most events one append may carry (the PostgreSQL store numbers events
@@ -100,7 +100,7 @@ impl AppendRequest {
     /// expected version above [`StreamVersion::MAX`], no event id twice, at
     /// most [`MAX_EVENTS_PER_APPEND`] events, every event within the rules
     /// of [`NewEvent`] (so that it reads back identically) and no event
-    /// whose serialized data plus metadata exceeds `max_event_bytes`.
+    /// whose serialized data plus custom metadata exceeds `max_event_bytes`.
     ///
     /// Every store calls this before touching storage, so bad input fails the
     /// same way everywhere: [`Error::InvalidAppend`],
@@ -145,7 +145,6 @@ impl AppendRequest {
                     event_type: e.event_type.clone(),
                     reason,
                 };
-                // Metadata first: measuring it serializes it.
                 rules::check_type_and_version(&e.event_type, e.schema_version).map_err(invalid)?;
                 rules::check_metadata(&e.metadata).map_err(invalid)?;
                 let size = encoded_size(e);
@@ -169,13 +168,20 @@ impl AppendRequest {
     }
 }
 
-/// Serialized size of an event's data plus metadata, as a store would hold it.
+/// Serialized size of an event's data plus custom metadata, the parts of
+/// variable size.
 pub fn encoded_size(event: &NewEvent) -> usize {
-    event.data.get().len() + event.metadata.encoded_len()
+    let custom = &event.metadata.custom;
+    event.data.get().len()
+        + if custom.is_empty() {
+            0
+        } else {
+            json_len(custom)
+        }
 }
 
 /// Length of `value`'s compact JSON text, without allocating it.
-pub(crate) fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -380,6 +386,8 @@ mod tests {
             (-1, 0),
             (2016, 1_000_000_000),
             (2016, 1_999_999_999),
+            (2016, 1),
+            (2016, 999_999_999),
         ] {
             assert!(matches!(
                 invalid(with_time(year, nanos)),
@@ -387,7 +395,7 @@ mod tests {
             ));
         }
         accepted(with_time(1, 0));
-        accepted(with_time(9999, 999_999_999));
+        accepted(with_time(9999, 999_999_000));
         let custom = |v: serde_json::Value| {
             let mut e = NewEvent::raw("T", json!({}));
             e.metadata = e.metadata.with_custom("k", v);
@@ -456,5 +464,17 @@ mod tests {
             }
             other => panic!("expected PayloadTooLarge, got {other:?}"),
         }
+        // Custom metadata counts, as its compact JSON text.
+        let mut tagged = NewEvent::raw("T", json!({}));
+        tagged.metadata = tagged.metadata.with_custom("k", "x".repeat(1000));
+        assert_eq!(
+            encoded_size(&tagged),
+            "{}".len() + r#"{"k":""}"#.len() + 1000
+        );
+        let req = AppendRequest::new().append(sid("a"), ExpectedVersion::Any, vec![tagged]);
+        assert!(matches!(
+            req.validate(1000),
+            Err(Error::PayloadTooLarge { size: 1010, .. })
+        ));
     }
 }

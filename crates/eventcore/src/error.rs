@@ -141,8 +141,11 @@ pub enum InvalidEventReason {
         /// What it is.
         problem: JsonProblem,
     },
-    /// `occurred_at` is outside years 0001-9999 or is a leap second.
-    #[error("occurred_at {occurred_at:?} is outside years 0001-9999 or a leap second")]
+    /// `occurred_at` is outside years 0001-9999, finer than a microsecond
+    /// or a leap second.
+    #[error(
+        "occurred_at {occurred_at:?} is outside years 0001-9999, finer than a microsecond or a leap second"
+    )]
     OccurredAt {
         /// The rejected time.
         occurred_at: DateTime<Utc>,
@@ -232,7 +235,7 @@ pub enum Error {
         expected: ExpectedVersion,
     },
 
-    /// An event's serialized payload (data plus metadata) exceeds the store's limit.
+    /// An event's serialized payload (data plus custom metadata) exceeds the store's limit.
     /// Nothing was written.
     #[error("event {event_id} on stream '{stream_id}' is {size} bytes; the limit is {limit}")]
     PayloadTooLarge {

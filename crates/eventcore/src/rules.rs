@@ -145,11 +145,15 @@ pub(crate) fn check_type_and_version(
     Ok(())
 }
 
-/// `occurred_at` in years 1-9999 without a leap second; custom entries
-/// within [`MAX_JSON_DEPTH`], without NUL in strings or keys.
+/// `occurred_at` in years 1-9999, in whole microseconds (what SQL
+/// timestamps keep) and without a leap second; custom entries within
+/// [`MAX_JSON_DEPTH`], without NUL in strings or keys.
 pub(crate) fn check_metadata(metadata: &EventMetadata) -> Result<(), InvalidEventReason> {
     let t = metadata.occurred_at;
-    if !(1..=9999).contains(&t.year()) || t.nanosecond() >= 1_000_000_000 {
+    if !(1..=9999).contains(&t.year())
+        || t.nanosecond() >= 1_000_000_000
+        || !t.nanosecond().is_multiple_of(1_000)
+    {
         return Err(InvalidEventReason::OccurredAt { occurred_at: t });
     }
     if metadata.custom.is_empty() {

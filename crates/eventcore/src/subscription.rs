@@ -72,11 +72,10 @@ pub struct SubscriptionOptions {
     /// 5 ms. Under a steady stream of appends wake-ups never stop, and most
     /// of a read's cost is fixed (a round trip, a server wake-up, a
     /// snapshot), not per event: pacing reads bounds what a live subscriber
-    /// takes from the writers (on the 2-core reference machine, with 16
-    /// writers, reading every ~3 ms cost them 9-11 % of their throughput,
-    /// every ~6 ms 4-8 %). Delivery latency under load grows by up to this
-    /// much; after a quiet spell a commit is still read `wake_delay` after
-    /// it wakes the subscriber. Catching up (full pages) is never paced.
+    /// takes from the writers (docs/adr/0007-subscription-read-pacing.md).
+    /// Delivery latency under load grows by up to this much; after a quiet
+    /// spell a commit is still read `wake_delay` after it wakes the
+    /// subscriber. Catching up (full pages) is never paced.
     pub min_read_interval: Duration,
 }
 

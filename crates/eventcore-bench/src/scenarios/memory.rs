@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use eventcore::InMemoryEventStore;
 
-use super::{
-    Ctx, Timing, append::measure_appends, command::funded, command::measure_transfers,
-    command::transfer_row, seed_order, seed_streams, write_streams,
+use crate::{
+    ctx::Ctx,
+    measure::Timing,
+    provision::seed_streams,
+    report::Row,
+    workload::{
+        funded, measure_appends, measure_transfers, seed_order, transfer_row, write_streams,
+    },
 };
-use crate::report::Row;
 
 async fn seeded_orders() -> anyhow::Result<InMemoryEventStore> {
     let store = InMemoryEventStore::new();
@@ -21,7 +25,7 @@ async fn seeded_orders() -> anyhow::Result<InMemoryEventStore> {
 /// capped at this long to bound the benchmark's memory to a few GB.
 const MAX_MEASURE: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run_g(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+pub(super) async fn run_g(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let timing = Timing {
         measure: ctx.timing.measure.min(MAX_MEASURE),
         ..ctx.timing

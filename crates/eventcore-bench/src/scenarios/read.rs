@@ -5,8 +5,8 @@
 //! The store's data set is written by SQL straight into its tables (far
 //! faster than appends), with everything made the way the append statements make
 //! it: one transaction per batch, `global_position = xid8 << 20 + index`,
-//! UUIDv7-shaped event ids, metadata that decodes as `EventMetadata`. It is
-//! kept between runs (schema `bench_read_<size>_v<schema version>_m2`).
+//! UUIDv7-shaped event ids, metadata in its typed columns. It is
+//! kept between runs (schema `bench_read_<size>_v<schema version>_m3`).
 
 use std::sync::Arc;
 
@@ -16,10 +16,13 @@ use eventcore_postgres::{PostgresEventStore, SCHEMA_VERSION};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use sqlx::AssertSqlSafe;
 
-use super::{Ctx, OrderPlaced, Outcome, Worker, close, drive, stream_ids};
 use crate::{
-    db::{BenchDb, READ_STREAM_LEN, Script},
+    ceiling::Script,
+    ctx::{Ctx, close},
+    measure::{Outcome, Worker, drive},
+    provision::{BenchDb, READ_STREAM_LEN},
     report::Row,
+    workload::{OrderPlaced, stream_ids},
 };
 
 /// Events per `read_all` page.
@@ -120,14 +123,7 @@ async fn reusable(db: &BenchDb, schema: &str, events: usize) -> anyhow::Result<b
         eprintln!("  {schema} was built by another version of the store's schema");
         return Ok(false);
     }
-    let counts: Result<(i64, i64), _> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT (SELECT count(*) FROM {schema}.events), \
-                (SELECT count(*) FROM {schema}.event_streams)"
-    )))
-    .fetch_one(&db.admin)
-    .await;
-    let streams = events / READ_STREAM_LEN;
-    Ok(matches!(counts, Ok((e, s)) if e as usize == events && s as usize == streams))
+    db.holds_read_set(schema, events).await
 }
 
 /// The store's read data set, built unless a complete one is there.
@@ -165,13 +161,12 @@ BEGIN
         END IF;
         base := pg_current_xact_id()::text::bigint << 20;
         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version,
-                                     event_type, schema_version, event_data, metadata)
+                                     event_type, schema_version, event_data,
+                                     occurred_at, correlation_id)
         SELECT base + (s - lo) * {READ_STREAM_LEN} + v,
                overlay(gen_random_uuid()::text PLACING '7' FROM 15 FOR 1)::uuid,
                'stream-' || s, v, 'OrderPlaced', 1, '{payload}'::jsonb,
-               jsonb_build_object('correlation_id', gen_random_uuid(),
-                                  'occurred_at', replace(to_char(clock_timestamp() AT TIME ZONE 'UTC',
-                                                                 'YYYY-MM-DD HH24:MI:SS.US'), ' ', 'T') || 'Z')
+               clock_timestamp(), gen_random_uuid()
         FROM generate_series(lo, hi) s, generate_series(1, {READ_STREAM_LEN}) v
         ORDER BY s, v;
         INSERT INTO {schema}.event_streams (stream_id, version)
@@ -202,17 +197,17 @@ async fn positions(db: &BenchDb, schema: &str) -> anyhow::Result<Positions> {
     Ok(Positions { runs, total })
 }
 
-pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+pub(super) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let (events, label) = if ctx.quick {
         (100_000, "100k")
     } else {
         (1_000_000, "1m")
     };
-    let readers_list: &[usize] = if ctx.quick { &[16] } else { &[1, 16] };
+    let readers_list = ctx.sweep(&[16], &[1, 16]);
     let max_readers = readers_list.iter().copied().max().unwrap_or(1);
-    // `_m2`: metadata timestamps spelled as the library writes them.
-    let schema = format!("bench_read_{label}_v{SCHEMA_VERSION}_m2");
-    let ceiling_schema = format!("ceiling_read_{label}");
+    // `_m3`: metadata in typed columns.
+    let schema = format!("bench_read_{label}_v{SCHEMA_VERSION}_m3");
+    let ceiling_schema = format!("ceiling_read_{label}_m3");
     let streams = stream_ids("stream", events / READ_STREAM_LEN)?;
 
     eprintln!("[E] {events} events stored");
@@ -227,7 +222,7 @@ pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     }
 
     let mut rows = Vec::new();
-    for &readers in readers_list {
+    for readers in readers_list {
         eprintln!("[E] read_stream, {readers} readers");
         let store = ctx.db()?.store(&schema, readers).await?;
         BenchDb::warm_pool(store.pool(), readers).await?;
@@ -254,9 +249,9 @@ pub(crate) async fn run_e(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         close(store).await;
 
         let f1 = Script::read_stream(&ceiling_schema, events / READ_STREAM_LEN);
-        let f1 = ctx.ceiling(&f1, readers).await;
+        let f1 = ctx.measure_ceiling(&f1, readers).await;
         let f2 = Script::read_all(&ceiling_schema, events, PAGE);
-        let f2 = ctx.ceiling(&f2, readers).await;
+        let f2 = ctx.measure_ceiling(&f2, readers).await;
         let note =
             format!("{events} events stored; writers = readers; ev/append = events per read");
         rows.push(

@@ -12,8 +12,8 @@ use std::sync::{
 
 use anyhow::Context as _;
 use eventcore::{
-    AppendRequest, Command, CommandError, CommandExecutor, Decide, Decision, EventMetadata,
-    EventStore, ExpectedVersion, NewEvent, Snapshots, State, States, StreamId,
+    AppendRequest, Command, CommandExecutor, Decide, Decision, EventMetadata, EventStore,
+    ExpectedVersion, NewEvent, Snapshots, State, States, StreamId,
     testing::{CountingStore, ReadCounts},
 };
 use eventcore_postgres::{PostgresEventStore, PostgresSnapshotStore};
@@ -21,8 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
-use super::{Ctx, Measured, OrderPlaced, Outcome, Worker, close, drive, stream_ids};
-use crate::report::Row;
+use crate::{
+    ctx::{Ctx, close},
+    measure::{Measured, Outcome, Worker, drive},
+    report::{Row, round},
+    workload::{OrderPlaced, command_outcome, stream_ids},
+};
 
 /// Events on the long stream.
 const LONG: usize = 100_000;
@@ -116,16 +120,7 @@ where
             stream: stream.clone(),
             state: std::marker::PhantomData,
         };
-        match executor.execute(command).await {
-            Ok(outcome) => Ok(Outcome::Ok {
-                events: outcome.events_written as u64,
-                retries: u64::from(outcome.attempts - 1),
-            }),
-            Err(CommandError::RetriesExhausted { attempts, .. }) => Ok(Outcome::Conflict {
-                retries: u64::from(attempts - 1),
-            }),
-            Err(e) => Err(anyhow::anyhow!("{e}")),
-        }
+        command_outcome(executor.execute(command).await)
     }
 }
 
@@ -165,39 +160,34 @@ where
     let counting = CountingStore::new(store.clone());
     let counts: Arc<ReadCounts> = counting.counts();
     let snapshots = snapshots.then(|| PostgresSnapshotStore::new(store.clone()));
-    let ran = Arc::new(AtomicU64::new(0));
-    let worker = SnapshotWorker::<S> {
-        store: counting,
+    let worker = |store, streams, seed, ran| SnapshotWorker::<S> {
+        store,
         snapshots: snapshots.clone(),
-        streams: Arc::clone(streams),
-        rng: SmallRng::seed_from_u64(0x5A),
-        ran: Arc::clone(&ran),
+        streams,
+        rng: SmallRng::seed_from_u64(seed),
+        ran,
         state: std::marker::PhantomData,
     };
+    let ran = Arc::new(AtomicU64::new(0));
+    let measured = worker(counting, Arc::clone(streams), 0x5A, Arc::clone(&ran));
     if snapshots.is_some() {
         // A command on each stream first, outside the measurement: the
         // first one folds the stream and takes its first snapshot.
-        let mut first = SnapshotWorker::<S> {
-            store: CountingStore::new(store.clone()),
-            snapshots,
-            streams: Arc::clone(streams),
-            rng: SmallRng::seed_from_u64(0),
-            ran: Arc::default(),
-            state: std::marker::PhantomData,
-        };
         for stream in streams.iter() {
-            first.streams = Arc::from([stream.clone()]);
-            first.op().await?;
+            let one = Arc::from([stream.clone()]);
+            worker(CountingStore::new(store.clone()), one, 0, Arc::default())
+                .op()
+                .await?;
         }
     }
-    let m = drive(vec![worker], ctx.timing).await?;
+    let m = drive(vec![measured], ctx.timing).await?;
     // Every command the worker ran, warm-up included, read through `counting`.
     let read = counts.stream_events.load(Ordering::Relaxed) as f64;
     let per_command = read / ran.load(Ordering::Relaxed).max(1) as f64;
     Ok((m, per_command))
 }
 
-pub(crate) async fn run_s(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+pub(super) async fn run_s(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let db = ctx.db()?;
     let schema = "bench_snapshot";
     eprintln!("[S] seeding a stream of {LONG} events and {SHORT_STREAMS} of {SHORT}");
@@ -242,7 +232,7 @@ pub(crate) async fn run_s(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             Row::from_measured(name, 1, 1, &m)
                 .extra("stream_length_at_start", start)
                 .extra("stream_length_at_end", end)
-                .extra("events_read_per_command", crate::report::round(read))
+                .extra("events_read_per_command", round(read))
                 .note(format!(
                     "a command appending to {which} of {start} events ({end} at the end, \
                      on average), fresh executor each: {how}; {read:.0} events read per command"

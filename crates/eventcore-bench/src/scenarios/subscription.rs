@@ -42,20 +42,19 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{
-    Ctx, Timing, append::AppendWorker, append::StampLog, close, drive_from, seed_order,
-    write_streams,
-};
 use crate::{
     cpu,
-    report::{Row, round3},
+    ctx::{Ctx, close},
+    measure::{Timing, drive_from, histogram, quantile_ms},
+    report::{Row, round, round3},
+    workload::{AppendWorker, StampLog, seed_order, write_streams},
 };
 
 /// A's writer count.
 const WRITERS: usize = 16;
 
 /// Length of each off- and on-slice.
-pub(crate) const SLICE: Duration = Duration::from_millis(250);
+const SLICE: Duration = Duration::from_millis(250);
 
 /// How long a subscriber may take, once its slice ends, to deliver what was
 /// committed by then; the rest counts as undelivered.
@@ -75,27 +74,24 @@ enum Variant {
 }
 
 impl Variant {
-    fn name(self) -> &'static str {
+    /// Row name, schema, and what it switches on.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
         match self {
-            Variant::SameStore => "F-same-store",
-            Variant::OtherStore => "F-other-store",
-            Variant::Nothing => "F-none",
-        }
-    }
-
-    fn schema(self) -> &'static str {
-        match self {
-            Variant::SameStore => "bench_f_same_w16",
-            Variant::OtherStore => "bench_f_other_w16",
-            Variant::Nothing => "bench_f_none_w16",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Variant::SameStore => "subscriber on the writers' store (in-process wake-ups)",
-            Variant::OtherStore => "subscriber on a second store (LISTEN/NOTIFY + polling)",
-            Variant::Nothing => "nothing switched on: the ratio's noise floor",
+            Variant::SameStore => (
+                "F-same-store",
+                "bench_f_same_w16",
+                "subscriber on the writers' store (in-process wake-ups)",
+            ),
+            Variant::OtherStore => (
+                "F-other-store",
+                "bench_f_other_w16",
+                "subscriber on a second store (LISTEN/NOTIFY + polling)",
+            ),
+            Variant::Nothing => (
+                "F-none",
+                "bench_f_none_w16",
+                "nothing switched on: the ratio's noise floor",
+            ),
         }
     }
 }
@@ -334,7 +330,7 @@ impl Latency {
     ) -> anyhow::Result<Self> {
         let at: HashMap<EventId, Instant> = delivered.iter().copied().collect();
         let mut latency = Self {
-            hist: Histogram::new_with_bounds(1, 600_000_000, 3)?,
+            hist: histogram()?,
             missing: 0,
             early: 0,
             below_start: 0,
@@ -364,16 +360,12 @@ impl Latency {
     }
 
     fn ms(&self, q: f64) -> f64 {
-        if self.hist.is_empty() {
-            return 0.0;
-        }
-        self.hist.value_at_quantile(q) as f64 / 1000.0
+        quantile_ms(&self.hist, q)
     }
 }
 
 async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
-    let name = variant.name();
-    let schema = variant.schema();
+    let (name, schema, describe) = variant.names();
     eprintln!(
         "[{name}] A with {WRITERS} writers, subscriber off/on every {} ms",
         SLICE.as_millis()
@@ -444,16 +436,13 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
     let empty_per_sec = count(|c| &c.empty_reads) as f64 / on_seconds.max(1e-9);
     let heads_per_sec = count(|c| &c.head_reads) as f64 / on_seconds.max(1e-9);
     row = row
-        .extra(
-            "run_events_per_sec",
-            crate::report::round(m.events as f64 / m.seconds),
-        )
+        .extra("run_events_per_sec", round(m.per_sec(m.events)))
         .extra("slice_ms", SLICE.as_millis() as u64)
         .extra("slices_on", slices.iter().filter(|s| s.on).count())
         .note(format!(
             "{}; writers {with:.0} ev/s with it, {without:.0} without \
              (alternating {} ms slices): {ratio:.3}",
-            variant.describe(),
+            describe,
             SLICE.as_millis()
         ));
     // What the subscriber adds to the machine's work per written event.
@@ -488,13 +477,10 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
         .extra("committed_below_start", latency.below_start)
         .extra("delivery_p999_ms", round3(latency.ms(0.999)))
         .extra("delivery_max_ms", round3(latency.ms(1.0)))
-        .extra(
-            "subscriber_reads_per_sec",
-            crate::report::round(reads_per_sec),
-        )
-        .extra("events_per_read", crate::report::round(events_per_read))
-        .extra("empty_reads_per_sec", crate::report::round(empty_per_sec))
-        .extra("head_reads_per_sec", crate::report::round(heads_per_sec))
+        .extra("subscriber_reads_per_sec", round(reads_per_sec))
+        .extra("events_per_read", round(events_per_read))
+        .extra("empty_reads_per_sec", round(empty_per_sec))
+        .extra("head_reads_per_sec", round(heads_per_sec))
         .note(format!(
             "p50/p99 = delivery latency (append returned -> event yielded), max {:.1} ms; \
              {reads_per_sec:.0} reads/s of {events_per_read:.1} events \
@@ -518,7 +504,7 @@ async fn f_row(ctx: &mut Ctx, variant: Variant) -> anyhow::Result<Row> {
     Ok(row)
 }
 
-pub(crate) async fn run_f(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
+pub(super) async fn run_f(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for variant in [Variant::Nothing, Variant::SameStore, Variant::OtherStore] {
         rows.push(f_row(ctx, variant).await?);

@@ -171,11 +171,13 @@ pub(crate) const SELECT_CONNECTIONS: &str = "SELECT coalesce(datname, ''), coale
 
 /// Export: `$1` position to read after (exclusive), `$2` limit, `$3`
 /// stream ids (NULL: any), `$4` stream-id prefix (NULL: any). Events below
-/// the read horizon in global order, payload and metadata as PostgreSQL
-/// prints them (the export's stable form): event id, stream, version, type,
-/// schema version, payload, metadata, position.
+/// the read horizon in global order, payload and custom metadata as
+/// PostgreSQL prints them (the export's stable form): event id, stream,
+/// version, type, schema version, payload, occurred_at, correlation id,
+/// causation id, custom metadata, position.
 pub(crate) const SELECT_EXPORT_PAGE: &str = "SELECT event_id, stream_id, stream_version, event_type, \
-       schema_version, event_data::text, metadata::text, global_position \
+       schema_version, event_data::text, occurred_at, correlation_id, causation_id, \
+       metadata::text, global_position \
      FROM {schema}.events \
      WHERE global_position > $1 \
        AND global_position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \

@@ -3,7 +3,9 @@
 //!
 //! One event per line, in global order, with the fields (in this order)
 //! `event_id`, `stream_id`, `stream_version`, `event_type`,
-//! `schema_version`, `metadata`, `data`; `metadata` and `data` are the JSON
+//! `schema_version`, `metadata`, `data`. `metadata` is an
+//! [`EventMetadata`]'s JSON (`correlation_id`, `causation_id` if any,
+//! `occurred_at`, `custom` if not empty); `data` and `custom` are the JSON
 //! PostgreSQL stores, as it prints it. Global positions and record times are
 //! the store's own facts and are not exported: positions derive from
 //! transaction ids, which mean nothing in another cluster (and which
@@ -20,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use eventcore::{
     AppendRequest, Error, EventData, EventId, EventMetadata, EventStore, ExpectedVersion,
     GlobalPosition, NewEvent, RetryPolicy, StreamId, StreamVersion,
@@ -88,8 +91,24 @@ struct LineOut<'a> {
     stream_version: i64,
     event_type: &'a str,
     schema_version: i32,
-    metadata: &'a RawValue,
+    metadata: MetadataOut<'a>,
     data: &'a RawValue,
+}
+
+/// Exported metadata: the fields of [`EventMetadata`], in its order, with
+/// the custom map as PostgreSQL prints it.
+#[derive(Serialize)]
+struct MetadataOut<'a> {
+    correlation_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causation_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "is_empty_object")]
+    custom: &'a RawValue,
+}
+
+fn is_empty_object(raw: &&RawValue) -> bool {
+    raw.get() == "{}"
 }
 
 /// One event read from an import.
@@ -197,7 +216,7 @@ impl PostgresEventStore {
             for row in &rows {
                 let get = |e| PostgresError::from(self.map_err(OP, e));
                 let stream_id: &str = row.try_get(1).map_err(get)?;
-                let position: i64 = row.try_get(7).map_err(get)?;
+                let position: i64 = row.try_get(10).map_err(get)?;
                 let raw = |text: String| {
                     RawValue::from_string(text).map_err(|e| {
                         PostgresError::Store(Error::CorruptRow {
@@ -208,14 +227,20 @@ impl PostgresEventStore {
                     })
                 };
                 let data = raw(row.try_get(5).map_err(get)?)?;
-                let metadata = raw(row.try_get(6).map_err(get)?)?;
+                let custom = raw(row.try_get(9).map_err(get)?)?;
+                let metadata = MetadataOut {
+                    occurred_at: row.try_get(6).map_err(get)?,
+                    correlation_id: row.try_get(7).map_err(get)?,
+                    causation_id: row.try_get(8).map_err(get)?,
+                    custom: &custom,
+                };
                 let line = LineOut {
                     event_id: row.try_get(0).map_err(get)?,
                     stream_id,
                     stream_version: row.try_get(2).map_err(get)?,
                     event_type: row.try_get(3).map_err(get)?,
                     schema_version: row.try_get(4).map_err(get)?,
-                    metadata: &metadata,
+                    metadata,
                     data: &data,
                 };
                 serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;

@@ -1,14 +1,14 @@
-//! The append path: one statement for one stream, the
-//! `append_to_streams` function for several, and the replay check that
-//! recognises a re-send by its event ids.
+//! The append path: one call of the `append_to_streams` function, and the
+//! replay check that recognises a re-send by its event ids.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
+
+use chrono::{DateTime, Utc};
 
 use eventcore::{
-    AppendOutcome, AppendRequest, Error, EventMetadata, ExpectedVersion, GlobalPosition, StreamId,
-    StreamVersion, VersionConflict,
+    AppendOutcome, AppendRequest, Error, GlobalPosition, StreamVersion, VersionConflict,
 };
-use sqlx::{PgConnection, Postgres, Row, postgres::PgArguments, query::Query, types::Json};
+use sqlx::{PgConnection, Postgres, Row, postgres::PgArguments, query::Query};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -16,37 +16,10 @@ use super::PostgresEventStore;
 use crate::{
     error::{CONFLICT_SQLSTATE, constraint, db_error_parts, sqlstate},
     instrument,
-    jsonb::JsonbParam,
+    jsonb::{self, JsonbParam},
     pool::Call,
-    sql::sql,
+    sql::{self, sql},
 };
-
-/// How an [`ExpectedVersion`] travels to the append statements and the
-/// `append_to_streams` function (`$2` / `p_expected`): an exact version as
-/// itself, the others as negative codes no version can take. The one place
-/// the encoding is written on this side; the SQL reads it back in sql.rs and
-/// migrations/0003_lean_write_path.sql.
-mod expectation {
-    pub(crate) const ANY: i64 = -1;
-    pub(crate) const NO_STREAM: i64 = -2;
-    pub(crate) const STREAM_EXISTS: i64 = -3;
-}
-
-/// The code of `expected` for `stream`; a version beyond `i64::MAX` (which
-/// would collide with the codes above) is refused.
-fn expectation_code(stream: &StreamId, expected: ExpectedVersion) -> Result<i64, Error> {
-    Ok(match expected {
-        ExpectedVersion::Any => expectation::ANY,
-        ExpectedVersion::NoStream => expectation::NO_STREAM,
-        ExpectedVersion::StreamExists => expectation::STREAM_EXISTS,
-        ExpectedVersion::Exact(v) => i64::try_from(v.get()).map_err(|_| Error::InvalidAppend {
-            reason: format!(
-                "stream '{stream}' is expected at version {v}, beyond the largest a stream can reach ({})",
-                i64::MAX
-            ),
-        })?,
-    })
-}
 
 /// What one send of an append found.
 enum Attempt {
@@ -68,12 +41,15 @@ struct AppendParams<'a> {
     event_types: Vec<&'a str>,
     schema_versions: Vec<i32>,
     data: Vec<JsonbParam<'a>>,
-    metadata: Vec<Json<&'a EventMetadata>>,
+    occurred_at: Vec<DateTime<Utc>>,
+    correlation_ids: Vec<Uuid>,
+    causation_ids: Vec<Option<Uuid>>,
+    /// Custom metadata as JSON text.
+    custom: Vec<Cow<'a, str>>,
 }
 
 impl<'a> AppendParams<'a> {
-    /// Binds the per-event arrays, in the order both multi-event statements
-    /// take them: ids, types, schema versions, data, metadata.
+    /// Binds the per-event arrays, `$5..$12` of `append_to_streams`.
     fn bind_events<'q>(
         &'q self,
         query: Query<'q, Postgres, PgArguments>,
@@ -83,7 +59,15 @@ impl<'a> AppendParams<'a> {
             .bind(&self.event_types)
             .bind(&self.schema_versions)
             .bind(&self.data)
-            .bind(&self.metadata)
+            .bind(&self.occurred_at)
+            .bind(&self.correlation_ids)
+            .bind(&self.causation_ids)
+            .bind(
+                self.custom
+                    .iter()
+                    .map(|c| JsonbParam(c))
+                    .collect::<Vec<_>>(),
+            )
     }
 
     fn new(request: &'a AppendRequest) -> Result<Self, Error> {
@@ -95,17 +79,30 @@ impl<'a> AppendParams<'a> {
             event_types: Vec::with_capacity(n),
             schema_versions: Vec::with_capacity(n),
             data: Vec::with_capacity(n),
-            metadata: Vec::with_capacity(n),
+            occurred_at: Vec::with_capacity(n),
+            correlation_ids: Vec::with_capacity(n),
+            causation_ids: Vec::with_capacity(n),
+            custom: Vec::with_capacity(n),
         };
         for s in request.streams() {
             p.streams.push(s.stream_id.as_str());
-            p.expected.push(expectation_code(&s.stream_id, s.expected)?);
+            p.expected
+                .push(sql::expected_version_code(&s.stream_id, s.expected)?);
             for e in &s.events {
                 p.event_ids.push(e.event_id.as_uuid());
                 p.event_types.push(&e.event_type);
                 p.schema_versions.push(e.schema_version as i32);
-                p.data.push(JsonbParam(&e.data));
-                p.metadata.push(Json(&e.metadata));
+                p.data.push(JsonbParam(e.data.get()));
+                p.occurred_at.push(e.metadata.occurred_at);
+                p.correlation_ids.push(e.metadata.correlation_id);
+                p.causation_ids.push(e.metadata.causation_id);
+                p.custom
+                    .push(jsonb::custom_text(&e.metadata.custom).map_err(|source| {
+                        Error::Encode {
+                            event_type: e.event_type.clone(),
+                            source,
+                        }
+                    })?);
             }
         }
         Ok(p)
@@ -166,11 +163,7 @@ impl PostgresEventStore {
         request: &AppendRequest,
         p: &AppendParams<'_>,
     ) -> Result<AppendOutcome, Error> {
-        let attempt = if request.streams().len() == 1 && !p.event_ids.is_empty() {
-            self.append_to_stream(conn, request, p).await
-        } else {
-            self.append_to_streams(conn, request, p).await
-        };
+        let attempt = self.append_to_streams(conn, request, p).await;
         match attempt {
             Ok(Attempt::Written(outcome)) => Ok(outcome),
             Ok(Attempt::Conflict {
@@ -224,37 +217,10 @@ impl PostgresEventStore {
         }
     }
 
-    /// The common case, events for one stream: one statement, which is its
-    /// own transaction.
-    async fn append_to_stream(
-        &self,
-        conn: &mut PgConnection,
-        request: &AppendRequest,
-        p: &AppendParams<'_>,
-    ) -> Result<Attempt, sqlx::Error> {
-        let stream = &request.streams()[0];
-        let n = p.event_ids.len() as i64;
-        match self.write_stream(conn, request, p).await? {
-            Some((version, first)) => Ok(Attempt::Written(AppendOutcome {
-                stream_versions: BTreeMap::from([(
-                    stream.stream_id.clone(),
-                    StreamVersion::new(version as u64),
-                )]),
-                positions: Some((
-                    GlobalPosition::new(first as u64),
-                    GlobalPosition::new((first + n - 1) as u64),
-                )),
-                replayed: false,
-            })),
-            None => self.single_stream_conflict(conn, p).await,
-        }
-    }
-
-    /// Several streams, or check-only ones: one call of the
-    /// `append_to_streams` function, which runs the one-stream statement for
-    /// each stream (and locks each check-only stream's row) in stream-id
-    /// order, so every writer takes row locks in one global order and none
-    /// deadlocks. A failed expectation rolls everything back (SQLSTATE
+    /// One call of the `append_to_streams` function, which checks and bumps
+    /// each stream's row (and locks each check-only stream's row) in
+    /// stream-id order, so every writer takes row locks in one global order
+    /// and none deadlocks. A failed expectation rolls everything back (SQLSTATE
     /// EC002); the actual versions are read afterwards.
     async fn append_to_streams(
         &self,
@@ -353,82 +319,6 @@ impl PostgresEventStore {
             }),
             None => Err(raised),
         }
-    }
-
-    /// Writes the events of the request's only stream with its one
-    /// statement. Returns the stream's new version and the first event's
-    /// position, or `None` if its expectation failed and nothing was written.
-    async fn write_stream(
-        &self,
-        conn: &mut PgConnection,
-        request: &AppendRequest,
-        p: &AppendParams<'_>,
-    ) -> Result<Option<(i64, i64)>, sqlx::Error> {
-        let stream = &request.streams()[0];
-        let n = stream.events.len();
-        let existing = match stream.expected {
-            ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
-            ExpectedVersion::StreamExists => true,
-            ExpectedVersion::Any | ExpectedVersion::NoStream => false,
-        };
-        let s = self.sql();
-        let (one, many) = if existing {
-            (
-                &s.append_one_to_existing_stream,
-                &s.append_to_existing_stream,
-            )
-        } else {
-            (&s.append_one_to_new_stream, &s.append_to_new_stream)
-        };
-        if n == 1 {
-            let row = sqlx::query(sql(one))
-                .persistent(self.named())
-                .bind(p.streams[0])
-                .bind(p.expected[0])
-                .bind(1_i64)
-                .bind(p.event_ids[0])
-                .bind(p.event_types[0])
-                .bind(p.schema_versions[0])
-                .bind(p.data[0])
-                .bind(p.metadata[0])
-                .fetch_optional(&mut *conn)
-                .await?;
-            return match row {
-                Some(row) => Ok(Some((row.try_get(1)?, row.try_get(0)?))),
-                None => Ok(None),
-            };
-        }
-        let query = sqlx::query(sql(many))
-            .persistent(self.named())
-            .bind(p.streams[0])
-            .bind(p.expected[0])
-            .bind(n as i64);
-        let row = p.bind_events(query).fetch_one(&mut *conn).await?;
-        let version: Option<i64> = row.try_get(0)?;
-        let first: Option<i64> = row.try_get(1)?;
-        Ok(version.zip(first))
-    }
-
-    /// After the single stream failed its expectation (nothing written):
-    /// its actual version, and whether any of the append's ids is already
-    /// stored (a re-send).
-    async fn single_stream_conflict(
-        &self,
-        conn: &mut PgConnection,
-        p: &AppendParams<'_>,
-    ) -> Result<Attempt, sqlx::Error> {
-        let row = sqlx::query(sql(&self.sql().select_conflict_state))
-            .persistent(self.named())
-            .bind(p.streams[0])
-            .bind(&p.event_ids)
-            .fetch_one(&mut *conn)
-            .await?;
-        let actual: i64 = row.try_get(0)?;
-        Ok(Attempt::Conflict {
-            index: 0,
-            actual: actual as u64,
-            id_seen: row.try_get(1)?,
-        })
     }
 
     /// The original outcome if every event of `request` is already stored on

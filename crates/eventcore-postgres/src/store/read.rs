@@ -1,6 +1,8 @@
 //! Reads: a stream, several streams, the `$all` log, versions and the head.
 
-use eventcore::{Error, EventId, EventStore, GlobalPosition, StoredEvent, StreamId, StreamVersion};
+use eventcore::{
+    Error, EventId, EventMetadata, EventStore, GlobalPosition, StoredEvent, StreamId, StreamVersion,
+};
 use sqlx::{
     PgConnection, Postgres, Row,
     postgres::{PgArguments, PgRow},
@@ -12,9 +14,9 @@ use uuid::Uuid;
 use super::PostgresEventStore;
 use crate::{
     instrument,
-    jsonb::{JsonbColumn, MetadataColumn, TimestampColumn},
+    jsonb::{CustomColumn, JsonbColumn, TimestampColumn},
     pool::Call,
-    sql::sql,
+    sql::{self, sql},
 };
 
 impl PostgresEventStore {
@@ -212,7 +214,7 @@ impl PostgresEventStore {
 }
 
 /// Turns a row of `event_columns!()` into a [`StoredEvent`]; a row whose
-/// stored values break the model (bad id, metadata of the wrong shape) is
+/// stored values break the model (bad id, custom metadata not an object) is
 /// [`Error::CorruptRow`] naming it. `last_stream` carries the previous
 /// row's stream id: rows of one stream share it instead of each allocating
 /// and validating its own.
@@ -235,7 +237,14 @@ fn decode_row(
     // position so that a reader can record it and read on after it.
     let column = |e: sqlx::Error| match e {
         sqlx::Error::ColumnDecode { index, source } => {
-            corrupt(format!("column {index} does not decode: {source}"))
+            let name = index
+                .parse()
+                .ok()
+                .and_then(|i| sql::EVENT_COLUMNS.split(", ").nth(i));
+            corrupt(format!(
+                "column {} does not decode: {source}",
+                name.unwrap_or(&index)
+            ))
         }
         other => map(other),
     };
@@ -243,10 +252,13 @@ fn decode_row(
     let event_type: String = row.try_get_unchecked(4).map_err(column)?;
     let schema_version: i32 = row.try_get_unchecked(5).map_err(column)?;
     // The payload stays JSON text, unparsed, until someone asks for a type
-    // (see `jsonb`). Metadata is parsed once, straight from the column.
+    // (see `jsonb`).
     let JsonbColumn(data) = row.try_get_unchecked(6).map_err(column)?;
-    let metadata: Result<MetadataColumn, _> = row.try_get_unchecked(7);
-    let TimestampColumn(recorded_at) = row.try_get_unchecked(8).map_err(column)?;
+    let TimestampColumn(occurred_at) = row.try_get_unchecked(7).map_err(column)?;
+    let correlation_id: Uuid = row.try_get_unchecked(8).map_err(column)?;
+    let causation_id: Option<Uuid> = row.try_get_unchecked(9).map_err(column)?;
+    let CustomColumn(custom) = row.try_get_unchecked(10).map_err(column)?;
+    let TimestampColumn(recorded_at) = row.try_get_unchecked(11).map_err(column)?;
     let stream = match last_stream {
         Some(s) if s.as_str() == stream_id => s.clone(),
         _ => {
@@ -263,12 +275,11 @@ fn decode_row(
         event_type,
         schema_version: schema_version as u32,
         data,
-        metadata: match metadata {
-            Ok(MetadataColumn(m)) => m,
-            Err(sqlx::Error::ColumnDecode { source, .. }) => {
-                return Err(corrupt(format!("metadata does not decode: {source}")));
-            }
-            Err(e) => return Err(map(e)),
+        metadata: EventMetadata {
+            correlation_id,
+            causation_id,
+            occurred_at,
+            custom,
         },
         recorded_at,
     })

@@ -338,8 +338,8 @@ async fn verify_passes_on_a_sound_store_and_names_what_is_broken() {
     let schema = &store.config().schema;
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO \"{schema}\".events (global_position, event_id, stream_id, stream_version, \
-           event_type, schema_version, event_data, metadata) \
-         VALUES (1, '01900000-0000-7000-8000-000000000001', 'account-1', 99, 'Deposited', 1, '{{}}', '{{}}')"
+           event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES (1, '01900000-0000-7000-8000-000000000001', 'account-1', 99, 'Deposited', 1, '{{}}', '{{}}', now(), gen_random_uuid())"
     )))
     .execute(store.pool())
     .await

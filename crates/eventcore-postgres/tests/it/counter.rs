@@ -58,8 +58,8 @@ async fn a_counter_behind_the_newest_position_refuses_writes() {
     let restored = GlobalPosition::new((ahead << 20) + 1);
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, \
-                                      event_type, schema_version, event_data, metadata) \
-         VALUES ($1, $2, 'restored-1', 1, 'Fact', 1, '{{}}', '{{}}')"
+                                      event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES ($1, $2, 'restored-1', 1, 'Fact', 1, '{{}}', '{{}}', now(), gen_random_uuid())"
     )))
     .bind(restored.get() as i64)
     .bind(uuid::Uuid::now_v7())

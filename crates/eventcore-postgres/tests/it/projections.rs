@@ -391,7 +391,7 @@ async fn subscribers_read_the_same_bytes_as_anyone() {
     }
 }
 
-/// Writes a row that cannot be read back (metadata of the wrong shape)
+/// Writes a row that cannot be read back (custom metadata that is not an object)
 /// into `stream`, behind the store's back, at a position inside the read
 /// horizon (a transaction's own position, as the store assigns them).
 /// Returns its position.
@@ -402,8 +402,8 @@ async fn insert_corrupt_row(
 ) -> GlobalPosition {
     let schema = &store.config().schema;
     let position: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         VALUES ((pg_current_xact_id()::text::bigint << 20) + 1, $1, $2, $3, 'Deposited', 1, '{{\"amount\": 1}}', '[1, 2]') \
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES ((pg_current_xact_id()::text::bigint << 20) + 1, $1, $2, $3, 'Deposited', 1, '{{\"amount\": 1}}', '[1, 2]', now(), gen_random_uuid()) \
          RETURNING global_position"
     )))
     .bind(uuid::Uuid::now_v7())

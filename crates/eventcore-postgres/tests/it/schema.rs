@@ -102,8 +102,8 @@ async fn stream_versions_are_unique_in_the_database() {
     // A writer bypassing the store cannot create a second version 1.
     let schema = &store.config().schema;
     let err = sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         VALUES (1, gen_random_uuid(), 'unique-1', 1, 'Fact', 1, '{{}}', '{{}}')"
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES (1, gen_random_uuid(), 'unique-1', 1, 'Fact', 1, '{{}}', '{{}}', now(), gen_random_uuid())"
     )))
     .execute(store.pool())
     .await
@@ -310,6 +310,10 @@ const TAMPERING: &[(&str, &str)] = &[
     (
         "DROP FUNCTION {s}.append_to_streams",
         "function append_to_streams missing",
+    ),
+    (
+        "DROP INDEX {s}.events_correlation_id_idx",
+        "index events_correlation_id_idx missing",
     ),
 ];
 

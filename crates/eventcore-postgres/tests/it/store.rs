@@ -38,10 +38,10 @@ async fn corrupt_rows_are_errors_naming_the_row() {
     let schema = &store.config().schema;
     let stream = StreamId::new("corrupt-1").unwrap();
     store.append(one(&stream, "Good")).await.unwrap();
-    // Metadata of the wrong shape, written behind the store's back.
+    // Custom metadata that is not an object, written behind the store's back.
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         VALUES (9223372036854775000, '018f0000-0000-7000-8000-000000000001', 'corrupt-1', 2, 'Bad', 1, '{{}}', '[1, 2]')"
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES (9223372036854775000, '018f0000-0000-7000-8000-000000000001', 'corrupt-1', 2, 'Bad', 1, '{{}}', '[1, 2]', now(), gen_random_uuid())"
     )))
     .execute(store.pool())
     .await
@@ -248,11 +248,12 @@ async fn late_commits_are_never_skipped() {
     let event = NewEvent::raw("Slow", serde_json::json!({}));
     sqlx::query(AssertSqlSafe(format!(
         "WITH v AS (INSERT INTO {schema}.event_streams (stream_id, version) VALUES ('late', 1) RETURNING version) \
-         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $1, 'late', v.version, 'Slow', 1, '{{}}', $2 FROM v"
+         INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, occurred_at, correlation_id) \
+         SELECT (pg_current_xact_id()::text::bigint << 20) + 1, $1, 'late', v.version, 'Slow', 1, '{{}}', $2, $3 FROM v"
     )))
     .bind(event.event_id.as_uuid())
-    .bind(serde_json::to_value(&event.metadata).unwrap())
+    .bind(event.metadata.occurred_at)
+    .bind(event.metadata.correlation_id)
     .execute(&mut *tx)
     .await
     .unwrap();
@@ -301,11 +302,11 @@ async fn read_all_delivers_the_good_rows_before_a_bad_one_then_names_it() {
     let first = store.append(one(&stream, "Before")).await.unwrap();
     let (p1, _) = first.positions.unwrap();
     // A bad row in the same transaction's position range, right after the
-    // good one: metadata of the wrong shape.
+    // good one: custom metadata that is not an object.
     let bad = p1.get() + 1;
     sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata) \
-         VALUES ({bad}, '018f0000-0000-7000-8000-0000000000aa', 'mixed-bad', 1, 'Bad', 1, '{{}}', '[1]')"
+        "INSERT INTO {schema}.events (global_position, event_id, stream_id, stream_version, event_type, schema_version, event_data, metadata, occurred_at, correlation_id) \
+         VALUES ({bad}, '018f0000-0000-7000-8000-0000000000aa', 'mixed-bad', 1, 'Bad', 1, '{{}}', '[1]', now(), gen_random_uuid())"
     )))
     .execute(store.pool())
     .await
@@ -520,4 +521,118 @@ async fn only_a_cleanly_finished_call_leaves_its_connection_for_the_next() {
     // The store carries on, on another connection.
     store.stream_version(&stream).await.unwrap();
     assert!(!backends(&mut admin).await.contains(&blocked));
+}
+
+/// The writer's metadata is in typed columns that SQL can query: events of
+/// one request found by correlation id (through its index), causation ids
+/// and times as stored, and the `metadata` column holding exactly the
+/// custom map. What is read back equals what was sent, custom maps and the
+/// edges of the time range included.
+#[tokio::test]
+async fn metadata_is_in_typed_columns_that_sql_can_query() {
+    let store = fresh_store().await;
+    let schema = &store.config().schema;
+    let stream = StreamId::new("typed-1").unwrap();
+    let correlation = uuid::Uuid::now_v7();
+    let cause = uuid::Uuid::now_v7();
+    let at = |y, nanos| {
+        chrono::NaiveDate::from_ymd_opt(y, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, nanos)
+            .unwrap()
+            .and_utc()
+    };
+    let mut sent = Vec::new();
+    for (i, t) in [at(1, 0), at(2026, 123_456_000), at(9999, 999_999_000)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut e = NewEvent::raw("Typed", serde_json::json!({ "i": i }));
+        e.metadata = eventcore::EventMetadata::new().with_correlation_id(correlation);
+        e.metadata.occurred_at = t;
+        if i > 0 {
+            e.metadata = e
+                .metadata
+                .with_causation_id(cause)
+                .with_custom("tenant", format!("t{i}"))
+                .with_custom(
+                    "nested",
+                    serde_json::json!({ "a": [1, 2.5, null], "b": "zoë" }),
+                );
+        }
+        sent.push(e);
+    }
+    let other = NewEvent::raw("Other", serde_json::json!({}));
+    store
+        .append(
+            AppendRequest::new()
+                .append(stream.clone(), ExpectedVersion::NoStream, sent.clone())
+                .append(
+                    StreamId::new("typed-2").unwrap(),
+                    ExpectedVersion::Any,
+                    vec![other],
+                ),
+        )
+        .await
+        .unwrap();
+
+    let back = store
+        .read_stream_to_end(&stream, StreamVersion::new(1))
+        .await
+        .unwrap();
+    let metadata: Vec<_> = back.iter().map(|e| e.metadata.clone()).collect();
+    let want: Vec<_> = sent.iter().map(|e| e.metadata.clone()).collect();
+    assert_eq!(metadata, want);
+
+    type Row = (
+        uuid::Uuid,
+        Option<uuid::Uuid>,
+        chrono::DateTime<chrono::Utc>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT event_id, causation_id, occurred_at, metadata->>'tenant' FROM {schema}.events \
+             WHERE correlation_id = $1 ORDER BY stream_version"
+    )))
+    .bind(correlation)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3, "only this request's events: {rows:?}");
+    for ((id, causation, occurred_at, tenant), (i, e)) in rows.iter().zip(sent.iter().enumerate()) {
+        assert_eq!(*id, e.event_id.as_uuid());
+        assert_eq!(*causation, e.metadata.causation_id);
+        assert_eq!(*occurred_at, e.metadata.occurred_at);
+        assert_eq!(tenant.clone(), (i > 0).then(|| format!("t{i}")));
+    }
+    let empty: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.events WHERE metadata = '{{}}'::jsonb AND correlation_id = $1"
+    )))
+    .bind(correlation)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(empty, 1, "no custom entries: an empty object");
+
+    // The lookup by correlation id is an index scan.
+    let mut conn = store.pool().acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "EXPLAIN SELECT event_id FROM {schema}.events WHERE correlation_id = '{correlation}'"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query("RESET enable_seqscan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|line| line.contains("events_correlation_id_idx")),
+        "{plan:?}"
+    );
 }

@@ -695,6 +695,10 @@ pub async fn invalid_events_are_refused_and_write_nothing<S: EventStore + ?Sized
         ("year -1", with_time(at(-1))),
         ("leap second", with_time(leap)),
         (
+            "finer than a microsecond",
+            with_time(at(2026) + chrono::Duration::nanoseconds(1)),
+        ),
+        (
             "custom metadata 200 deep",
             with_meta(EventMetadata::new().with_custom("deep", nested(200))),
         ),
@@ -744,7 +748,7 @@ pub async fn invalid_events_are_refused_and_write_nothing<S: EventStore + ?Sized
     edge.metadata = EventMetadata::new().with_custom("deep", nested(MAX_JSON_DEPTH - 1));
     edge.metadata.occurred_at = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
         .unwrap()
-        .and_hms_nano_opt(23, 59, 59, 999_999_999)
+        .and_hms_nano_opt(23, 59, 59, 999_999_000)
         .unwrap()
         .and_utc();
     let mut first = raw("T".repeat(255).as_str(), 1);
@@ -1106,7 +1110,18 @@ pub async fn run_transfer_load<S: EventStore + ?Sized>(
         let deposit = AccountEvent::Deposited {
             amount: load.initial_balance,
         };
-        let seeded = seed(store, a, [deposit]).await.unwrap();
+        // Under injected faults the seed itself may be cut off: the same
+        // request is re-sent, which a store recognises by its event ids.
+        let request = AppendRequest::new().append(
+            a.clone(),
+            ExpectedVersion::Any,
+            vec![NewEvent::new(&deposit, EventMetadata::new()).unwrap()],
+        );
+        let seeded = RetryPolicy::new()
+            .max_attempts(100)
+            .retry(|| store.append(request.clone()))
+            .await
+            .unwrap();
         start = start.max(seeded.positions.expect("seeded").1);
     }
     // The load checks what faults leave behind, not how fast the executor

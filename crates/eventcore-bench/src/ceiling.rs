@@ -1,8 +1,5 @@
-//! Database provisioning (the `eventcore_bench` database, fresh store
-//! schemas, the read data sets) and the pgbench ceiling.
-//!
-//! The ceiling is what PostgreSQL itself does on the same server with no
-//! client library in the way: the plain-SQL scripts of `ceiling/` (copied
+//! The pgbench ceiling: what PostgreSQL itself does on the same server with
+//! no client library in the way: the plain-SQL scripts of `ceiling/` (copied
 //! from the reference set behind the benchmark issue) run by pgbench over the
 //! same TCP connection the library uses, on tables shaped like
 //! `ceiling/schema.sql`, prepared exactly like the reference README says.
@@ -15,262 +12,16 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use eventcore_postgres::{Pooler, PostgresConfigBuilder, PostgresEventStore};
 use hdrhistogram::Histogram;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-/// The dedicated database every table of the benchmark lives in.
-pub(crate) const BENCH_DATABASE: &str = "eventcore_bench";
+use crate::{
+    measure::histogram,
+    provision::{BenchDb, READ_STREAM_LEN, STREAMS},
+};
 
 /// Schema of the pgbench write tables (truncated before every write run).
 const CEILING_WRITE_SCHEMA: &str = "ceiling_write";
-
-/// Streams pre-created for the write scenarios, `stream-1` .. `stream-10000`.
-pub(crate) const STREAMS: usize = 10_000;
-
-/// Events per stream in the read data set (F1 reads one whole stream).
-pub(crate) const READ_STREAM_LEN: usize = 100;
-
-/// The connection to the benchmark database.
-pub(crate) struct BenchDb {
-    /// URL of [`BENCH_DATABASE`] on the server under test.
-    pub(crate) url: String,
-    /// A small pool for DDL, VACUUM and CHECKPOINT.
-    pub(crate) admin: PgPool,
-    /// `server_version`, `synchronous_commit`, ... for the report header.
-    pub(crate) settings: Vec<(String, String)>,
-}
-
-/// Finds the server: `DATABASE_URL`, else the project's throwaway cluster
-/// (`scripts/dev-db url`, which starts it if needed).
-pub(crate) fn server_url() -> anyhow::Result<String> {
-    Ok(eventcore_test_support::database_url()?)
-}
-
-/// `url` with its database name replaced by `database`.
-pub(crate) fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{database}?{q}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
-impl BenchDb {
-    /// Creates [`BENCH_DATABASE`] if it is missing and connects to it.
-    pub(crate) async fn connect(server_url: &str) -> anyhow::Result<Self> {
-        let maintenance = with_database(server_url, "postgres");
-        let mut conn = PgConnection::connect(&maintenance)
-            .await
-            .with_context(|| format!("connecting to {maintenance}"))?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(BENCH_DATABASE)
-                .fetch_one(&mut conn)
-                .await?;
-        if !exists {
-            eprintln!("creating database {BENCH_DATABASE}");
-            let created = sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {BENCH_DATABASE}")))
-                .execute(&mut conn)
-                .await;
-            // Someone else may have created it meanwhile (42P04): fine.
-            if let Err(e) = created {
-                let dup = e
-                    .as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c == "42P04");
-                if !dup {
-                    return Err(e).context("creating the benchmark database");
-                }
-            }
-        }
-        conn.close().await?;
-
-        let url = with_database(server_url, BENCH_DATABASE);
-        let admin = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        let mut settings = Vec::new();
-        for name in [
-            "server_version",
-            "synchronous_commit",
-            "fsync",
-            "shared_buffers",
-            "max_connections",
-        ] {
-            let value: String = sqlx::query_scalar("SELECT current_setting($1)")
-                .bind(name)
-                .fetch_one(&admin)
-                .await?;
-            settings.push((name.to_owned(), value));
-        }
-        Ok(Self {
-            url,
-            admin,
-            settings,
-        })
-    }
-
-    pub(crate) async fn exec(&self, sql: String) -> anyhow::Result<()> {
-        sqlx::raw_sql(AssertSqlSafe(sql.clone()))
-            .execute(&self.admin)
-            .await
-            .with_context(|| format!("running: {}", first_line(&sql)))?;
-        Ok(())
-    }
-
-    pub(crate) async fn drop_schema(&self, schema: &str) -> anyhow::Result<()> {
-        self.exec(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-    }
-
-    pub(crate) async fn schema_exists(&self, schema: &str) -> anyhow::Result<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-                .bind(schema)
-                .fetch_one(&self.admin)
-                .await?,
-        )
-    }
-
-    /// `VACUUM ANALYZE` of the two tables of `schema`, then [`quiesce`], so
-    /// every write run starts from the same clean state.
-    ///
-    /// [`quiesce`]: Self::quiesce
-    pub(crate) async fn settle(&self, schema: &str) -> anyhow::Result<()> {
-        self.exec(format!("VACUUM ANALYZE {schema}.event_streams"))
-            .await?;
-        self.exec(format!("VACUUM ANALYZE {schema}.events")).await?;
-        self.quiesce().await
-    }
-
-    /// Does now what autovacuum would otherwise do during the next
-    /// measurement, then `CHECKPOINT`s: `VACUUM ANALYZE` of every table of
-    /// the benchmark's schemas past autovacuum's own thresholds (PostgreSQL
-    /// 15 defaults: 50 + 20 % of the rows dead, 1,000 + 20 % inserted since
-    /// the last vacuum, 50 + 10 % changed since the last analyze). A full
-    /// run writes millions of rows into one schema after another; vacuuming
-    /// them in the background took CPU from whichever scenario ran next
-    /// (one run's E read 338,500 events/s against 532,000 on a quiet
-    /// server). pgbench vacuums its own tables before every run for the
-    /// same reason.
-    pub(crate) async fn quiesce(&self) -> anyhow::Result<()> {
-        let tables: Vec<String> = sqlx::query_scalar(
-            "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables \
-             WHERE (schemaname LIKE 'bench\\_%' OR schemaname LIKE 'ceiling\\_%') \
-               AND (n_dead_tup > 50 + 0.2 * n_live_tup \
-                    OR n_ins_since_vacuum > 1000 + 0.2 * n_live_tup \
-                    OR n_mod_since_analyze > 50 + 0.1 * n_live_tup)",
-        )
-        .fetch_all(&self.admin)
-        .await
-        .context("listing tables to vacuum")?;
-        for table in tables {
-            // A table dropped since the listing is no reason to stop.
-            if let Err(e) = self.exec(format!("VACUUM ANALYZE {table}")).await {
-                tracing::warn!(error = %e, table, "VACUUM failed; continuing");
-            }
-        }
-        self.checkpoint().await
-    }
-
-    /// A checkpoint, if we are allowed to; a run without it is only noisier.
-    pub(crate) async fn checkpoint(&self) -> anyhow::Result<()> {
-        if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(&self.admin).await {
-            tracing::warn!(error = %e, "CHECKPOINT refused; continuing without it");
-        }
-        Ok(())
-    }
-
-    /// Where the stores connect: `DATABASE_URL`'s server, or with
-    /// `EVENTCORE_BENCH_POOLER_URL` set, that transaction-mode pooler
-    /// (PgBouncer) with `Pooler::Transaction` and wake-ups on the direct
-    /// URL. The bench's own administration stays direct.
-    fn store_config(&self) -> PostgresConfigBuilder {
-        match std::env::var("EVENTCORE_BENCH_POOLER_URL") {
-            Ok(pooler) if !pooler.is_empty() => PostgresConfigBuilder::new()
-                .database_url(pooler)
-                .pooler(Pooler::Transaction)
-                .notify_url(&self.url),
-            _ => PostgresConfigBuilder::new().database_url(&self.url),
-        }
-    }
-
-    /// A fresh, initialized store in `schema` (dropped first) whose pool has
-    /// room for `connections` concurrent operations, all kept warm.
-    pub(crate) async fn fresh_store(
-        &self,
-        schema: &str,
-        connections: usize,
-    ) -> anyhow::Result<PostgresEventStore> {
-        self.drop_schema(schema).await?;
-        self.store(schema, connections).await
-    }
-
-    /// A store on `schema` as it is (created and migrated if needed).
-    pub(crate) async fn store(
-        &self,
-        schema: &str,
-        connections: usize,
-    ) -> anyhow::Result<PostgresEventStore> {
-        // max_connections first: performance_optimized() keeps the larger of
-        // it and 8 per core, and sets min_connections to the result.
-        let config = self
-            .store_config()
-            .schema(schema)
-            .max_connections(u32::try_from(connections.max(1))?)
-            .performance_optimized()
-            .build()?;
-        let store = PostgresEventStore::new(config).await?;
-        store.initialize().await?;
-        Ok(store)
-    }
-
-    /// A second store on an existing `schema` with the default
-    /// configuration and a pool of at most `connections` (nothing kept
-    /// warm): what another process following the same events would open.
-    pub(crate) async fn plain_store(
-        &self,
-        schema: &str,
-        connections: u32,
-    ) -> anyhow::Result<PostgresEventStore> {
-        let config = self
-            .store_config()
-            .schema(schema)
-            .max_connections(connections)
-            .min_connections(1)
-            .build()?;
-        let store = PostgresEventStore::new(config).await?;
-        store.initialize().await?;
-        Ok(store)
-    }
-
-    /// Opens `connections` pooled connections before timing starts, so the
-    /// first measured operations do not pay for connects.
-    pub(crate) async fn warm_pool(pool: &PgPool, connections: usize) -> anyhow::Result<()> {
-        let mut held = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            held.push(pool.acquire().await?);
-        }
-        drop(held);
-        Ok(())
-    }
-}
-
-fn first_line(sql: &str) -> &str {
-    let line = sql.trim_start().lines().next().unwrap_or("");
-    &line[..line.len().min(120)]
-}
 
 /// What one pgbench run measured.
 #[derive(Clone, Debug)]
@@ -364,7 +115,11 @@ impl Script {
     /// `n = 10` this is the reference `B_append10.sql`.
     pub(crate) fn append_n(n: usize) -> Self {
         let rows = (1..=n)
-            .map(|i| format!("({i}, 'OrderLinePicked', :payload::jsonb, :meta::jsonb)"))
+            .map(|i| {
+                format!(
+                    "({i}, 'OrderLinePicked', :payload::jsonb, now(), gen_random_uuid(), '{{}}')"
+                )
+            })
             .collect::<Vec<_>>()
             .join(",\n             ");
         let text = format!(
@@ -374,7 +129,7 @@ WITH st AS (
   INSERT INTO event_streams AS es (stream_id, version) VALUES ('stream-' || :s, :ev::bigint + {n})
   ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version WHERE es.version = :ev::bigint
   RETURNING es.version)
-INSERT INTO events (event_id, stream_id, stream_version, event_type, event_data, metadata)
+INSERT INTO events (event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, metadata)
 SELECT gen_random_uuid(), 'stream-' || :s, b.base + v.n, v.t, v.d, v.m
 FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-' || :s)) - {n} AS base) b,
      (VALUES {rows}) AS v(n, t, d, m);
@@ -431,17 +186,11 @@ FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-'
         )
     }
 
-    /// 100 events of one random stream (reference F1).
-    pub(crate) fn read_stream(schema: &str, streams: usize) -> Self {
+    /// A read script on the tables of `schema`.
+    fn read(key: String, text: String, schema: &str) -> Self {
         Self {
-            key: format!("F1_read_stream_{schema}"),
-            text: format!(
-                r"\set s random(1, {streams})
-SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at
-FROM events WHERE stream_id = 'stream-' || :s AND stream_version >= 1
-ORDER BY stream_version LIMIT {READ_STREAM_LEN};
-"
-            ),
+            key,
+            text,
             schema: schema.into(),
             writes: false,
             seeded: false,
@@ -449,23 +198,29 @@ ORDER BY stream_version LIMIT {READ_STREAM_LEN};
         }
     }
 
+    /// 100 events of one random stream (reference F1).
+    pub(crate) fn read_stream(schema: &str, streams: usize) -> Self {
+        let text = format!(
+            r"\set s random(1, {streams})
+SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, causation_id, metadata, created_at
+FROM events WHERE stream_id = 'stream-' || :s AND stream_version >= 1
+ORDER BY stream_version LIMIT {READ_STREAM_LEN};
+"
+        );
+        Self::read(format!("F1_read_stream_{schema}"), text, schema)
+    }
+
     /// 1,000 events after a random position (reference F2).
     pub(crate) fn read_all(schema: &str, events: usize, page: usize) -> Self {
-        Self {
-            key: format!("F2_read_all_{schema}"),
-            text: format!(
-                r"\set x random(0, {})
-SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, created_at
+        let text = format!(
+            r"\set x random(0, {})
+SELECT global_position, event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, causation_id, metadata, created_at
 FROM events WHERE global_position > :x
 ORDER BY global_position LIMIT {page};
 ",
-                events - page
-            ),
-            schema: schema.into(),
-            writes: false,
-            seeded: false,
-            payload: None,
-        }
+            events - page
+        );
+        Self::read(format!("F2_read_all_{schema}"), text, schema)
     }
 }
 
@@ -657,10 +412,9 @@ impl Ceiling {
         if seeded {
             let payload = script.payload.as_ref().unwrap_or(&self.payload);
             let payload = payload.replace('\'', "''");
-            let meta = self.meta.replace('\'', "''");
             db.exec(format!(
-                "INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, event_data, metadata) \
-                 SELECT gen_random_uuid(), 'stream-' || g, 1, 'OrderPlaced', '{payload}'::jsonb, '{meta}'::jsonb \
+                "INSERT INTO {s}.events (event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, metadata) \
+                 SELECT gen_random_uuid(), 'stream-' || g, 1, 'OrderPlaced', '{payload}'::jsonb, now(), gen_random_uuid(), '{{}}' \
                  FROM generate_series(1, {STREAMS}) g"
             ))
             .await?;
@@ -677,25 +431,16 @@ impl Ceiling {
         schema: &str,
         events: usize,
     ) -> anyhow::Result<()> {
-        let streams = events / READ_STREAM_LEN;
-        if db.schema_exists(schema).await? {
-            let counts: Result<(i64, i64), _> = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT (SELECT count(*) FROM {schema}.events), \
-                        (SELECT count(*) FROM {schema}.event_streams)"
-            )))
-            .fetch_one(&db.admin)
-            .await;
-            if matches!(counts, Ok((e, s)) if e as usize == events && s as usize == streams) {
-                return Ok(());
-            }
+        if db.holds_read_set(schema, events).await? {
+            return Ok(());
         }
+        let streams = events / READ_STREAM_LEN;
         eprintln!("  building ceiling read tables {schema} ({events} events)");
         create_reference_tables(db, schema).await?;
         let payload = self.payload.replace('\'', "''");
-        let meta = self.meta.replace('\'', "''");
         db.exec(format!(
-            "INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, event_data, metadata) \
-             SELECT gen_random_uuid(), 'stream-' || s, v, 'OrderPlaced', '{payload}'::jsonb, '{meta}'::jsonb \
+            "INSERT INTO {schema}.events (event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, metadata) \
+             SELECT gen_random_uuid(), 'stream-' || s, v, 'OrderPlaced', '{payload}'::jsonb, now(), gen_random_uuid(), '{{}}' \
              FROM generate_series(1, {streams}) s, generate_series(1, {READ_STREAM_LEN}) v \
              ORDER BY s, v"
         ))
@@ -760,7 +505,7 @@ fn parse_pgbench(stdout: &str, seconds: f64) -> anyhow::Result<CeilingResult> {
 /// per-transaction logs (`client tx_no time_us script epoch epoch_us`; a
 /// failed transaction has a word instead of a time).
 fn read_tx_logs(dir: &Path) -> anyhow::Result<Histogram<u64>> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut hist = histogram()?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let is_log = path
@@ -787,19 +532,6 @@ fn read_tx_logs(dir: &Path) -> anyhow::Result<Histogram<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replaces_the_database() {
-        assert_eq!(
-            with_database("postgres://u@h:5/postgres", "x"),
-            "postgres://u@h:5/x"
-        );
-        assert_eq!(with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
-        assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-    }
 
     #[test]
     fn combined_ceilings_weigh_rates_by_run_length() {

@@ -1,4 +1,4 @@
--- EventCore schema, version 8: projection runner leases as rows.
+-- EventCore schema, version 2: projection runner leases as rows.
 --
 -- Behind a transaction-mode pooler (PgBouncer) a session advisory lock
 -- stays on a server connection that other clients then use, so a runner of

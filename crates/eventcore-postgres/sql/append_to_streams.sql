@@ -1,0 +1,21 @@
+-- append_to_streams: every append, to one stream or several, in one round
+-- trip. The function (migrations/0001_event_store.sql) documents each
+-- parameter and the expected-version codes.
+--
+-- $1  streams, in lock order (sorted by id)    text[]
+-- $2  expected version per stream              bigint[]
+-- $3  event count per stream (0: check only)   int[]
+-- $4  events before each stream's own          int[]
+-- $5  event ids                                uuid[]
+-- $6  event types                              text[]
+-- $7  schema versions                          int[]
+-- $8  payloads                                 jsonb[]
+-- $9  occurred_at                              timestamptz[]
+-- $10 correlation ids                          uuid[]
+-- $11 causation ids (NULL: none)               uuid[]
+-- $12 custom metadata                          jsonb[]
+--
+-- One row: the first position minus one (NULL if nothing was written) and
+-- each stream's version after the append, in $1's order.
+SELECT base_position, versions
+FROM {schema}.append_to_streams($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
