@@ -6,6 +6,10 @@
 //! cargo run --release -p eventcore-bench -- [--quick] [--json PATH] [--only A,C] [--writers 16] [--duration SECS]
 //! ```
 //!
+//! With `EVENTCORE_BENCH_POOLER_URL` set (a PgBouncer in transaction mode
+//! in front of the same server, naming the database `eventcore_bench`),
+//! the stores connect through it with `Pooler::Transaction`.
+//!
 //! The database is `DATABASE_URL`, else the project's throwaway cluster
 //! (`scripts/dev-db url`); everything lives in a dedicated database,
 //! `eventcore_bench`, created if missing. Nothing here asserts speed.

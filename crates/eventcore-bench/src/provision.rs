@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use eventcore::{
     AppendRequest, Event, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamId,
 };
-use eventcore_postgres::{PostgresConfigBuilder, PostgresEventStore};
+use eventcore_postgres::{Pooler, PostgresConfigBuilder, PostgresEventStore};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, postgres::PgPoolOptions};
 
 /// The dedicated database every table of the benchmark lives in.
@@ -193,6 +193,21 @@ impl BenchDb {
         Ok(())
     }
 
+    /// Where the stores connect: the server under test, or with
+    /// `EVENTCORE_BENCH_POOLER_URL` set, that transaction-mode pooler
+    /// (PgBouncer, naming this database) with `Pooler::Transaction` and
+    /// wake-ups on the direct URL. The bench's own administration stays
+    /// direct.
+    fn store_config(&self) -> PostgresConfigBuilder {
+        match std::env::var("EVENTCORE_BENCH_POOLER_URL") {
+            Ok(pooler) if !pooler.is_empty() => PostgresConfigBuilder::new()
+                .database_url(pooler)
+                .pooler(Pooler::Transaction)
+                .notify_url(&self.url),
+            _ => PostgresConfigBuilder::new().database_url(&self.url),
+        }
+    }
+
     /// A fresh, initialized store in `schema` (dropped first) whose pool has
     /// room for `connections` concurrent operations, all kept warm.
     pub(crate) async fn fresh_store(
@@ -212,8 +227,8 @@ impl BenchDb {
     ) -> anyhow::Result<PostgresEventStore> {
         // max_connections first: performance_optimized() keeps the larger of
         // it and 8 per core, and sets min_connections to the result.
-        let config = PostgresConfigBuilder::new()
-            .database_url(&self.url)
+        let config = self
+            .store_config()
             .schema(schema)
             .max_connections(u32::try_from(connections.max(1))?)
             .performance_optimized()
@@ -231,8 +246,8 @@ impl BenchDb {
         schema: &str,
         connections: u32,
     ) -> anyhow::Result<PostgresEventStore> {
-        let config = PostgresConfigBuilder::new()
-            .database_url(&self.url)
+        let config = self
+            .store_config()
             .schema(schema)
             .max_connections(connections)
             .min_connections(1)

@@ -67,7 +67,7 @@ fn examples(lines: &[(&str, &str)]) -> String {
 pub(crate) enum Command {
     /// Create the schema, or migrate it to the current version (safe to repeat).
     #[command(after_help = examples(&[
-        ("eventcore init", "initialized schema eventcore at version 2"),
+        ("eventcore init", "initialized schema eventcore at version 3"),
         ("eventcore --schema tenant_a init --json", ""),
     ]))]
     Init,

@@ -43,7 +43,28 @@ use crate::{PostgresError, PostgresEventStore, notify};
 /// | `max_lifetime`     | 1 s ..= 1 day, or `None`                                    |
 /// | `notify_interval`  | 0 ..= 1 min, or `None`                                      |
 ///
-/// `{:?}` never shows the password of `database_url` (see [`redact_secrets`]).
+/// `{:?}` never shows the password of `database_url` or `notify_url` (see
+/// [`redact_secrets`]).
+///
+/// ## Behind PgBouncer in transaction mode
+///
+/// [`pooler(Pooler::Transaction)`](PostgresConfigBuilder::pooler) makes the
+/// store work through a pooler that hands each transaction to any server
+/// connection ([`Pooler::Transaction`] says what changes), and
+/// [`notify_url`](PostgresConfigBuilder::notify_url) names a direct
+/// connection for the cross-process wake-ups a pooler cannot carry:
+///
+/// ```
+/// use eventcore_postgres::{PostgresConfig, Pooler};
+///
+/// let config = PostgresConfig::builder()
+///     .database_url("postgres://app@pgbouncer:6432/app")
+///     .pooler(Pooler::Transaction)
+///     .notify_url("postgres://app@db-primary:5432/app")
+///     .build()?;
+/// assert_eq!(config.pooler, Pooler::Transaction);
+/// # Ok::<(), eventcore_postgres::PostgresError>(())
+/// ```
 #[derive(Clone, PartialEq)]
 pub struct PostgresConfig {
     /// Connection URL, `postgres://user:pass@host:port/db`.
@@ -78,7 +99,10 @@ pub struct PostgresConfig {
     pub schema: String,
     /// Per-event limit on serialized data plus custom metadata. Default 1 MiB.
     pub max_event_bytes: usize,
-    /// Prepared statements cached per connection. Default 100.
+    /// Prepared statements cached per connection. Default 100; at least 1
+    /// (sqlx reads 0 as "prepare a new named statement per query and never
+    /// close it", a leak on the server). Unused with
+    /// [`Pooler::Transaction`], whose statements are unnamed.
     pub statement_cache_capacity: usize,
     /// `application_name` of every connection, shown in `pg_stat_activity`.
     /// Default `eventcore`.
@@ -102,8 +126,53 @@ pub struct PostgresConfig {
     /// Replication lag past which [`health_check`](crate::PostgresEventStore::health_check)
     /// reports a replica unhealthy. Default 30 s.
     pub max_replica_lag: Duration,
+    /// What sits between the store and PostgreSQL. Default
+    /// [`Pooler::Direct`].
+    pub pooler: Pooler,
+    /// A connection URL for `LISTEN` (and the store's `NOTIFY`) that
+    /// reaches PostgreSQL directly. Default `None`: the wake-ups use
+    /// `database_url`, except with [`Pooler::Transaction`], where a
+    /// `LISTEN` through the pooler would never hear anything; subscribers
+    /// to other processes' appends then find them by polling (every event
+    /// still arrives, one poll interval later).
+    pub notify_url: Option<String>,
 }
 
+/// What sits between the store and PostgreSQL
+/// ([`PostgresConfig::pooler`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pooler {
+    /// Connections reach PostgreSQL directly, or through a pooler in
+    /// session mode (a client keeps its server connection). Sessions carry
+    /// the store's settings, statements are prepared once per connection,
+    /// a projection runner's lease is a session advisory lock and
+    /// subscribers are woken by `LISTEN`.
+    #[default]
+    Direct,
+    /// A pooler in transaction mode (PgBouncer's `pool_mode = transaction`),
+    /// where consecutive transactions of one client may run on different
+    /// server connections and nothing may outlive a transaction. The store
+    /// then keeps no state in sessions:
+    ///
+    /// * no startup `options`: `query_timeout` is sent as `SET LOCAL
+    ///   statement_timeout` in each transaction, and `extra_float_digits`
+    ///   is not sent (PgBouncer 1.18 does not track it);
+    /// * every statement runs inside an explicit transaction (one per store
+    ///   call) as an unnamed statement: a named one may be missing, or
+    ///   another client's, on the next server connection, and an unnamed
+    ///   one outside a transaction may even run another client's statement;
+    /// * a projection runner's lease is a row with an expiry that the runner
+    ///   renews, instead of a session advisory lock (which a pooler hands to
+    ///   whichever client next uses that server connection); the generation
+    ///   fence stays as it is;
+    /// * `LISTEN` goes to [`PostgresConfig::notify_url`], or is not used.
+    ///
+    /// Connections you take from [`PostgresEventStore::pool`] are the
+    /// pooler's too: run your statements inside a transaction with
+    /// `.persistent(false)`, and `SET LOCAL` rather than `SET`.
+    Transaction,
+}
 impl Default for PostgresConfig {
     fn default() -> Self {
         Self::new("postgres://localhost/eventcore")
@@ -129,6 +198,8 @@ impl PostgresConfig {
             notify_interval: Some(Duration::from_millis(5)),
             read_replicas: Vec::new(),
             max_replica_lag: Duration::from_secs(30),
+            pooler: Pooler::Direct,
+            notify_url: None,
         }
     }
 
@@ -164,12 +235,48 @@ impl PostgresConfig {
         if self.max_event_bytes == 0 {
             return bad("max_event_bytes must be positive".into());
         }
+        if self.statement_cache_capacity == 0 {
+            return bad(
+                "statement_cache_capacity must be at least 1 (with 0, sqlx prepares a \
+                 new named statement for every query and never closes it)"
+                    .into(),
+            );
+        }
         validate_schema_name(&self.schema)?;
         self.connect_options()?;
         for url in &self.read_replicas {
             self.connect_options_for("read_replicas", url)?;
         }
+        self.notify_options()?;
         Ok(())
+    }
+
+    /// Whether the store runs behind a transaction-mode pooler.
+    pub(crate) fn transaction_pooled(&self) -> bool {
+        self.pooler == Pooler::Transaction
+    }
+
+    /// The connect options of the wake-up connections (`LISTEN`, the
+    /// store's `NOTIFY`): `notify_url`'s, else the pool's unless a
+    /// transaction pooler sits in between (`None`: no `LISTEN`).
+    pub(crate) fn notify_options(&self) -> Result<Option<PgConnectOptions>, PostgresError> {
+        match (&self.notify_url, self.pooler) {
+            (Some(url), _) => {
+                let direct = Self {
+                    database_url: url.clone(),
+                    pooler: Pooler::Direct,
+                    ..self.clone()
+                };
+                direct.connect_options().map(Some).map_err(|e| match e {
+                    PostgresError::InvalidConfig(m) => {
+                        PostgresError::InvalidConfig(m.replacen("database_url", "notify_url", 1))
+                    }
+                    other => other,
+                })
+            }
+            (None, Pooler::Direct) => self.connect_options().map(Some),
+            (None, Pooler::Transaction) => Ok(None),
+        }
     }
 
     /// The sqlx connection options: the URL plus the per-session settings
@@ -197,13 +304,21 @@ impl PostgresConfig {
             )))
         })?;
         QUERY_TIMEOUT.check(self.query_timeout)?;
-        Ok(options
+        let options = options
             .application_name(&self.application_name)
-            .statement_cache_capacity(self.statement_cache_capacity)
-            .options([(
-                "statement_timeout",
-                format!("{}ms", statement_timeout_ms(self.query_timeout)),
-            )]))
+            .statement_cache_capacity(self.statement_cache_capacity);
+        Ok(match self.pooler {
+            Pooler::Direct => options.options([("statement_timeout", self.statement_timeout())]),
+            // PgBouncer refuses `options` and does not track
+            // `extra_float_digits` (sqlx reads results in binary, so the
+            // server's default is harmless).
+            Pooler::Transaction => options.extra_float_digits(None),
+        })
+    }
+
+    /// `query_timeout` as a `statement_timeout` value.
+    pub(crate) fn statement_timeout(&self) -> String {
+        format!("{}ms", statement_timeout_ms(self.query_timeout))
     }
 }
 
@@ -358,6 +473,11 @@ impl fmt::Debug for PostgresConfig {
                     .collect::<Vec<_>>(),
             )
             .field("max_replica_lag", &self.max_replica_lag)
+            .field("pooler", &self.pooler)
+            .field(
+                "notify_url",
+                &self.notify_url.as_deref().map(redact_secrets),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -598,6 +718,19 @@ impl PostgresConfigBuilder {
         self
     }
 
+    /// Sets what sits between the store and PostgreSQL; see [`Pooler`].
+    pub fn pooler(mut self, pooler: Pooler) -> Self {
+        self.config.pooler = pooler;
+        self
+    }
+
+    /// Sets a direct connection URL for `LISTEN`/`NOTIFY`; see
+    /// [`PostgresConfig::notify_url`].
+    pub fn notify_url(mut self, url: impl Into<String>) -> Self {
+        self.config.notify_url = Some(url.into());
+        self
+    }
+
     /// Settings for throughput: a pool sized to keep the server's cores busy
     /// even while connections wait on commit flushes, all of it kept warm,
     /// no ping before use, a larger statement cache.
@@ -759,6 +892,73 @@ mod tests {
             .unwrap();
         let options = format!("{:?}", config.connect_options().unwrap());
         assert!(options.contains("statement_timeout=2ms"), "{options}");
+    }
+
+    /// Through a transaction pooler nothing is set per session: no startup
+    /// `options` (PgBouncer refuses them) and no `extra_float_digits`
+    /// (PgBouncer does not track it); the timeout travels per transaction.
+    #[test]
+    fn a_transaction_pooler_gets_no_session_settings() {
+        let b = || {
+            PostgresConfigBuilder::new()
+                .database_url("postgres://app@localhost:6432/db")
+                .query_timeout(Duration::from_millis(1500))
+        };
+        let direct = format!("{:?}", b().build().unwrap().connect_options().unwrap());
+        assert!(direct.contains("statement_timeout=1500ms"), "{direct}");
+        let pooled = b().pooler(Pooler::Transaction).build().unwrap();
+        assert!(pooled.transaction_pooled());
+        assert_eq!(pooled.statement_timeout(), "1500ms");
+        let options = format!("{:?}", pooled.connect_options().unwrap());
+        assert!(
+            !options.contains("statement_timeout") && options.contains("options: None"),
+            "{options}"
+        );
+        assert!(options.contains("extra_float_digits: None"), "{options}");
+        // Wake-ups: the pool's own server when direct, none through the
+        // pooler, notify_url (a direct connection, with the timeout) when set.
+        assert!(b().build().unwrap().notify_options().unwrap().is_some());
+        assert!(pooled.notify_options().unwrap().is_none());
+        let listen = b()
+            .pooler(Pooler::Transaction)
+            .notify_url("postgres://app@db:5432/db")
+            .build()
+            .unwrap()
+            .notify_options()
+            .unwrap()
+            .expect("notify_url");
+        assert_eq!(listen.get_port(), 5432);
+        assert!(format!("{listen:?}").contains("statement_timeout=1500ms"));
+        let m = refused(b().notify_url("mysql://nope"));
+        assert!(m.starts_with("notify_url"), "{m}");
+        let m = refused(b().notify_url(format!("postgres://app:{SECRET}@h:x/db")));
+        assert!(m.contains("notify_url") && !m.contains(SECRET), "{m}");
+        let debug = format!(
+            "{:?}",
+            b().notify_url(format!("postgres://app:{SECRET}@db/app"))
+                .build()
+                .unwrap()
+        );
+        assert!(
+            !debug.contains(SECRET) && debug.contains("notify_url"),
+            "{debug}"
+        );
+    }
+
+    /// sqlx reads a statement cache of 0 as "prepare a new named statement
+    /// per query and never close it": refused.
+    #[test]
+    fn a_statement_cache_of_zero_is_refused() {
+        let mut config = PostgresConfig::new("postgres://localhost/db");
+        config.statement_cache_capacity = 0;
+        match config.validate() {
+            Err(PostgresError::InvalidConfig(m)) => {
+                assert!(m.starts_with("statement_cache_capacity"), "{m}")
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+        config.statement_cache_capacity = 1;
+        config.validate().unwrap();
     }
 
     /// Item 12 of issue 14: names that cannot work are refused at `build()`;

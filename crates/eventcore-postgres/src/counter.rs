@@ -105,6 +105,7 @@ impl TransactionCounter {
 /// [`TransactionCounter::next_transaction_id`]), without assigning an id.
 pub(crate) async fn next_transaction_id(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
     let text: String = sqlx::query_scalar(sql::SELECT_NEXT_TRANSACTION_ID)
+        .persistent(false)
         .fetch_one(conn)
         .await?;
     text.parse()
@@ -120,6 +121,7 @@ pub(crate) async fn read(
     statements: &sql::Statements,
 ) -> Result<TransactionCounter, sqlx::Error> {
     let newest: Option<i64> = sqlx::query_scalar(sql::sql(&statements.select_head_position))
+        .persistent(false)
         .fetch_one(&mut *conn)
         .await?;
     Ok(TransactionCounter {

@@ -92,6 +92,21 @@
 //! [`StampedPosition`] does the same for positions you persist. See
 //! "Replication and failover" in `docs/operations.md`.
 //!
+//! ## Behind PgBouncer
+//!
+//! A pooler in session mode needs nothing. Through one in transaction mode
+//! (PgBouncer's `pool_mode = transaction`, which lets many clients share
+//! few server connections) set
+//! [`pooler(Pooler::Transaction)`](PostgresConfigBuilder::pooler): each
+//! store call is then one explicit transaction carrying its own
+//! `statement_timeout` (`SET LOCAL`), its statements are unnamed, and a
+//! projection runner's lease is a renewed row with an expiry instead of a
+//! session advisory lock, fenced by the same generation. `LISTEN` cannot
+//! work through such a pooler: give the store a direct
+//! [`notify_url`](PostgresConfigBuilder::notify_url) for wake-ups, or let
+//! subscribers poll. [`Pooler::Transaction`] lists what changes; your own
+//! statements on [`PostgresEventStore::pool`] must follow the same rules.
+//!
 //! ## Operations
 //!
 //! What the `eventcore` CLI and its web page do is here as functions:
@@ -117,6 +132,7 @@ mod error;
 mod history;
 pub mod instrument;
 mod jsonb;
+mod lease_row;
 mod metrics;
 mod notify;
 mod pg_projection;
@@ -139,7 +155,7 @@ pub use admin::{
     ImportSummary, LastError, ProjectionOperation, ProjectionRequest, ProjectionStatus, RunnerInfo,
     StreamSummary, VerifyReport,
 };
-pub use config::{PostgresConfig, PostgresConfigBuilder, redact_secrets};
+pub use config::{Pooler, PostgresConfig, PostgresConfigBuilder, redact_secrets};
 pub use counter::{MAX_TRANSACTION_ID, TransactionCounter};
 pub use error::{APPEND_ONLY_SQLSTATE, POSITIONS_EXHAUSTED_SQLSTATE, PostgresError};
 pub use history::{ClusterHistory, InvalidStampedPosition, StampedPosition};

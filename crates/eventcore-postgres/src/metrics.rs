@@ -138,6 +138,7 @@ impl PostgresEventStore {
             .call("stats", Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::sql(&self.sql().select_stats))
+                        .persistent(self.named())
                         .fetch_one(&mut **conn)
                         .await
                         .map_err(|e| self.map_err("stats", e))
@@ -268,7 +269,7 @@ impl PostgresEventStore {
         };
         let mut reachable = false;
         if let Some(c) = conn.as_mut() {
-            match sqlx::query(sql::SELECT_ONE).execute(c.conn()).await {
+            match sqlx::raw_sql(sql::SELECT_ONE).execute(c.conn()).await {
                 Ok(_) => reachable = true,
                 Err(e) => {
                     // A pooled connection may have died with the server
@@ -276,8 +277,10 @@ impl PostgresEventStore {
                     let cause = match self.db().direct().await {
                         Ok(fresh) => {
                             *c = Checked::Direct(fresh);
-                            reachable =
-                                sqlx::query(sql::SELECT_ONE).execute(c.conn()).await.is_ok();
+                            reachable = sqlx::raw_sql(sql::SELECT_ONE)
+                                .execute(c.conn())
+                                .await
+                                .is_ok();
                             (!reachable).then(|| Cause::of(&e))
                         }
                         Err(cause) => Some(cause),
@@ -295,7 +298,19 @@ impl PostgresEventStore {
         let mut read_horizon = None;
         let mut oldest_transaction_age = None;
         let mut transaction_counter = None;
-        if let Some(c) = conn.as_mut().filter(|_| reachable) {
+        // Behind a transaction pooler the checks run in one transaction,
+        // the only way their statements stay on one server connection.
+        let mut checks = conn.as_mut().filter(|_| reachable);
+        if let Some(c) = checks.as_mut()
+            && let Err(e) = self.db().begin_on(c.conn()).await
+        {
+            problems.push(format!(
+                "cannot open a transaction for the checks: {}",
+                redact_secrets(&e.to_string())
+            ));
+            checks = None;
+        }
+        if let Some(c) = checks {
             let schema = self.config().schema.as_str();
             match schema::read_version(c.conn(), self.sql()).await {
                 Ok(v) => schema_version = v,
@@ -348,7 +363,11 @@ impl PostgresEventStore {
                     )),
                 }
             }
-            match sqlx::query(sql::SELECT_HORIZON).fetch_one(c.conn()).await {
+            match sqlx::query(sql::SELECT_HORIZON)
+                .persistent(self.named())
+                .fetch_one(c.conn())
+                .await
+            {
                 Ok(row) => {
                     read_horizon = row
                         .try_get::<i64, _>(0)
@@ -370,6 +389,12 @@ impl PostgresEventStore {
                 problems.push(format!(
                     "a transaction has been open for {age:?}: $all readers and subscriptions cannot pass it"
                 ));
+            }
+            if let Err(e) = self.db().end_on(c.conn()).await {
+                tracing::debug!(error = %e, "ending the health check's transaction failed");
+                if let Checked::Pooled(c) = c {
+                    c.close_on_drop();
+                }
             }
         }
         if let Some(Checked::Direct(c)) = conn {

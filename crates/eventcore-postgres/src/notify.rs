@@ -8,6 +8,12 @@
 //! [`PostgresConfig::notify_interval`](crate::PostgresConfig::notify_interval).
 //! Subscribers poll as well, so a lost notification (a dropped listener
 //! connection, a pooler that does not pass NOTIFY) costs latency, never events.
+//!
+//! Both use connections of their own with the wake-up connect options
+//! ([`PostgresConfig::notify_options`](crate::PostgresConfig)): a store
+//! behind a transaction pooler without a `notify_url` has none, so it does
+//! not listen (its subscribers poll) and sends its NOTIFY through the pool
+//! as one simple-protocol statement, for listeners of other processes.
 
 use std::{
     sync::{Arc, Mutex, Weak},
@@ -15,8 +21,8 @@ use std::{
 };
 
 use sqlx::{
-    PgPool,
-    postgres::{PgListener, PgPoolOptions},
+    AssertSqlSafe, PgPool,
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::{
     sync::{Notify, watch},
@@ -44,6 +50,8 @@ pub(crate) struct Notifier {
     poke: Arc<Notify>,
     channel: String,
     interval: Option<Duration>,
+    /// Connect options of the wake-up connections; `None`: no LISTEN.
+    direct: Option<PgConnectOptions>,
     tasks: Mutex<Tasks>,
 }
 
@@ -54,12 +62,17 @@ struct Tasks {
 }
 
 impl Notifier {
-    pub(crate) fn new(schema: &str, interval: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        schema: &str,
+        interval: Option<Duration>,
+        direct: Option<PgConnectOptions>,
+    ) -> Self {
         Self {
             signal: watch::Sender::new(()),
             poke: Arc::new(Notify::new()),
             channel: channel(schema),
             interval,
+            direct,
             tasks: Mutex::default(),
         }
     }
@@ -76,8 +89,14 @@ impl Notifier {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 return;
             };
+            // A connection of its own: under load every pool connection may
+            // be busy, and a wake-up that waits for one arrives too late.
+            let sender = match &self.direct {
+                Some(options) => Sender::Own(dedicated(options)),
+                None => Sender::Pooled(pool.clone()),
+            };
             tasks.notifier = Some(runtime.spawn(notify_loop(
-                pool.clone(),
+                sender,
                 Arc::downgrade(&self.poke),
                 self.channel.clone(),
                 interval,
@@ -85,15 +104,19 @@ impl Notifier {
         }
     }
 
-    /// A receiver of wake-ups; starts the LISTEN task if it is not running.
-    pub(crate) fn subscribe(&self, pool: &PgPool) -> watch::Receiver<()> {
+    /// A receiver of wake-ups; starts the LISTEN task if it is not running
+    /// (and the store has a connection to listen on).
+    pub(crate) fn subscribe(&self, _pool: &PgPool) -> watch::Receiver<()> {
         let receiver = self.signal.subscribe();
+        let Some(options) = &self.direct else {
+            return receiver;
+        };
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if tasks.listener.as_ref().is_none_or(|t| t.is_finished())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             tasks.listener = Some(runtime.spawn(listen_loop(
-                pool.clone(),
+                dedicated(options),
                 self.signal.clone(),
                 self.channel.clone(),
             )));
@@ -114,20 +137,46 @@ impl Drop for Notifier {
     }
 }
 
-/// A one-connection pool with `pool`'s connect options, opened lazily.
-fn dedicated(pool: &PgPool) -> PgPool {
+/// A one-connection pool with `options`, opened lazily.
+fn dedicated(options: &PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
-        .connect_lazy_with((*pool.connect_options()).clone())
+        .connect_lazy_with(options.clone())
+}
+
+/// Where NOTIFY goes out.
+enum Sender {
+    /// A connection of its own, prepared statement.
+    Own(PgPool),
+    /// Through a transaction pooler: the simple protocol runs one
+    /// statement as one transaction with nothing prepared.
+    Pooled(PgPool),
+}
+
+impl Sender {
+    async fn send(&self, channel: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Sender::Own(pool) => sqlx::query(crate::sql::NOTIFY_CHANNEL)
+                .bind(channel)
+                .execute(pool)
+                .await
+                .map(drop),
+            // The channel is the prefix and a validated schema name
+            // (`a-z0-9_`): a plain literal, nothing to inject.
+            Sender::Pooled(pool) => {
+                sqlx::raw_sql(AssertSqlSafe(format!("SELECT pg_notify('{channel}', '')")))
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
 }
 
 /// One NOTIFY per burst of appends, at most one per `interval`.
-async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval: Duration) {
-    // A connection of its own: under load every pool connection may be
-    // busy, and a wake-up that waits for one arrives too late to matter.
-    let pool = dedicated(&pool);
+async fn notify_loop(sender: Sender, poke: Weak<Notify>, channel: String, interval: Duration) {
     loop {
         let Some(poke) = poke.upgrade() else { return };
         poke.notified().await;
@@ -135,11 +184,7 @@ async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval
         // The interval runs from this send's start: a NOTIFY's own round
         // trip (a commit, slow under load) does not stretch the cadence.
         let sent = tokio::time::Instant::now();
-        if let Err(e) = sqlx::query(crate::sql::NOTIFY_CHANNEL)
-            .bind(&channel)
-            .execute(&pool)
-            .await
-        {
+        if let Err(e) = sender.send(&channel).await {
             tracing::debug!(error = %e, "NOTIFY failed; subscribers fall back to polling");
         }
         tokio::time::sleep_until(sent + interval).await;
@@ -147,11 +192,9 @@ async fn notify_loop(pool: PgPool, poke: Weak<Notify>, channel: String, interval
 }
 
 /// Relays notifications from other processes to local subscribers on a
-/// connection of its own (it would otherwise pin one of the pool's). Exits
-/// when no subscriber is left; the next subscriber starts it again.
-async fn listen_loop(pool: PgPool, signal: watch::Sender<()>, channel: String) {
-    let own = dedicated(&pool);
-    drop(pool);
+/// connection of its own, `own` (it would otherwise pin one of the pool's).
+/// Exits when no subscriber is left; the next subscriber starts it again.
+async fn listen_loop(own: PgPool, signal: watch::Sender<()>, channel: String) {
     let mut listener: Option<PgListener> = None;
     loop {
         if signal.receiver_count() == 0 {

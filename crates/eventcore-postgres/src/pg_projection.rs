@@ -182,6 +182,7 @@ async fn checkpoint_in(
 ) -> Result<Option<GlobalPosition>, eventcore::Error> {
     let generation = checkpoints.generation(name)?;
     let row: Option<Option<i64>> = sqlx::query_scalar(AssertSqlSafe(Arc::clone(select)))
+        .persistent(checkpoints.store.named())
         .bind(name)
         .bind(generation)
         .fetch_optional(conn)

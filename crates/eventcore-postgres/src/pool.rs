@@ -16,6 +16,15 @@
 //! store keeps every connection busy). The store's background work
 //! (NOTIFY, LISTEN, projection leases) has connections of its own.
 //!
+//! Behind a transaction pooler ([`Pooler::Transaction`](crate::Pooler)),
+//! every call's work runs inside one explicit transaction opened here,
+//! which also carries `query_timeout` (`SET LOCAL statement_timeout`, one
+//! simple-protocol round trip with the `BEGIN`), and its statements are
+//! unnamed ([`Pool::named`]): the pooler keeps one server connection for a
+//! client only while a transaction is open, so nothing may be prepared
+//! for later, and an unnamed statement outside a transaction may be bound
+//! on another client's server connection.
+//!
 //! Whether a connection may be reused is decided by [`Pool::call`] alone,
 //! from how the call's work ended: completed, successfully or with an
 //! answer of the server that leaves the session usable. A connection whose
@@ -41,8 +50,14 @@ use sqlx::{
 };
 use tracing::Instrument;
 
+use sqlx::postgres::PgTransactionManager;
+use sqlx_core::transaction::TransactionManager;
+
 use crate::{
-    PoolMetrics, PostgresConfig, PostgresError, error::connection_lost, instrument, metrics::Cause,
+    PoolMetrics, PostgresConfig, PostgresError,
+    error::{connection_lost, map_sqlx},
+    instrument,
+    metrics::Cause,
 };
 
 /// Parked connections idle longer than this go back to the sqlx pool.
@@ -89,6 +104,10 @@ pub(crate) struct Pool {
     connect_timeout: Duration,
     test_before_acquire: bool,
     max_connections: u32,
+    query_timeout: Duration,
+    /// Behind a transaction pooler: the statement that opens each call's
+    /// transaction and sets its timeout.
+    begin: Option<String>,
 }
 
 /// Counters updated on every acquisition.
@@ -201,6 +220,87 @@ impl Pool {
             connect_timeout: config.connect_timeout,
             test_before_acquire: config.test_before_acquire,
             max_connections: config.max_connections,
+            query_timeout: config.query_timeout,
+            begin: config.transaction_pooled().then(|| {
+                // Digits and "ms", made here: nothing to inject.
+                format!(
+                    "BEGIN; SET LOCAL statement_timeout = '{}'",
+                    config.statement_timeout()
+                )
+            }),
+        }
+    }
+
+    /// Whether statements may be prepared once per connection and kept
+    /// (named); `false` behind a transaction pooler, where they run unnamed.
+    pub(crate) fn named(&self) -> bool {
+        self.begin.is_none()
+    }
+
+    /// Behind a transaction pooler, opens a transaction (with the timeout)
+    /// on `conn`, a connection the store uses outside [`call`](Self::call)
+    /// (a health check's); nothing otherwise. [`end_on`](Self::end_on)
+    /// ends it.
+    pub(crate) async fn begin_on(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        match &self.begin {
+            None => Ok(()),
+            Some(begin) => {
+                let statement =
+                    sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(begin.to_owned()));
+                PgTransactionManager::begin(conn, Some(statement)).await
+            }
+        }
+    }
+
+    /// Rolls back what [`begin_on`](Self::begin_on) opened.
+    pub(crate) async fn end_on(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        match &self.begin {
+            None => Ok(()),
+            Some(_) => PgTransactionManager::rollback(conn).await,
+        }
+    }
+
+    /// After a statement of a call's work failed: behind a transaction
+    /// pooler the call's transaction is aborted, so it is rolled back and a
+    /// new one opened for the statements that follow (as each statement
+    /// of a direct connection is its own transaction); nothing otherwise.
+    pub(crate) async fn restart_on(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.begin.is_some() {
+            self.end_on(conn).await?;
+            self.begin_on(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// `work` inside a transaction of its own on `conn`, committed if it
+    /// succeeds and rolled back otherwise (behind a transaction pooler).
+    /// The flag: the session is fit for reuse as far as the transaction's
+    /// ends go (`BEGIN`, `COMMIT` or the rollback did not fail).
+    async fn in_transaction<'p, T, E, F>(
+        &self,
+        operation: &'static str,
+        begin: &str,
+        conn: &mut Conn<'p>,
+        work: &mut F,
+    ) -> (Result<T, E>, bool)
+    where
+        E: CallError,
+        F: for<'c> FnMut(&'c mut Conn<'p>) -> Work<'c, T, E>,
+    {
+        let map = |e| E::from(map_sqlx(operation, self.query_timeout, e));
+        let statement = sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(begin.to_owned()));
+        if let Err(e) = PgTransactionManager::begin(conn, Some(statement)).await {
+            return (Err(map(e)), false);
+        }
+        match work(conn).await {
+            Ok(value) => match PgTransactionManager::commit(conn).await {
+                Ok(()) => (Ok(value), true),
+                Err(e) => (Err(map(e)), false),
+            },
+            Err(e) => {
+                let rolled_back = PgTransactionManager::rollback(conn).await.is_ok();
+                (Err(e), rolled_back)
+            }
         }
     }
 
@@ -253,11 +353,18 @@ impl Pool {
             let span = tracing::debug_span!("eventcore.attempt", operation, attempt = number);
             let attempt = async {
                 let mut conn = self.acquire(operation).await?;
-                let result = work(&mut conn).await;
-                conn.reusable = match &result {
-                    Ok(_) => true,
-                    Err(e) => e.store().is_none_or(leaves_session_usable),
+                let (result, ends_fine) = match &self.begin {
+                    None => (work(&mut conn).await, true),
+                    Some(begin) => {
+                        self.in_transaction(operation, begin, &mut conn, &mut work)
+                            .await
+                    }
                 };
+                conn.reusable = ends_fine
+                    && match &result {
+                        Ok(_) => true,
+                        Err(e) => e.store().is_none_or(leaves_session_usable),
+                    };
                 result
             };
             // A server that went silent answers nothing, not even the
@@ -345,10 +452,18 @@ impl Pool {
     /// A transaction on a connection of the sqlx pool, for work that is not
     /// bounded by the store (the application's projection code,
     /// migrations). The connection goes back to sqlx when it ends, which
-    /// rolls back what was not committed.
+    /// rolls back what was not committed. Behind a transaction pooler it
+    /// carries `query_timeout` itself, since no session does.
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         let started = Instant::now();
-        let tx = self.sqlx.begin().await;
+        let tx = match &self.begin {
+            None => self.sqlx.begin().await,
+            Some(begin) => {
+                self.sqlx
+                    .begin_with(sqlx::AssertSqlSafe(begin.clone()))
+                    .await
+            }
+        };
         self.record_acquire(started, tx.is_ok());
         tx
     }

@@ -14,7 +14,7 @@ use eventcore::{
 use sqlx::{Connection, PgConnection, Row};
 use tokio::sync::{oneshot, watch};
 
-use crate::{ClusterHistory, PostgresEventStore, pool::Call, sql};
+use crate::{ClusterHistory, PostgresEventStore, lease_row, pool::Call, sql};
 
 /// How often a lease connection checks that it is alive. In between it is
 /// idle, so releasing the lease (closing it) is immediate.
@@ -162,6 +162,7 @@ impl PostgresCheckpointStore {
     ) -> Result<(), Error> {
         let generation = self.generation(projection)?;
         let saved = sqlx::query_as(sql::sql(&self.store.sql().save_checkpoint))
+            .persistent(self.store.named())
             .bind(projection)
             .bind(to_i64(position))
             .bind(generation)
@@ -193,6 +194,7 @@ impl PostgresCheckpointStore {
     pub async fn reset_in(&self, conn: &mut PgConnection, projection: &str) -> Result<(), Error> {
         let generation = self.generation(projection)?;
         let reset = sqlx::query(sql::sql(&self.store.sql().reset_checkpoint))
+            .persistent(self.store.named())
             .bind(projection)
             .bind(generation)
             .execute(conn)
@@ -247,6 +249,7 @@ impl PostgresCheckpointStore {
         let s = &self.store;
         let key = format!("eventcore:projection:{}:{projection}", s.config().schema);
         let got: bool = sqlx::query_scalar(sql::TRY_LOCK_PROJECTION)
+            .persistent(true)
             .bind(key)
             .fetch_one(&mut *conn)
             .await
@@ -254,12 +257,71 @@ impl PostgresCheckpointStore {
         if !got {
             return Ok(None);
         }
+        // A runner of a store behind a transaction pooler holds a lease row
+        // instead (and takes this lock only while taking the row).
+        if lease_row::live(conn, &s.config().schema, projection, true)
+            .await
+            .map_err(|e| s.map_err("acquire lease", e))?
+        {
+            return Ok(None);
+        }
         let generation: i64 = sqlx::query_scalar(sql::sql(&s.sql().bump_lease_generation))
+            .persistent(true)
             .bind(projection)
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| s.map_err("acquire lease", e))?;
         Ok(Some(generation))
+    }
+}
+
+/// What keeps a lease taken: a connection holding the session advisory
+/// lock, or a lease row renewed through the pool.
+enum Holding {
+    Session(PgConnection),
+    Row {
+        holder: uuid::Uuid,
+        /// When the statement that took the row was sent.
+        sent: std::time::Instant,
+    },
+}
+
+impl PostgresCheckpointStore {
+    /// The advisory-lock lease on a connection of its own: its generation
+    /// and the connection, or `None` if another runner holds it.
+    async fn take_session_lease(
+        &self,
+        projection: &str,
+    ) -> Result<Option<(i64, PgConnection)>, Error> {
+        let s = &self.store;
+        let options = (*s.db().connect_options()).clone();
+        let connect_timeout = s.config().connect_timeout;
+        let mut conn =
+            match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await
+            {
+                Ok(conn) => conn.map_err(|e| s.map_err("acquire lease", e))?,
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        operation: "acquire lease",
+                        elapsed: connect_timeout,
+                    });
+                }
+            };
+        let deadline = s.db().deadline();
+        let taken = tokio::time::timeout(deadline, self.take_lease(&mut conn, projection))
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                operation: "acquire lease",
+                elapsed: deadline,
+            }));
+        match taken {
+            Ok(Some(generation)) => Ok(Some((generation, conn))),
+            other => {
+                // Closing the connection releases the lock, if it was taken.
+                let _ = conn.close().await;
+                other.map(|_| None)
+            }
+        }
     }
 }
 
@@ -282,7 +344,9 @@ async fn hold(
         }
         let beat = tokio::time::timeout(
             HEARTBEAT_DEADLINE,
-            sqlx::query(sql::LEASE_HEARTBEAT).execute(&mut conn),
+            sqlx::query(sql::LEASE_HEARTBEAT)
+                .persistent(true)
+                .execute(&mut conn),
         )
         .await;
         let failure = match beat {
@@ -338,6 +402,7 @@ impl CheckpointStore for PostgresCheckpointStore {
             .call("load checkpoint", Call::Read, |conn| {
                 Box::pin(async move {
                     let row: Option<LoadRow> = sqlx::query_as(sql::sql(&s.sql().select_checkpoint))
+                        .persistent(s.named())
                         .bind(projection)
                         .fetch_optional(&mut **conn)
                         .await
@@ -346,7 +411,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                     else {
                         return Ok(None);
                     };
-                    // Migration 8 stamped every checkpoint there was with
+                    // Migration 0002 stamped every checkpoint there was with
                     // the history of its day: only a hand-made row lacks one.
                     if let (Some(s), Some(t)) = (recorded_s, recorded_t) {
                         ClusterHistory::from_columns(current_s, current_t).admits(
@@ -376,6 +441,7 @@ impl CheckpointStore for PostgresCheckpointStore {
             .call("reset checkpoint", Call::Write, |conn| {
                 Box::pin(async move {
                     let reset = sqlx::query(sql::sql(&s.sql().reset_checkpoint))
+                        .persistent(s.named())
                         .bind(projection)
                         .bind(generation)
                         .execute(&mut **conn)
@@ -394,6 +460,7 @@ impl CheckpointStore for PostgresCheckpointStore {
             .call("record skip", Call::Write, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::sql(&s.sql().insert_projection_skip))
+                        .persistent(s.named())
                         .bind(&skipped.projection)
                         .bind(to_i64(skipped.position))
                         .bind(skipped.stream_id.as_ref().map(StreamId::as_str))
@@ -414,6 +481,7 @@ impl CheckpointStore for PostgresCheckpointStore {
             .call("list skips", Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::sql(&s.sql().select_projection_skips))
+                        .persistent(s.named())
                         .bind(projection)
                         .fetch_all(&mut **conn)
                         .await
@@ -451,34 +519,32 @@ impl CheckpointStore for PostgresCheckpointStore {
             return Ok(None);
         }
         let s = &self.store;
-        let options = (*s.db().connect_options()).clone();
-        let connect_timeout = s.config().connect_timeout;
-        let mut conn =
-            match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await
-            {
-                Ok(conn) => conn.map_err(|e| s.map_err("acquire lease", e))?,
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        operation: "acquire lease",
-                        elapsed: connect_timeout,
-                    });
-                }
-            };
-        let deadline = s.db().deadline();
-        let taken = tokio::time::timeout(deadline, self.take_lease(&mut conn, projection))
-            .await
-            .unwrap_or(Err(Error::Timeout {
-                operation: "acquire lease",
-                elapsed: deadline,
-            }));
-        let generation = match taken {
-            Ok(Some(generation)) => generation,
-            other => {
-                // Closing the connection releases the lock, if it was taken.
-                let _ = conn.close().await;
-                return other.map(|_| None);
+        let holding = if s.config().transaction_pooled() {
+            let holder = uuid::Uuid::now_v7();
+            let sent = std::time::Instant::now();
+            let schema = s.config().schema.as_str();
+            // One call: behind the pooler, one transaction.
+            let taken = s
+                .db()
+                .call("acquire lease", Call::Write, |conn| {
+                    Box::pin(async move {
+                        lease_row::take(conn, schema, projection, holder)
+                            .await
+                            .map_err(|e| s.map_err("acquire lease", e))
+                    })
+                })
+                .await?;
+            match taken {
+                Some(generation) => (generation, Holding::Row { holder, sent }),
+                None => return Ok(None),
+            }
+        } else {
+            match self.take_session_lease(projection).await? {
+                Some((generation, conn)) => (generation, Holding::Session(conn)),
+                None => return Ok(None),
             }
         };
+        let (generation, holding) = holding;
         // No await from here on: the lease is registered and handed out
         // together, or (if the caller gave up waiting) neither.
         let lost = Arc::new(watch::Sender::new(false));
@@ -490,12 +556,22 @@ impl CheckpointStore for PostgresCheckpointStore {
             },
         );
         let (release, released) = oneshot::channel();
-        tokio::spawn(hold(
-            conn,
-            Arc::clone(&lost),
-            released,
-            projection.to_owned(),
-        ));
+        match holding {
+            Holding::Session(conn) => tokio::spawn(hold(
+                conn,
+                Arc::clone(&lost),
+                released,
+                projection.to_owned(),
+            )),
+            Holding::Row { holder, sent } => tokio::spawn(lease_row::hold(
+                s.clone(),
+                projection.to_owned(),
+                holder,
+                sent,
+                Arc::clone(&lost),
+                released,
+            )),
+        };
         tracing::debug!(projection, generation, "projection lease taken");
         Ok(Some(Box::new(PgLease {
             projection: projection.to_owned(),
@@ -555,6 +631,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                     let mut tx = conn.begin().await.map_err(|e| s.map_err(OP, e))?;
                     let checkpoint: Option<i64> =
                         sqlx::query_scalar(sql::sql(&q.select_checkpoint_for_update))
+                            .persistent(s.named())
                             .bind(projection)
                             .fetch_one(&mut *tx)
                             .await
@@ -564,6 +641,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                         Err(why) => return Err(refused(why)),
                     };
                     sqlx::query(sql::sql(&q.insert_projection_skip))
+                        .persistent(s.named())
                         .bind(projection)
                         .bind(to_i64(position))
                         .bind(StreamId::new(&stream).ok().as_ref().map(StreamId::as_str))
@@ -572,6 +650,7 @@ impl CheckpointStore for PostgresCheckpointStore {
                         .await
                         .map_err(|e| s.map_err(OP, e))?;
                     let saved = sqlx::query_as(sql::sql(&q.save_checkpoint))
+                        .persistent(s.named())
                         .bind(projection)
                         .bind(to_i64(position))
                         .bind(generation)
@@ -607,6 +686,7 @@ pub(crate) async fn skip_target(
     }
     let map = |e| store.map_err(operation, e);
     let target = sqlx::query(sql::sql(&store.sql().select_skip_target))
+        .persistent(store.named())
         .bind(checkpoint.unwrap_or(0))
         .bind(to_i64(position))
         .fetch_one(&mut *conn)
@@ -642,6 +722,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::SELECT_READ_BLOCKER)
+                        .persistent(self.named())
                         .fetch_optional(&mut **conn)
                         .await
                         .map_err(|e| self.map_err(OP, e))

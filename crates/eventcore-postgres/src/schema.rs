@@ -32,10 +32,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "history_stamps",
         sql: include_str!("../migrations/0002_history_stamps.sql"),
     },
+    Migration {
+        version: 3,
+        name: "lease_rows",
+        sql: include_str!("../migrations/0003_lease_rows.sql"),
+    },
 ];
 
 /// The schema version this release creates.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Every migration's version and name, oldest first (what the ledger
 /// should hold).
@@ -94,6 +99,8 @@ const REQUIRED: &[Required] = &[
     required(1, "table", "projection_operations"),
     required(1, "table", "snapshots"),
     required(1, "index", "snapshots_pkey"),
+    required(3, "table", "projection_leases"),
+    required(3, "index", "projection_leases_pkey"),
 ];
 
 /// What of [`REQUIRED`] (up to schema `version`) is missing or disabled in
@@ -112,6 +119,7 @@ pub(crate) async fn find_damage(
     let names: Vec<&str> = wanted.iter().map(|r| r.name).collect();
     let tables: Vec<Option<&str>> = wanted.iter().map(|r| r.on_table).collect();
     let rows = sqlx::query(sql::SELECT_SCHEMA_DAMAGE)
+        .persistent(false)
         .bind(schema)
         .bind(&kinds)
         .bind(&names)
@@ -135,6 +143,7 @@ pub(crate) async fn read_version(
     statements: &sql::Statements,
 ) -> Result<Option<i32>, sqlx::Error> {
     let result = sqlx::query(sql::sql(&statements.select_schema_version))
+        .persistent(false)
         .fetch_one(&mut *conn)
         .await;
     match result {
@@ -257,6 +266,7 @@ impl PostgresEventStore {
             }
         };
         sqlx::query(sql::LOCK_MIGRATIONS)
+            .persistent(self.named())
             .bind(format!("eventcore:migrations:{schema}"))
             .execute(&mut *tx)
             .await
@@ -270,6 +280,7 @@ impl PostgresEventStore {
             .await
             .map_err(step(0, "create ledger"))?;
         let applied: i32 = sqlx::query(sql::sql(&s.select_schema_version))
+            .persistent(self.named())
             .fetch_one(&mut *tx)
             .await
             .and_then(|row| row.try_get::<Option<i32>, _>(0))
@@ -308,6 +319,7 @@ impl PostgresEventStore {
                 .await
                 .map_err(step(m.version, m.name))?;
             sqlx::query(sql::sql(&s.insert_migration))
+                .persistent(self.named())
                 .bind(m.version)
                 .bind(m.name)
                 .execute(&mut *tx)

@@ -86,6 +86,7 @@ impl SnapshotStore for PostgresSnapshotStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(AssertSqlSafe(Arc::clone(&self.select)))
+                        .persistent(self.store.named())
                         .bind(state)
                         .bind(version)
                         .bind(ids)
@@ -126,6 +127,7 @@ impl SnapshotStore for PostgresSnapshotStore {
             .call(OP, Call::Write, |conn| {
                 Box::pin(async move {
                     sqlx::query(AssertSqlSafe(Arc::clone(&self.upsert)))
+                        .persistent(self.store.named())
                         .bind(&snapshot.state)
                         .bind(version)
                         .bind(snapshot.stream_id.as_str())

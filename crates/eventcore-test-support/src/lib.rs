@@ -4,6 +4,12 @@
 //! and the exactly-once recipe as a test projection ([`AppliedRecorder`]).
 //! URLs are printed through [`eventcore_postgres::redact_secrets`].
 //!
+//! With `EVENTCORE_TEST_POOLER=transaction` every store [`config`] builds
+//! goes through PgBouncer in transaction mode ([`pgbouncer_url`]) with
+//! `Pooler::Transaction`, waking up through a direct `notify_url`;
+//! [`test_database_url`] and [`direct_pool`] stay direct, for the tests'
+//! own setup, inspection and faults.
+//!
 //! Not published: it knows this repository's `scripts/dev-db`.
 
 mod recorder;
@@ -15,7 +21,7 @@ use std::{
     sync::OnceLock,
 };
 
-use eventcore_postgres::{PostgresConfig, PostgresConfigBuilder, PostgresEventStore};
+use eventcore_postgres::{Pooler, PostgresConfig, PostgresConfigBuilder, PostgresEventStore};
 use sqlx::AssertSqlSafe;
 
 pub use recorder::{AppliedRecorder, applications};
@@ -76,6 +82,46 @@ pub fn test_database_url() -> &'static str {
     URL.get_or_init(|| database_url().unwrap_or_else(|e| panic!("no test database: {e}")))
 }
 
+/// Whether this run's stores go through PgBouncer in transaction mode
+/// (`EVENTCORE_TEST_POOLER=transaction`; unset, empty or `none`: direct).
+pub fn pooled() -> bool {
+    static POOLED: OnceLock<bool> = OnceLock::new();
+    *POOLED.get_or_init(|| match std::env::var("EVENTCORE_TEST_POOLER") {
+        Ok(v) if v == "transaction" => true,
+        Ok(v) if v.is_empty() || v == "none" => false,
+        Ok(v) => panic!("EVENTCORE_TEST_POOLER={v:?}: expected \"transaction\" or \"none\""),
+        Err(_) => false,
+    })
+}
+
+/// PgBouncer (transaction mode) in front of the test database's cluster:
+/// `scripts/dev-db pgbouncer-url`, which prints `EVENTCORE_PGBOUNCER_URL`
+/// as-is when set. Looked up once per test binary; panics if there is none.
+pub fn pgbouncer_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let out = Command::new(DEV_DB)
+            .arg("pgbouncer-url")
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {DEV_DB}: {e}"));
+        assert!(
+            out.status.success(),
+            "`scripts/dev-db pgbouncer-url` failed ({})",
+            out.status
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    })
+}
+
+/// A pool of direct connections to the test database, for a test's own
+/// statements, whichever way its stores connect.
+pub async fn direct_pool() -> sqlx::PgPool {
+    sqlx::PgPool::connect(test_database_url())
+        .await
+        .expect("connect directly")
+}
+
 /// A schema name no other test uses: `t_` and a UUIDv7.
 /// `scripts/sweep-test-schemas` drops these schemas an hour after their
 /// creation (tests leave them, for inspection after a failure).
@@ -83,14 +129,22 @@ pub fn fresh_schema() -> String {
     format!("t_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// A builder pointing at the test database and a fresh schema, with room
-/// for a test's concurrent tasks and no idle connections kept.
+/// A builder pointing at the test database (through PgBouncer when the
+/// run is [`pooled`]) and a fresh schema, with room for a test's concurrent
+/// tasks and no idle connections kept.
 pub fn config() -> PostgresConfigBuilder {
-    PostgresConfigBuilder::new()
-        .database_url(test_database_url())
+    let builder = PostgresConfigBuilder::new()
         .schema(fresh_schema())
         .max_connections(16)
-        .min_connections(0)
+        .min_connections(0);
+    if pooled() {
+        builder
+            .database_url(pgbouncer_url())
+            .pooler(Pooler::Transaction)
+            .notify_url(test_database_url())
+    } else {
+        builder.database_url(test_database_url())
+    }
 }
 
 /// An initialized store in a fresh schema.

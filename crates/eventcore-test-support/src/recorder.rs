@@ -102,7 +102,9 @@ impl<E: Event> Projection for AppliedRecorder<E> {
             .map(|e| i64::try_from(e.position.get()))
             .collect::<Result<Vec<i64>, _>>()?;
         let mut tx = self.pool.begin().await?;
+        // Unnamed, in a transaction: what a transaction pooler needs.
         sqlx::query(AssertSqlSafe(Arc::clone(&self.insert)))
+            .persistent(false)
             .bind(&ids)
             .bind(&positions)
             .bind(self.runner)
@@ -120,10 +122,13 @@ impl<E: Event> Projection for AppliedRecorder<E> {
 /// Rows of `<schema>.applied`, and how many distinct events they are.
 pub async fn applications(store: &PostgresEventStore) -> (i64, i64) {
     let schema = &store.config().schema;
+    // In a transaction, unnamed: safe through a transaction pooler too.
+    let mut tx = store.pool().begin().await.expect("begin");
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT count(*), count(DISTINCT event_id) FROM \"{schema}\".applied"
     )))
-    .fetch_one(store.pool())
+    .persistent(false)
+    .fetch_one(&mut *tx)
     .await
     .expect("count the applied rows")
 }

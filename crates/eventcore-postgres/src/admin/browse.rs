@@ -66,6 +66,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(fill(sql::SELECT_STREAMS, schema))
+                        .persistent(self.named())
                         .bind(prefix)
                         .bind(after.map_or("", StreamId::as_str))
                         .bind(i64::from(limit))
@@ -103,6 +104,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query_scalar(fill(sql::SELECT_RECENT_START, schema))
+                        .persistent(self.named())
                         .bind(i64::from(n))
                         .fetch_one(&mut **conn)
                         .await
@@ -124,6 +126,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(sql::SELECT_CONNECTIONS)
+                        .persistent(self.named())
                         .fetch_all(&mut **conn)
                         .await
                         .map_err(|e| self.map_err(OP, e))

@@ -268,6 +268,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(fill(sql::SELECT_PROJECTIONS, schema))
+                        .persistent(self.named())
                         .bind(schema)
                         .bind(name)
                         .fetch_all(&mut **conn)
@@ -295,6 +296,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(fill(sql::SELECT_OPERATIONS, schema))
+                        .persistent(self.named())
                         .bind(projection)
                         .bind(i64::from(limit))
                         .fetch_all(&mut **conn)
@@ -386,6 +388,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query_scalar(fill(sql::COUNT_EVENTS_BETWEEN, schema))
+                        .persistent(self.named())
                         .bind(to_i64(after))
                         .bind(to_i64(upto))
                         .fetch_one(&mut **conn)
@@ -427,17 +430,24 @@ impl PostgresEventStore {
                 Box::pin(async move {
                     let mut tx = conn.begin().await.map_err(map)?;
                     let free: bool = sqlx::query_scalar(sql::TRY_LOCK_PROJECTION_XACT)
+                        .persistent(self.named())
                         .bind(format!("eventcore:projection:{schema}:{projection}"))
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(map)?;
-                    let displaced = if free {
+                    // A runner behind a transaction pooler holds a lease row.
+                    let row_held = free
+                        && crate::lease_row::live(&mut tx, schema, projection, self.named())
+                            .await
+                            .map_err(map)?;
+                    let displaced = if free && !row_held {
                         None
                     } else {
-                        let runner = status.runner.as_ref().map_or_else(
-                            || "a runner that just started".to_owned(),
-                            |r| r.to_string(),
-                        );
+                        let runner = match &status.runner {
+                            Some(r) => r.to_string(),
+                            None if row_held => "a runner holding a lease row".to_owned(),
+                            None => "a runner that just started".to_owned(),
+                        };
                         if !request.force {
                             return Err(PostgresError::ProjectionBusy {
                                 projection: projection.to_owned(),
@@ -448,12 +458,22 @@ impl PostgresEventStore {
                     };
                     let q = self.sql();
                     sqlx::query(store_sql::sql(&q.bump_lease_generation))
+                        .persistent(self.named())
                         .bind(projection)
                         .execute(&mut *tx)
                         .await
                         .map_err(map)?;
+                    if row_held {
+                        // Fenced by the bump; its next renewal finds no row
+                        // and it stops, and the next runner need not wait
+                        // for the expiry.
+                        crate::lease_row::force_release(&mut tx, schema, projection, self.named())
+                            .await
+                            .map_err(map)?;
+                    }
                     let before: Option<i64> =
                         sqlx::query_scalar(store_sql::sql(&q.select_checkpoint_for_update))
+                            .persistent(self.named())
                             .bind(projection)
                             .fetch_one(&mut *tx)
                             .await
@@ -466,6 +486,7 @@ impl PostgresEventStore {
                                 sql::OPERATOR_REQUEST_REBUILD
                             };
                             sqlx::query(fill(statement, schema))
+                                .persistent(self.named())
                                 .bind(projection)
                                 .execute(&mut *tx)
                                 .await
@@ -497,6 +518,7 @@ impl PostgresEventStore {
                         request.operator.as_str()
                     };
                     let row = sqlx::query(fill(sql::INSERT_OPERATION, schema))
+                        .persistent(self.named())
                         .bind(projection)
                         .bind(action.name())
                         .bind(displaced.is_some())
@@ -554,6 +576,7 @@ impl PostgresEventStore {
             request.reason.as_str()
         };
         sqlx::query(store_sql::sql(&self.sql().insert_projection_skip))
+            .persistent(self.named())
             .bind(projection)
             .bind(to_i64(target))
             .bind(StreamId::new(&stream).ok().as_ref().map(StreamId::as_str))
@@ -562,6 +585,7 @@ impl PostgresEventStore {
             .await
             .map_err(map)?;
         sqlx::query(fill(sql::OPERATOR_SKIP, &self.config().schema))
+            .persistent(self.named())
             .bind(projection)
             .bind(to_i64(target))
             .execute(&mut *tx)
@@ -584,6 +608,7 @@ impl PostgresEventStore {
             .call(OP, Call::Write, |conn| {
                 Box::pin(async move {
                     sqlx::query(fill(sql::UPSERT_PROJECTION_ERROR, schema))
+                        .persistent(self.named())
                         .bind(projection)
                         .bind(position.map(to_i64))
                         .bind(crate::redact_secrets(error))
@@ -609,6 +634,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query_scalar(fill(sql::SELECT_REBUILD_REQUESTED, schema))
+                        .persistent(self.named())
                         .bind(projection)
                         .fetch_optional(&mut **conn)
                         .await

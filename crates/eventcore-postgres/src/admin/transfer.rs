@@ -154,6 +154,7 @@ impl PostgresEventStore {
                        AND ($3::text IS NULL OR starts_with(stream_id, $3))",
                         schema,
                     ))
+                    .persistent(self.named())
                     .bind(i64::try_from(upto.get()).unwrap_or(i64::MAX))
                     .bind(streams)
                     .bind(prefix)
@@ -195,10 +196,12 @@ impl PostgresEventStore {
                         // The horizon before the page: if it is past the head,
                         // the page saw every event committed before the start.
                         let horizon: i64 = sqlx::query_scalar(horizon_sql)
+                            .persistent(self.named())
                             .fetch_one(&mut **conn)
                             .await
                             .map_err(|e| self.map_err(OP, e))?;
                         let rows = sqlx::query(sqlx::AssertSqlSafe(page_sql.clone()))
+                            .persistent(self.named())
                             .bind(after)
                             .bind(EXPORT_PAGE)
                             .bind(streams)
@@ -357,6 +360,7 @@ impl PostgresEventStore {
             .call(OP, Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query(fill(sql::SELECT_STORED_IDS, schema))
+                        .persistent(self.named())
                         .bind(ids)
                         .fetch_all(&mut **conn)
                         .await

@@ -78,6 +78,8 @@ impl PostgresEventStore {
     /// its stream row, and that no event id is stored twice. The last two
     /// read every event: minutes on a large store. Database problems are
     /// findings, not errors; an error means the checks could not run.
+    /// Behind a transaction pooler it refuses with
+    /// [`PostgresError::InvalidConfig`]: run it on a direct connection.
     pub async fn verify(&self) -> Result<VerifyReport, PostgresError> {
         const OP: &str = "verify";
         let schema = self.config().schema.clone();
@@ -88,6 +90,16 @@ impl PostgresEventStore {
             events: None,
             checks: Vec::new(),
         };
+        if !self.named() {
+            // Its checks run for long on one connection: through a
+            // transaction pooler that takes one transaction, which would
+            // hold every `$all` reader back for as long.
+            return Err(PostgresError::InvalidConfig(
+                "verify needs a direct connection: run it with a store configured \
+                 without Pooler::Transaction (e.g. `eventcore verify` on the primary's URL)"
+                    .into(),
+            ));
+        }
         let map = |e| PostgresError::from(self.map_err(OP, e));
         let mut conn = self
             .db()
@@ -111,6 +123,7 @@ impl PostgresEventStore {
         // The ledger: every migration of this release up to the recorded
         // version, by name, and nothing else.
         let ledger = sqlx::query(fill(sql::SELECT_LEDGER, &schema))
+            .persistent(self.named())
             .fetch_all(&mut *conn)
             .await
             .map_err(map)?;
@@ -190,6 +203,7 @@ impl PostgresEventStore {
         }
         let (names, kinds): (Vec<&str>, Vec<&str>) = constraints.iter().copied().unzip();
         let absent: Vec<String> = sqlx::query_scalar(sql::SELECT_MISSING_CONSTRAINTS)
+            .persistent(self.named())
             .bind(&schema)
             .bind(&names)
             .bind(&kinds)
@@ -226,6 +240,7 @@ impl PostgresEventStore {
             return Ok(report);
         }
         let counts = sqlx::query(fill(sql::SELECT_COUNTS, &schema))
+            .persistent(self.named())
             .fetch_one(&mut *conn)
             .await
             .map_err(map)?;
@@ -233,6 +248,7 @@ impl PostgresEventStore {
         report.events = Some(counts.try_get(1).map_err(map)?);
 
         let gaps = sqlx::query(fill(sql::SELECT_VERSION_GAPS, &schema))
+            .persistent(self.named())
             .bind(SHOWN)
             .fetch_all(&mut *conn)
             .await
@@ -268,6 +284,7 @@ impl PostgresEventStore {
         });
 
         let duplicates = sqlx::query(fill(sql::SELECT_DUPLICATE_IDS, &schema))
+            .persistent(self.named())
             .bind(SHOWN)
             .fetch_all(&mut *conn)
             .await
@@ -304,6 +321,7 @@ impl PostgresEventStore {
         const NAME: &str = "append-only trigger";
         let map = |e| PostgresError::from(self.map_err("verify", e));
         let rows = sqlx::query(sql::SELECT_EVENT_TRIGGERS)
+            .persistent(self.named())
             .bind(schema)
             .fetch_all(&mut *conn)
             .await
@@ -342,9 +360,11 @@ impl PostgresEventStore {
         let mut tx = conn.begin().await.map_err(map)?;
         let probe = async {
             sqlx::query("SET LOCAL lock_timeout = '2s'")
+                .persistent(self.named())
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(fill(sql::PROBE_APPEND_ONLY, schema))
+                .persistent(self.named())
                 .execute(&mut *tx)
                 .await
         }

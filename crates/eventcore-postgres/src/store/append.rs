@@ -192,6 +192,10 @@ impl PostgresEventStore {
                     if code == sqlstate::UNIQUE_VIOLATION
                         && c == constraint::EVENTS_EVENT_ID_KEY =>
                 {
+                    self.db()
+                        .restart_on(conn)
+                        .await
+                        .map_err(|e| self.map_err("append", e))?;
                     match self.replay(conn, request, p).await? {
                         Some(outcome) => Ok(outcome),
                         None => Err(self.map_err("append", e)),
@@ -246,6 +250,7 @@ impl PostgresEventStore {
             sorted_offsets.push(offsets[i]);
         }
         let query = sqlx::query(sql(&self.sql().append_to_streams))
+            .persistent(self.named())
             .bind(&sorted_streams)
             .bind(&sorted_expected)
             .bind(&sorted_counts)
@@ -254,6 +259,7 @@ impl PostgresEventStore {
         let row = match result {
             Ok(row) => row,
             Err(e) if db_error_parts(&e).is_some_and(|(code, _)| code == CONFLICT_SQLSTATE) => {
+                self.db().restart_on(conn).await?;
                 return self.conflict_among(conn, request, p, e).await;
             }
             Err(e) => return Err(e),
@@ -293,6 +299,7 @@ impl PostgresEventStore {
         raised: sqlx::Error,
     ) -> Result<Attempt, sqlx::Error> {
         let row = sqlx::query(sql(&self.sql().select_conflict_states))
+            .persistent(self.named())
             .bind(&p.streams)
             .bind(&p.event_ids)
             .fetch_one(&mut *conn)
@@ -323,6 +330,7 @@ impl PostgresEventStore {
         p: &AppendParams<'_>,
     ) -> Result<Option<AppendOutcome>, Error> {
         let rows = sqlx::query(sql(&self.sql().select_events_by_id))
+            .persistent(self.named())
             .bind(&p.event_ids)
             .fetch_all(&mut *conn)
             .await

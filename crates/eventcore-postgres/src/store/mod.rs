@@ -78,11 +78,19 @@ impl PostgresEventStore {
     }
 
     fn assemble(pool: PgPool, config: PostgresConfig, replicas: Replicas) -> Self {
+        // Wake-ups use notify_url, else the pool's own connect options (a
+        // pool given to `from_pool` has its own), except through a
+        // transaction pooler. `validate` checked notify_url.
+        let wake = match config.notify_options() {
+            Ok(Some(_)) if config.notify_url.is_none() => Some((*pool.connect_options()).clone()),
+            Ok(options) => options,
+            Err(_) => Some((*pool.connect_options()).clone()),
+        };
         Self {
             inner: Arc::new(Inner {
                 db: Pool::new(pool, &config),
                 sql: Statements::new(&config.schema),
-                notifier: Notifier::new(&config.schema, config.notify_interval),
+                notifier: Notifier::new(&config.schema, config.notify_interval, wake),
                 replicas,
                 config,
             }),
@@ -108,6 +116,12 @@ impl PostgresEventStore {
     /// The read replicas.
     pub(crate) fn replicas(&self) -> &Replicas {
         &self.inner.replicas
+    }
+
+    /// Whether statements are prepared once per connection (named), or
+    /// unnamed behind a transaction pooler (see [`crate::Pooler`]).
+    pub(crate) fn named(&self) -> bool {
+        self.inner.db.named()
     }
 
     /// The store's statements, for its schema.

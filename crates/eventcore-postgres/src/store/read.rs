@@ -58,6 +58,7 @@ impl PostgresEventStore {
         );
         db.call("read_stream", Call::Read, |conn| {
             let query = sqlx::query(sql(&self.sql().read_stream_forward))
+                .persistent(self.named())
                 .bind(stream.as_str())
                 .bind(to_i64(from.get()))
                 .bind(to_i64(limit as u64));
@@ -106,6 +107,7 @@ impl PostgresEventStore {
         db.call("read_all", Call::Read, |conn| {
             Box::pin(async move {
                 let rows = sqlx::query(sql(&self.sql().read_all_forward))
+                    .persistent(self.named())
                     .bind(to_i64(after.get()))
                     .bind(to_i64(limit as u64))
                     .fetch_all(&mut **conn)
@@ -140,6 +142,7 @@ impl PostgresEventStore {
                 Box::pin(async move {
                     let version: Option<i64> =
                         sqlx::query_scalar(sql(&self.sql().select_stream_version))
+                            .persistent(self.named())
                             .bind(stream.as_str())
                             .fetch_optional(&mut **conn)
                             .await
@@ -176,6 +179,7 @@ impl PostgresEventStore {
             .db()
             .call("read_streams", Call::Read, |conn| {
                 let query = sqlx::query(sql(&self.sql().read_streams_forward))
+                    .persistent(self.named())
                     .bind(ids)
                     .bind(to_i64(lowest))
                     .bind(BATCH as i64);
@@ -225,6 +229,7 @@ impl PostgresEventStore {
                 Box::pin(async move {
                     let head: Option<i64> =
                         sqlx::query_scalar(sql(&self.sql().select_head_position))
+                            .persistent(self.named())
                             .fetch_one(&mut **conn)
                             .await
                             .map_err(|e| self.map_err("head_position", e))?;

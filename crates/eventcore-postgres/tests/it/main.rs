@@ -9,6 +9,7 @@ mod counter;
 mod deadlines;
 mod faults;
 mod pg_projection;
+mod pooler;
 mod projections;
 mod roundtrip;
 mod schema;

@@ -16,9 +16,11 @@ use eventcore::{
     testing::{bank::AccountEvent, seed},
 };
 use eventcore_postgres::{PostgresCheckpointStore, PostgresEventStore};
-use eventcore_test_support::{AppliedRecorder, config, store_with, test_database_url};
+use eventcore_test_support::{
+    AppliedRecorder, config, direct_pool, pooled, store_with, test_database_url,
+};
 use futures::StreamExt;
-use sqlx::{AssertSqlSafe, Connection, PgPool};
+use sqlx::{AssertSqlSafe, Connection};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -407,7 +409,7 @@ async fn insert_corrupt_row(
     .bind(uuid::Uuid::now_v7())
     .bind(stream)
     .bind(version)
-    .fetch_one(store.pool())
+    .fetch_one(&direct_pool().await)
     .await
     .unwrap();
     GlobalPosition::new(position as u64)
@@ -626,8 +628,10 @@ async fn save_in_is_fenced_in_the_callers_transaction() {
     assert!(lease.is_held().await);
     assert_eq!(checkpoints.load("fenced").await.unwrap(), None);
 
+    // Unnamed statements in a transaction: what a transaction pooler needs.
     let mut tx = store.pool().begin().await.unwrap();
     sqlx::query(AssertSqlSafe(insert.clone()))
+        .persistent(false)
         .bind(1)
         .execute(&mut *tx)
         .await
@@ -638,7 +642,7 @@ async fn save_in_is_fenced_in_the_callers_transaction() {
         .unwrap();
     // Another runner's takeover, as the store bumps the generation.
     let bump = {
-        let pool = store.pool().clone();
+        let pool = direct_pool().await;
         let schema = schema.clone();
         tokio::spawn(async move {
             sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(format!(
@@ -660,6 +664,7 @@ async fn save_in_is_fenced_in_the_callers_transaction() {
 
     let mut tx = store.pool().begin().await.unwrap();
     sqlx::query(AssertSqlSafe(insert))
+        .persistent(false)
         .bind(2)
         .execute(&mut *tx)
         .await
@@ -672,7 +677,7 @@ async fn save_in_is_fenced_in_the_callers_transaction() {
     let effects: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT x FROM {schema}.effects ORDER BY x"
     )))
-    .fetch_all(store.pool())
+    .fetch_all(&direct_pool().await)
     .await
     .unwrap();
     assert_eq!(effects, [1], "the stale transaction's writes rolled back");
@@ -717,8 +722,9 @@ async fn standby_takes_over_and_every_event_is_applied_exactly_once() {
     let schema = active_store.config().schema.clone();
     let (standby_store, _) = named_store(Some(&schema)).await;
     let (writer_store, _) = named_store(Some(&schema)).await;
+    let admin = direct_pool().await;
     let count = |runner: &'static str| {
-        let pool = active_store.pool().clone();
+        let pool = admin.clone();
         let sql = format!("SELECT count(*) FROM {schema}.applied WHERE runner LIKE $1");
         async move {
             sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql))
@@ -783,19 +789,34 @@ async fn standby_takes_over_and_every_event_is_applied_exactly_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count("standby").await, 0, "the standby waits");
 
-    // Kill the active runner's lease connection only (the backend holding
-    // its advisory lock); its pool connections live on.
-    let admin = PgPool::connect(test_database_url()).await.unwrap();
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) FROM pg_stat_activity a \
-         WHERE a.application_name = $1 \
-           AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory')",
-    )
-    .bind(&active_app)
-    .fetch_one(&admin)
-    .await
-    .unwrap();
-    assert_eq!(killed, 1, "one lease connection");
+    if pooled() {
+        // Behind a transaction pooler the lease is a row the runner renews:
+        // its renewals stop counting (as if its link had died for the whole
+        // time to live) and the row expires at once.
+        let expired = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {schema}.projection_leases SET expires_at = clock_timestamp() \
+             WHERE projection = $1 AND application = $2"
+        )))
+        .bind(AppliedRecorder::<AccountEvent>::NAME)
+        .bind(&active_app)
+        .execute(&admin)
+        .await
+        .unwrap();
+        assert_eq!(expired.rows_affected(), 1, "one lease row");
+    } else {
+        // Kill the active runner's lease connection only (the backend
+        // holding its advisory lock); its pool connections live on.
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) FROM pg_stat_activity a \
+             WHERE a.application_name = $1 \
+               AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory')",
+        )
+        .bind(&active_app)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert_eq!(killed, 1, "one lease connection");
+    }
     let killed_at = std::time::Instant::now();
     let result = tokio::time::timeout(PATIENCE, active)
         .await
