@@ -153,6 +153,7 @@ impl PostgresEventStore {
             .call("read history", Call::Read, |conn| {
                 Box::pin(async move {
                     let (system, timeline) = sqlx::query_as::<_, (i64, i32)>(SELECT_HISTORY)
+                        .persistent(self.named())
                         .fetch_one(&mut **conn)
                         .await
                         .map_err(|e| self.map_err("read history", e))?;

@@ -157,6 +157,7 @@ impl PostgresEventStore {
             .call("commit token", Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query_scalar::<_, i64>(SELECT_INSERT_LSN)
+                        .persistent(self.named())
                         .fetch_one(&mut **conn)
                         .await
                         .map_err(|e| self.map_err("commit token", e))
@@ -191,6 +192,7 @@ impl PostgresEventStore {
                     .call("wait for replica", Call::Read, |conn| {
                         Box::pin(async move {
                             sqlx::query_scalar(SELECT_CAUGHT_UP)
+                                .persistent(self.named())
                                 .bind(lsn)
                                 .bind(position)
                                 .fetch_one(&mut **conn)
@@ -231,6 +233,7 @@ impl PostgresEventStore {
             .call("replica lag", Call::Read, |conn| {
                 Box::pin(async move {
                     sqlx::query_scalar(SELECT_CURRENT_LSN)
+                        .persistent(self.named())
                         .fetch_one(&mut **conn)
                         .await
                         .map_err(|e| self.map_err("replica lag", e))
@@ -244,6 +247,7 @@ impl PostgresEventStore {
                 .call("replica lag", Call::Read, |conn| {
                     Box::pin(async move {
                         sqlx::query_as(SELECT_REPLAY)
+                            .persistent(self.named())
                             .fetch_one(&mut **conn)
                             .await
                             .map_err(|e| self.map_err("replica lag", e))

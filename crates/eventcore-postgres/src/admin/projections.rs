@@ -500,6 +500,7 @@ impl PostgresEventStore {
                         }
                         Action::AcceptHistory => {
                             sqlx::query(fill(sql::OPERATOR_ACCEPT_HISTORY, schema))
+                                .persistent(self.named())
                                 .bind(projection)
                                 .execute(&mut *tx)
                                 .await
