@@ -40,6 +40,19 @@ pub(crate) use read_horizon;
 /// `append_to_streams` function. Parameters in the file.
 pub(crate) const APPEND_TO_STREAMS: &str = include_str!("../sql/append_to_streams.sql");
 
+/// The single-stream fast path (one statement instead of a function call;
+/// ADR 0002): one event on a stream that may be new. Parameters in the file.
+pub(crate) const APPEND_ONE_TO_NEW_STREAM: &str =
+    include_str!("../sql/append_one_to_new_stream.sql");
+/// One event on a stream that must exist.
+pub(crate) const APPEND_ONE_TO_EXISTING_STREAM: &str =
+    include_str!("../sql/append_one_to_existing_stream.sql");
+/// Several events on a stream that may be new.
+pub(crate) const APPEND_TO_NEW_STREAM: &str = include_str!("../sql/append_to_new_stream.sql");
+/// Several events on a stream that must exist.
+pub(crate) const APPEND_TO_EXISTING_STREAM: &str =
+    include_str!("../sql/append_to_existing_stream.sql");
+
 /// After `append_to_streams` raised a failed expectation. Parameters in the
 /// file.
 pub(crate) const SELECT_CONFLICT_STATES: &str = include_str!("../sql/select_conflict_states.sql");
@@ -356,6 +369,10 @@ pub(crate) const SELECT_READ_BLOCKER: &str = "SELECT pid, age_s, state, app FROM
 pub(crate) struct Statements {
     // Arc<str>: handing a statement to sqlx is a reference-count bump.
     pub(crate) append_to_streams: Arc<str>,
+    pub(crate) append_one_to_new_stream: Arc<str>,
+    pub(crate) append_one_to_existing_stream: Arc<str>,
+    pub(crate) append_to_new_stream: Arc<str>,
+    pub(crate) append_to_existing_stream: Arc<str>,
     pub(crate) select_conflict_states: Arc<str>,
     pub(crate) read_stream_forward: Arc<str>,
     pub(crate) read_streams_forward: Arc<str>,
@@ -396,6 +413,10 @@ impl Statements {
         Self {
             write_gate: Default::default(),
             append_to_streams: fill(APPEND_TO_STREAMS),
+            append_one_to_new_stream: fill(APPEND_ONE_TO_NEW_STREAM),
+            append_one_to_existing_stream: fill(APPEND_ONE_TO_EXISTING_STREAM),
+            append_to_new_stream: fill(APPEND_TO_NEW_STREAM),
+            append_to_existing_stream: fill(APPEND_TO_EXISTING_STREAM),
             select_conflict_states: fill(SELECT_CONFLICT_STATES),
             read_stream_forward: fill(READ_STREAM_FORWARD),
             read_streams_forward: fill(READ_STREAMS_FORWARD),

@@ -1,12 +1,14 @@
-//! The append path: one call of the `append_to_streams` function, and the
-//! replay check that recognises a re-send by its event ids.
+//! The append path: one statement for one stream, one call of the
+//! `append_to_streams` function for several (or check-only streams), and
+//! the replay check that recognises a re-send by its event ids.
 
 use std::{borrow::Cow, collections::BTreeMap};
 
 use chrono::{DateTime, Utc};
 
 use eventcore::{
-    AppendOutcome, AppendRequest, Error, GlobalPosition, StreamVersion, VersionConflict,
+    AppendOutcome, AppendRequest, Error, ExpectedVersion, GlobalPosition, StreamVersion,
+    VersionConflict,
 };
 use sqlx::{PgConnection, Postgres, Row, postgres::PgArguments, query::Query};
 use tracing::Instrument;
@@ -163,7 +165,11 @@ impl PostgresEventStore {
         request: &AppendRequest,
         p: &AppendParams<'_>,
     ) -> Result<AppendOutcome, Error> {
-        let attempt = self.append_to_streams(conn, request, p).await;
+        let attempt = if request.streams().len() == 1 && !p.event_ids.is_empty() {
+            self.append_to_stream(conn, request, p).await
+        } else {
+            self.append_to_streams(conn, request, p).await
+        };
         match attempt {
             Ok(Attempt::Written(outcome)) => Ok(outcome),
             Ok(Attempt::Conflict {
@@ -214,6 +220,92 @@ impl PostgresEventStore {
                 }
                 _ => Err(self.map_err("append", e)),
             },
+        }
+    }
+
+    /// The common case, events for one stream: one statement (see the
+    /// files `sql/append_*_stream.sql`), which is its own transaction and
+    /// does for its stream what `append_to_streams` does per stream.
+    async fn append_to_stream(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest,
+        p: &AppendParams<'_>,
+    ) -> Result<Attempt, sqlx::Error> {
+        let stream = &request.streams()[0];
+        let n = p.event_ids.len();
+        let existing = match stream.expected {
+            ExpectedVersion::Exact(v) => v > StreamVersion::NONE,
+            ExpectedVersion::StreamExists => true,
+            ExpectedVersion::Any | ExpectedVersion::NoStream => false,
+        };
+        let s = self.sql();
+        let (one, many) = if existing {
+            (
+                &s.append_one_to_existing_stream,
+                &s.append_to_existing_stream,
+            )
+        } else {
+            (&s.append_one_to_new_stream, &s.append_to_new_stream)
+        };
+        let written: Option<(i64, i64)> = if n == 1 {
+            let row = sqlx::query(sql(one))
+                .persistent(self.named())
+                .bind(p.streams[0])
+                .bind(p.expected[0])
+                .bind(1_i64)
+                .bind(p.event_ids[0])
+                .bind(p.event_types[0])
+                .bind(p.schema_versions[0])
+                .bind(p.data[0])
+                .bind(p.occurred_at[0])
+                .bind(p.correlation_ids[0])
+                .bind(p.causation_ids[0])
+                .bind(JsonbParam(&p.custom[0]))
+                .fetch_optional(&mut *conn)
+                .await?;
+            match row {
+                Some(row) => Some((row.try_get(1)?, row.try_get(0)?)),
+                None => None,
+            }
+        } else {
+            let query = sqlx::query(sql(many))
+                .persistent(self.named())
+                .bind(p.streams[0])
+                .bind(p.expected[0])
+                .bind(n as i64);
+            let row = p.bind_events(query).fetch_one(&mut *conn).await?;
+            let version: Option<i64> = row.try_get(0)?;
+            let first: Option<i64> = row.try_get(1)?;
+            version.zip(first)
+        };
+        match written {
+            Some((version, first)) => Ok(Attempt::Written(AppendOutcome {
+                stream_versions: BTreeMap::from([(
+                    stream.stream_id.clone(),
+                    StreamVersion::new(version as u64),
+                )]),
+                positions: Some((
+                    GlobalPosition::new(first as u64),
+                    GlobalPosition::new(first as u64 + n as u64 - 1),
+                )),
+                replayed: false,
+            })),
+            None => {
+                // Nothing was written; the statement's transaction is over.
+                let row = sqlx::query(sql(&self.sql().select_conflict_states))
+                    .persistent(self.named())
+                    .bind(&p.streams)
+                    .bind(&p.event_ids)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let versions: Vec<i64> = row.try_get(0)?;
+                Ok(Attempt::Conflict {
+                    index: 0,
+                    actual: versions.first().copied().unwrap_or(0) as u64,
+                    id_seen: row.try_get(1)?,
+                })
+            }
         }
     }
 
