@@ -110,11 +110,20 @@ async fn take_positions(
     }
 }
 
-/// Records the positions it applies.
+/// Records the positions it applies (also the standby tests' projection).
 #[derive(Clone)]
-struct Ledger {
-    name: String,
-    seen: Arc<Mutex<Vec<GlobalPosition>>>,
+pub(crate) struct Ledger {
+    pub(crate) name: String,
+    pub(crate) seen: Arc<Mutex<Vec<GlobalPosition>>>,
+}
+
+impl Ledger {
+    pub(crate) fn new(name: &str) -> Self {
+        Ledger {
+            name: name.into(),
+            seen: Arc::default(),
+        }
+    }
 }
 
 impl Projection for Ledger {
@@ -131,7 +140,7 @@ impl Projection for Ledger {
     }
 }
 
-fn quick() -> RunnerOptions {
+pub(crate) fn quick() -> RunnerOptions {
     RunnerOptions {
         batch_size: 100,
         poll_interval: Duration::from_millis(50),

@@ -11,15 +11,15 @@
 use std::{
     process::Command,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use eventcore::{
-    BoxError, CheckpointStore, Error, EventFilter, EventStore, GlobalPosition, Projection,
-    ProjectionRunner, RecordedEvent, RunnerOptions, StreamId, SubscriptionOptions, subscribe,
+    CheckpointStore, Error, EventFilter, EventStore, GlobalPosition, ProjectionRunner,
+    RunnerOptions, StreamId, SubscriptionOptions, subscribe,
     testing::{bank::AccountEvent, seed},
 };
 use eventcore_postgres::{
@@ -27,6 +27,8 @@ use eventcore_postgres::{
     ProjectionRequest,
 };
 use futures::StreamExt;
+
+use super::projections::Ledger;
 
 use eventcore_test_support::{DEV_DB, config, fresh_schema, store_with, test_database_url};
 
@@ -104,33 +106,11 @@ async fn exec(url: &str, sql: &'static str) {
     pool.close().await;
 }
 
-/// Records the positions it applies.
-#[derive(Clone)]
-struct Ledger {
-    seen: Arc<Mutex<Vec<GlobalPosition>>>,
-}
-
-impl Projection for Ledger {
-    type Event = AccountEvent;
-    fn name(&self) -> &str {
-        "ledger"
-    }
-    fn filter(&self) -> EventFilter {
-        EventFilter::all().stream_prefix("load-")
-    }
-    async fn apply(&mut self, event: RecordedEvent<AccountEvent>) -> Result<(), BoxError> {
-        self.seen.lock().unwrap().push(event.position);
-        Ok(())
-    }
-}
-
+/// The projection tests' runner options, checkpointing every 20 events.
 fn quick() -> RunnerOptions {
     RunnerOptions {
-        batch_size: 100,
-        poll_interval: Duration::from_millis(50),
         checkpoint_every: 20,
-        lease_retry: Duration::from_millis(25),
-        ..RunnerOptions::default()
+        ..super::projections::quick()
     }
 }
 
@@ -146,9 +126,7 @@ async fn sixteen_writers_followed_on_the_standby<F: Future<Output = ()>>(
 ) {
     let written = Arc::new(AtomicUsize::new(0));
     let during_done = Arc::new(AtomicBool::new(false));
-    let ledger = Ledger {
-        seen: Arc::default(),
-    };
+    let ledger = Ledger::new("ledger");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let runner = {
         let (reader, ledger) = (reader.clone(), ledger.clone());
@@ -387,9 +365,7 @@ async fn a_runner_resuming_after_a_promotion_stops_until_the_history_is_accepted
     )
     .await
     .unwrap();
-    let ledger = Ledger {
-        seen: Arc::default(),
-    };
+    let ledger = Ledger::new("ledger");
     let mut runner = ProjectionRunner::new(
         ledger.clone(),
         primary.clone(),
@@ -488,9 +464,7 @@ async fn a_checkpoint_of_another_history_stops_the_runner_until_rebuilt() {
     )
     .await
     .unwrap();
-    let ledger = Ledger {
-        seen: Arc::default(),
-    };
+    let ledger = Ledger::new("ledger");
     let options = RunnerOptions {
         checkpoint_every: 1,
         ..quick()
