@@ -165,7 +165,7 @@ pub use retry::RetryPolicy;
 pub use rules::{MAX_EVENT_TYPE_LEN, MAX_JSON_DEPTH, MAX_NUMBER_SCALE, MAX_SCHEMA_VERSION};
 pub use snapshot::{InMemorySnapshotStore, Snapshot, SnapshotPlan, SnapshotStore, Snapshots};
 pub use state::{CommandStreams, Decide, State, States, StreamField};
-pub use store::{DEFAULT_READ_PAGE, EventStore, ReadBlocker, read_each_stream};
+pub use store::{DEFAULT_READ_PAGE, EventStore, ReadBlocker, read_each_stream, read_stream_pages};
 pub use subscription::{EventFilter, SubscriptionOptions, subscribe, subscribe_typed};
 pub use telemetry::describe_metrics;
 pub use upcast::{UpcastError, Upcasters};

@@ -107,21 +107,9 @@ pub trait EventStore: Send + Sync {
         stream: &StreamId,
         from: StreamVersion,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, Error>> + Send {
-        async move {
-            let mut events = Vec::new();
-            let mut next = from;
-            loop {
-                let page = self.read_stream(stream, next, DEFAULT_READ_PAGE).await?;
-                let full = page.len() == DEFAULT_READ_PAGE;
-                if let Some(last) = page.last() {
-                    next = last.stream_version.next();
-                }
-                events.extend(page);
-                if !full {
-                    return Ok(events);
-                }
-            }
-        }
+        read_stream_pages(from, move |next| {
+            self.read_stream(stream, next, DEFAULT_READ_PAGE)
+        })
     }
 }
 
@@ -155,6 +143,34 @@ impl fmt::Display for ReadBlocker {
             self.state,
             self.age.as_secs_f64()
         )
+    }
+}
+
+/// Every event of a stream from `from` on, read page by page through
+/// `page` (which reads up to [`DEFAULT_READ_PAGE`] events from the version
+/// it is given) until a page comes back short: what
+/// [`EventStore::read_stream_to_end`] does with `read_stream`, for a store
+/// that reads some other way (from its primary only, say).
+pub async fn read_stream_pages<F, Fut>(
+    from: StreamVersion,
+    mut page: F,
+) -> Result<Vec<StoredEvent>, Error>
+where
+    F: FnMut(StreamVersion) -> Fut,
+    Fut: Future<Output = Result<Vec<StoredEvent>, Error>>,
+{
+    let mut events = Vec::new();
+    let mut next = from;
+    loop {
+        let read = page(next).await?;
+        let full = read.len() == DEFAULT_READ_PAGE;
+        if let Some(last) = read.last() {
+            next = last.stream_version.next();
+        }
+        events.extend(read);
+        if !full {
+            return Ok(events);
+        }
     }
 }
 

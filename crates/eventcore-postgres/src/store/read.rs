@@ -77,21 +77,10 @@ impl PostgresEventStore {
         stream: &StreamId,
         from: StreamVersion,
     ) -> Result<Vec<StoredEvent>, Error> {
-        let mut events = Vec::new();
-        let mut next = from;
-        loop {
-            let page = self
-                .stream_events_on((self.db(), None), stream, next, DEFAULT_READ_PAGE)
-                .await?;
-            let full = page.len() == DEFAULT_READ_PAGE;
-            if let Some(last) = page.last() {
-                next = last.stream_version.next();
-            }
-            events.extend(page);
-            if !full {
-                return Ok(events);
-            }
-        }
+        eventcore::read_stream_pages(from, |next| {
+            self.stream_events_on((self.db(), None), stream, next, DEFAULT_READ_PAGE)
+        })
+        .await
     }
 
     /// [`EventStore::read_all`]: on a replica, if there are any. A
