@@ -640,7 +640,7 @@ async fn metadata_is_in_typed_columns_that_sql_can_query() {
 /// Regression: the statement run after every failed expectation was
 /// planned again at each execution (PostgreSQL preferred a custom plan
 /// for every short array), which on a hot stream, where most appends
-/// conflict, cost about a third more server CPU per attempt. It must settle
+/// conflict, cost 40 % more server CPU per attempt (ADR 0002). It must settle
 /// on its cached generic plan, as PostgreSQL does after five executions,
 /// and still read the right versions.
 #[tokio::test]
