@@ -293,17 +293,11 @@ impl PostgresEventStore {
             })),
             None => {
                 // Nothing was written; the statement's transaction is over.
-                let row = sqlx::query(sql(&self.sql().select_conflict_states))
-                    .persistent(self.named())
-                    .bind(&p.streams)
-                    .bind(&p.event_ids)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                let versions: Vec<i64> = row.try_get(0)?;
+                let (versions, id_seen) = self.conflict_states(conn, p).await?;
                 Ok(Attempt::Conflict {
                     index: 0,
                     actual: versions.first().copied().unwrap_or(0) as u64,
-                    id_seen: row.try_get(1)?,
+                    id_seen,
                 })
             }
         }
@@ -390,14 +384,7 @@ impl PostgresEventStore {
         p: &AppendParams<'_>,
         raised: sqlx::Error,
     ) -> Result<Attempt, sqlx::Error> {
-        let row = sqlx::query(sql(&self.sql().select_conflict_states))
-            .persistent(self.named())
-            .bind(&p.streams)
-            .bind(&p.event_ids)
-            .fetch_one(&mut *conn)
-            .await?;
-        let versions: Vec<i64> = row.try_get(0)?;
-        let id_seen: bool = row.try_get(1)?;
+        let (versions, id_seen) = self.conflict_states(conn, p).await?;
         let broken = request
             .streams()
             .iter()
@@ -411,6 +398,22 @@ impl PostgresEventStore {
             }),
             None => Err(raised),
         }
+    }
+
+    /// After a failed expectation: each stream's version (0 if none) in the
+    /// request's order, and whether any of its event ids is stored already.
+    async fn conflict_states(
+        &self,
+        conn: &mut PgConnection,
+        p: &AppendParams<'_>,
+    ) -> Result<(Vec<i64>, bool), sqlx::Error> {
+        let row = sqlx::query(sql(&self.sql().select_conflict_states))
+            .persistent(self.named())
+            .bind(&p.streams)
+            .bind(&p.event_ids)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
     }
 
     /// The original outcome if every event of `request` is already stored on

@@ -653,7 +653,7 @@ async fn the_conflict_read_keeps_its_cached_plan() {
             store.append(one(&stream, &format!("E{i}"))).await.unwrap();
         }
     }
-    let mut conn = sqlx::PgConnection::connect(&test_database_url())
+    let mut conn = sqlx::PgConnection::connect(test_database_url())
         .await
         .unwrap();
     // A store of some size, with statistics: on a handful of rows every
