@@ -130,9 +130,9 @@ WITH st AS (
   ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version WHERE es.version = :ev::bigint
   RETURNING es.version)
 INSERT INTO events (event_id, stream_id, stream_version, event_type, event_data, occurred_at, correlation_id, metadata)
-SELECT gen_random_uuid(), 'stream-' || :s, b.base + v.n, v.t, v.d, v.m
+SELECT gen_random_uuid(), 'stream-' || :s, b.base + v.n, v.t, v.d, v.oa, v.ci, v.m
 FROM (SELECT coalesce((SELECT version FROM st), wrong_expected_version('stream-' || :s)) - {n} AS base) b,
-     (VALUES {rows}) AS v(n, t, d, m);
+     (VALUES {rows}) AS v(n, t, d, oa, ci, m);
 "
         );
         Self::write(&format!("B_append{n}"), text)
@@ -580,6 +580,53 @@ tps = 9876.543210 (without initial connection time)
         assert_eq!(s.text.matches(":payload::jsonb").count(), 10);
         assert!(s.text.contains(":ev::bigint + 10)"));
         assert!(s.text.contains("(10, 'OrderLinePicked'"));
+    }
+
+    /// Regression: the typed metadata columns were added to the insert's
+    /// column list but not to the rows, and pgbench refused the script
+    /// ("INSERT has more target columns than expressions").
+    #[test]
+    fn batch_script_fills_every_column_it_names() {
+        let text = Script::append_n(3).text;
+        let between = |from: &str, to: &str| {
+            let start = text.find(from).unwrap() + from.len();
+            let len = text[start..].find(to).unwrap();
+            text[start..start + len].to_owned()
+        };
+        // Comma-separated items outside parentheses and quotes.
+        let items = |list: &str| {
+            let (mut depth, mut quoted, mut items) = (0, false, vec![String::new()]);
+            for c in list.chars() {
+                match c {
+                    '\'' => quoted = !quoted,
+                    '(' if !quoted => depth += 1,
+                    ')' if !quoted => depth -= 1,
+                    ',' if !quoted && depth == 0 => {
+                        items.push(String::new());
+                        continue;
+                    }
+                    _ => {}
+                }
+                items.last_mut().unwrap().push(c);
+            }
+            items
+        };
+        let columns = items(&between("INSERT INTO events (", ")")).len();
+        let selected = items(&between("\nSELECT ", "\nFROM")).len();
+        let aliases = items(&between("AS v(", ")")).len();
+        let rows = items(&between("(VALUES ", ") AS v("));
+        assert_eq!(columns, 8);
+        assert_eq!(selected, columns, "{text}");
+        assert_eq!(rows.len(), 3, "{text}");
+        for row in rows {
+            let row = row
+                .trim()
+                .strip_prefix('(')
+                .unwrap()
+                .strip_suffix(')')
+                .unwrap();
+            assert_eq!(items(row).len(), aliases, "{text}");
+        }
     }
 
     #[test]
