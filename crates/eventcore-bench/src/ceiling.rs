@@ -117,7 +117,7 @@ impl Script {
         let rows = (1..=n)
             .map(|i| {
                 format!(
-                    "({i}, 'OrderLinePicked', :payload::jsonb, now(), gen_random_uuid(), '{{}}')"
+                    "({i}, 'OrderLinePicked', :payload::jsonb, now(), gen_random_uuid(), '{{}}'::jsonb)"
                 )
             })
             .collect::<Vec<_>>()
@@ -248,6 +248,8 @@ pub(crate) struct Ceiling {
     meta: String,
     write_schema_ready: bool,
     cache: HashMap<(String, usize), Option<CeilingResult>>,
+    /// The scripts pgbench refused or failed on, for the exit status.
+    failed: Vec<String>,
 }
 
 /// The pgbench binary: `PGBENCH`, else `pgbench` on `PATH`, else the
@@ -285,11 +287,18 @@ impl Ceiling {
             meta,
             write_schema_ready: false,
             cache: HashMap::new(),
+            failed: Vec::new(),
         }
     }
 
     pub(crate) fn pgbench(&self) -> &Path {
         &self.pgbench
+    }
+
+    /// The ceiling scripts that failed in this invocation: a broken script
+    /// is a defect of the benchmark, so the run ends with an error.
+    pub(crate) fn failed(&self) -> &[String] {
+        &self.failed
     }
 
     /// The pgbench figure for `script` at `clients`, measured now unless it
@@ -313,6 +322,9 @@ impl Ceiling {
             Ok(r) => Some(r),
             Err(e) => {
                 eprintln!("  ceiling {} failed: {e:#}", script.key);
+                if !self.failed.contains(&script.key) {
+                    self.failed.push(script.key.clone());
+                }
                 None
             }
         };

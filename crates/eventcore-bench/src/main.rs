@@ -217,6 +217,11 @@ async fn main() -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!("scenarios failed: {}", failed.join(", "));
     }
+    if let Some(ceiling) = &ctx.ceiling
+        && !ceiling.failed().is_empty()
+    {
+        bail!("ceiling scripts failed: {}", ceiling.failed().join(", "));
+    }
     Ok(())
 }
 
