@@ -173,10 +173,10 @@ impl PostgresEventStore {
     /// Waits until every replica has replayed `token`'s commit and, when
     /// it has a position, until `$all` readers there can see it: after
     /// that, `read_stream` and `read_all` return the append's events.
-    /// Returns at once without replicas. Past `timeout`,
-    /// [`PostgresError::ReplicaBehind`] (transient as an
-    /// [`eventcore::Error`]); a replica that cannot be asked fails the
-    /// wait with its error.
+    /// Returns at once without replicas. Past `timeout`, including when a
+    /// replica does not answer in time, [`PostgresError::ReplicaBehind`]
+    /// (transient as an [`eventcore::Error`]); a replica that refuses the
+    /// question fails the wait with its error.
     pub async fn wait_for_replicas(
         &self,
         token: &CommitToken,
@@ -187,9 +187,13 @@ impl PostgresEventStore {
         let position = token.position.map_or(-1, |p| lsn_param(p.get()));
         for replica in self.replicas().all() {
             loop {
-                let caught_up: bool = replica
-                    .db
-                    .call("wait for replica", Call::Read, |conn| {
+                // The question too is bounded by what is left of `timeout`:
+                // a replica gone silent would otherwise hold the caller for
+                // the pool's whole client deadline.
+                let remaining = timeout.saturating_sub(started.elapsed());
+                let asked = tokio::time::timeout(
+                    remaining,
+                    replica.db.call("wait for replica", Call::Read, |conn| {
                         Box::pin(async move {
                             sqlx::query_scalar(SELECT_CAUGHT_UP)
                                 .persistent(self.named())
@@ -199,9 +203,13 @@ impl PostgresEventStore {
                                 .await
                                 .map_err(|e| self.map_err("wait for replica", e))
                         })
-                    })
-                    .await
-                    .map_err(PostgresError::Store)?;
+                    }),
+                )
+                .await;
+                let caught_up: bool = match asked {
+                    Ok(answer) => answer.map_err(PostgresError::Store)?,
+                    Err(_) => false,
+                };
                 if caught_up {
                     break;
                 }
@@ -212,7 +220,7 @@ impl PostgresEventStore {
                         waited: started.elapsed(),
                     });
                 }
-                tokio::time::sleep(CATCH_UP_POLL).await;
+                tokio::time::sleep(CATCH_UP_POLL.min(remaining)).await;
             }
         }
         Ok(())

@@ -231,3 +231,46 @@ async fn a_proxy_that_hangs_up_is_not_hammered() {
     // sqlx backs off between connects within one acquire timeout (500 ms).
     assert!(connects < 16, "{connects} connects for one call");
 }
+
+/// Regression: a read-your-writes wait asked a silent replica without a
+/// bound of its own, so it returned only at the pool's client deadline
+/// (connect + query timeout + margin: 11 s here) whatever `timeout` the
+/// caller gave.
+#[tokio::test]
+async fn a_silent_replica_ends_a_replica_wait_at_its_timeout() {
+    let proxy = Proxy::start().await;
+    let store = PostgresEventStore::new(
+        config()
+            // The primary as its own "replica", through the proxy: the
+            // wait's question needs no standby to be asked.
+            .read_replica(proxy.url())
+            .connect_timeout(Duration::from_secs(5))
+            .query_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    store.initialize().await.unwrap();
+    let stream = StreamId::new("silent-replica-1").unwrap();
+    let outcome = store.append(one(&stream)).await.unwrap();
+    let token = store.commit_token(&outcome).await.unwrap();
+    store
+        .wait_for_replicas(&token, Duration::from_secs(20))
+        .await
+        .unwrap();
+    proxy.set(Mode::Silent);
+    let started = Instant::now();
+    let err = answered(store.wait_for_replicas(&token, Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, eventcore_postgres::PostgresError::ReplicaBehind { .. }),
+        "{err:?}"
+    );
+}
